@@ -1,0 +1,76 @@
+"""The one place that converts between unikd boxes and nuScenes boxes.
+
+unikd box: [x, y, z, l, w, h, yaw, vx, vy] in the key-frame LiDAR frame.
+nuScenes box: translation (centre), size as (w, l, h), rotation quaternion (w, x, y, z), velocity
+(vx, vy) — in the global frame for annotations and submissions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pyquaternion import Quaternion
+
+
+def yaw_to_quaternion(yaw: float) -> Quaternion:
+    return Quaternion(axis=[0.0, 0.0, 1.0], radians=float(yaw))
+
+
+def quaternion_yaw(q: Quaternion) -> float:
+    """Heading of the box's +x axis, projected to the x-y plane, from +x toward +y."""
+    forward = q.rotation_matrix[:, 0]
+    return float(np.arctan2(forward[1], forward[0]))
+
+
+def transform_boxes(boxes: np.ndarray, transform: np.ndarray) -> np.ndarray:
+    """Move [K, 9] boxes by a rigid 4x4 transform whose rotation is about z (up to float noise).
+
+    Centres are transformed as points, yaw gains the transform's heading, velocities rotate.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
+    rotation, translation = transform[:3, :3], transform[:3, 3]
+    out = boxes.copy()
+    out[:, :3] = boxes[:, :3] @ rotation.T + translation
+    heading = np.arctan2(rotation[1, 0], rotation[0, 0])
+    out[:, 6] = wrap_angle(boxes[:, 6] + heading)
+    velocity = np.concatenate([boxes[:, 7:9], np.zeros((len(boxes), 1))], axis=1)
+    out[:, 7:9] = (velocity @ rotation.T)[:, :2]
+    return out
+
+
+def wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """Wrap radians to [-pi, pi)."""
+    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
+
+
+def boxes_to_nuscenes(boxes: np.ndarray) -> dict[str, np.ndarray]:
+    """[K, 9] unikd boxes -> nuScenes fields in the same frame.
+
+    Returns translation [K, 3], size [K, 3] (w, l, h), rotation [K, 4] (w, x, y, z), velocity [K, 2].
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 9)
+    half = boxes[:, 6] / 2
+    rotation = np.stack([np.cos(half), np.zeros_like(half), np.zeros_like(half), np.sin(half)], axis=1)
+    return {
+        "translation": boxes[:, :3].copy(),
+        "size": boxes[:, [4, 3, 5]].copy(),
+        "rotation": rotation,
+        "velocity": boxes[:, 7:9].copy(),
+    }
+
+
+def nuscenes_to_boxes(
+    translation: np.ndarray, size_wlh: np.ndarray, rotations: list[Quaternion], velocity: np.ndarray
+) -> np.ndarray:
+    """nuScenes fields (one frame) -> [K, 9] unikd boxes in the same frame."""
+    translation = np.asarray(translation, dtype=np.float64).reshape(-1, 3)
+    size_wlh = np.asarray(size_wlh, dtype=np.float64).reshape(-1, 3)
+    velocity = np.nan_to_num(np.asarray(velocity, dtype=np.float64).reshape(-1, 2))
+    yaw = np.array([quaternion_yaw(q) for q in rotations], dtype=np.float64)
+    return np.concatenate(
+        [translation, size_wlh[:, [1, 0, 2]], yaw[:, None], velocity], axis=1
+    ).reshape(-1, 9)
+
+
+def lidar_boxes_to_global(boxes_lidar: np.ndarray, lidar2global: np.ndarray) -> dict[str, np.ndarray]:
+    """Predicted LiDAR-frame boxes -> nuScenes global-frame fields (see `boxes_to_nuscenes`)."""
+    return boxes_to_nuscenes(transform_boxes(boxes_lidar, np.asarray(lidar2global, dtype=np.float64)))
