@@ -1,0 +1,6 @@
+"""Detection heads."""
+
+from unikd.models.heads.center_head import CenterHead, gaussian_focal_loss
+from unikd.models.heads.center_targets import TaskTargets, gaussian_gt_mask
+
+__all__ = ["CenterHead", "TaskTargets", "gaussian_focal_loss", "gaussian_gt_mask"]

@@ -1,0 +1,65 @@
+"""Camera image augmentation (resize, crop, flip, rotate) and its `img_aug` (ida) matrix.
+
+Pixel coordinates follow the `cam2img` convention: integer values at pixel centres, u to the
+right, v down. The steps, in order:
+
+1. resize by `resize` (both axes): a pixel centre u maps to `resize * (u + 0.5) - 0.5`;
+2. crop the box `(x0, y0, x1, y1)` of the resized image (outside the image is black);
+3. mirror left-right within the crop when `flip`;
+4. rotate by `rotate_deg` counter-clockwise (as displayed) about the crop's centre.
+
+`ida_matrix` returns the 4x4 map of original pixels `(u, v, 0, 1)` to augmented pixels and
+`apply_image_aug` produces the matching image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def _affine(linear: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:2, :2] = linear
+    matrix[:2, 3] = offset
+    return matrix
+
+
+def ida_matrix(resize: float, crop: tuple[int, int, int, int], flip: bool, rotate_deg: float) -> np.ndarray:
+    """4x4 float64 map of an original pixel (u, v, 0, 1) to its augmented pixel."""
+    x0, y0, x1, y1 = crop
+    width, height = x1 - x0, y1 - y0
+    scale = _affine(resize * np.eye(2), np.full(2, 0.5 * resize - 0.5))
+    shift = _affine(np.eye(2), -np.array([x0, y0], dtype=np.float64))
+    mirror = _affine(np.diag([-1.0, 1.0]), np.array([width - 1.0, 0.0])) if flip else np.eye(4)
+    angle = math.radians(rotate_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    # counter-clockwise on screen with v pointing down: (1, 0) -> (cos, -sin)
+    rotation = np.array([[cos, sin], [-sin, cos]])
+    centre = np.array([(width - 1.0) / 2.0, (height - 1.0) / 2.0])
+    rotate = _affine(rotation, centre - rotation @ centre)
+    return rotate @ mirror @ shift @ scale
+
+
+def apply_image_aug(
+    img: Image.Image,
+    resize: float,
+    crop: tuple[int, int, int, int],
+    flip: bool,
+    rotate_deg: float,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> Image.Image:
+    """The augmented image, of size (x1 - x0, y1 - y0), matching `ida_matrix` of the same parameters."""
+    width, height = img.size
+    new_w, new_h = int(width * resize), int(height * resize)
+    # the source box makes the scale exactly `resize` on both axes despite the integer size
+    box = (0.0, 0.0, min(new_w / resize, width), min(new_h / resize, height))
+    img = img.resize((new_w, new_h), resample=resample, box=box)
+    img = img.crop(tuple(int(c) for c in crop))
+    if flip:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if rotate_deg != 0.0:
+        img = img.rotate(rotate_deg, resample=resample)
+    return img

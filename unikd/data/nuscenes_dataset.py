@@ -1,0 +1,179 @@
+"""nuScenes detection dataset: real and synthetic databases through the same code."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from unikd.data.classes import CAMERAS, CLASSES
+from unikd.data.image_aug import apply_image_aug, ida_matrix
+from unikd.data.infos import load_or_build_infos
+from unikd.data.transforms import (
+    BEVAugConfig,
+    apply_bda_to_boxes,
+    apply_bda_to_points,
+    boxes_in_range,
+    points_in_range,
+    sample_bda,
+)
+
+POINT_FILE_DIMS = 5  # x, y, z, intensity, ring index (float32)
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ImageAugConfig:
+    """Resize, crop, flip and rotation of camera images (BEVFusion's nuScenes defaults)."""
+
+    final_size: tuple[int, int] = (256, 704)  # (H, W)
+    train_resize: tuple[float, float] = (0.38, 0.55)
+    test_resize: float = 0.48
+    rotate_deg: tuple[float, float] = (-5.4, 5.4)
+    flip_prob: float = 0.5
+
+
+def load_points(path: str | os.PathLike) -> np.ndarray:
+    """[N, 5] float32 points of a `.pcd.bin` file; a clear error when missing or truncated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"point cloud file not found: {path}")
+    size = path.stat().st_size
+    if size % (POINT_FILE_DIMS * 4) != 0:
+        raise ValueError(
+            f"truncated point cloud {path}: {size} bytes is not a multiple of {POINT_FILE_DIMS} float32 per point"
+        )
+    return np.fromfile(path, dtype=np.float32).reshape(-1, POINT_FILE_DIMS)
+
+
+class NuScenesDetectionDataset(Dataset):
+    """Key frames of a nuScenes split with their sweeps, camera images and GT boxes.
+
+    Every item is in the key frame's LIDAR_TOP frame after the BEV augmentation (`bda`).
+    """
+
+    def __init__(
+        self,
+        data_root: str | os.PathLike,
+        version: str,
+        split: str,
+        point_cloud_range: tuple[float, ...],
+        num_sweeps: int = 10,
+        use_lidar: bool = True,
+        use_camera: bool = False,
+        training: bool = False,
+        bev_aug: BEVAugConfig | None = None,
+        image_aug: ImageAugConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.data_root = Path(data_root)
+        self.version = version
+        self.split = split
+        self.point_cloud_range = tuple(point_cloud_range)
+        self.num_sweeps = num_sweeps
+        self.use_lidar = use_lidar
+        self.use_camera = use_camera
+        self.training = training
+        self.bev_aug = bev_aug if training else None
+        self.image_aug = image_aug or ImageAugConfig()
+        self.seed = seed
+        self.epoch = 0
+        self.infos = load_or_build_infos(self.data_root, version, split, max_sweeps=num_sweeps)
+        if not self.infos:
+            raise ValueError(f"split {split!r} of {self.data_root}/{version} has no samples")
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary the augmentation per epoch while keeping each (epoch, index) reproducible."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        info = self.infos[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        bda = sample_bda(self.bev_aug, rng) if self.bev_aug is not None else np.eye(4)
+
+        boxes, labels = self.ground_truth(info)
+        boxes = apply_bda_to_boxes(boxes, bda)
+        keep = boxes_in_range(boxes, self.point_cloud_range)
+        item = {
+            "gt_boxes": torch.from_numpy(boxes[keep]).float(),
+            "gt_labels": torch.from_numpy(labels[keep]),
+            "bda": torch.from_numpy(bda).float(),
+            "lidar2global": torch.from_numpy(info["lidar2global"]).float(),
+            "sample_token": info["token"],
+            "index": index,
+        }
+        # The LiDAR feeds the LiDAR branch, and a camera model's depth supervision.
+        points = apply_bda_to_points(self.load_sweeps(info), bda)
+        item["points"] = torch.from_numpy(points[points_in_range(points, self.point_cloud_range)])
+        if self.use_camera:
+            item.update(self.load_cameras(info, rng))
+        return item
+
+    def ground_truth(self, info: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes of the 10 classes that hold at least one LiDAR or radar point."""
+        valid = (info["num_lidar_pts"] + info["num_radar_pts"]) > 0
+        boxes = info["gt_boxes"][valid]
+        labels = np.array([CLASSES.index(name) for name in info["gt_names"][valid]], dtype=np.int64)
+        return boxes, labels
+
+    def load_sweeps(self, info: dict) -> np.ndarray:
+        """Key frame plus up to num_sweeps-1 earlier sweeps, in the key LiDAR frame, [N, 5] with time lag."""
+        key = load_points(self.data_root / info["lidar_path"])[:, :4]
+        clouds = [np.concatenate([key, np.zeros((len(key), 1), np.float32)], axis=1)]
+        for sweep in info["sweeps"][: self.num_sweeps - 1]:
+            points = load_points(self.data_root / sweep["path"])[:, :4].copy()
+            transform = sweep["sensor2lidar"]
+            points[:, :3] = points[:, :3] @ transform[:3, :3].T.astype(np.float32) + transform[:3, 3].astype(np.float32)
+            lag = np.full((len(points), 1), sweep["time_lag"], dtype=np.float32)
+            clouds.append(np.concatenate([points, lag], axis=1))
+        return np.concatenate(clouds, axis=0).astype(np.float32)
+
+    def image_aug_params(self, width: int, height: int, rng: np.random.Generator) -> dict:
+        config = self.image_aug
+        final_h, final_w = config.final_size
+        if self.training:
+            resize = rng.uniform(*config.train_resize)
+        else:
+            resize = config.test_resize
+        new_w, new_h = int(width * resize), int(height * resize)
+        crop_y = max(new_h - final_h, 0)  # keep the bottom of the image (the road)
+        crop_x = int(rng.uniform(0, max(new_w - final_w, 0))) if self.training else max(new_w - final_w, 0) // 2
+        flip = self.training and rng.random() < config.flip_prob
+        rotate = rng.uniform(*config.rotate_deg) if self.training else 0.0
+        return {
+            "resize": resize,
+            "crop": (crop_x, crop_y, crop_x + final_w, crop_y + final_h),
+            "flip": flip,
+            "rotate_deg": rotate,
+        }
+
+    def load_cameras(self, info: dict, rng: np.random.Generator) -> dict:
+        imgs, cam2img, lidar2cam, img_aug = [], [], [], []
+        for channel in CAMERAS:
+            cam = info["cams"][channel]
+            path = self.data_root / cam["path"]
+            if not path.is_file():
+                raise FileNotFoundError(f"camera image not found: {path}")
+            image = Image.open(path).convert("RGB")
+            params = self.image_aug_params(image.width, image.height, rng)
+            image = apply_image_aug(image, **params)
+            array = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+            imgs.append(torch.from_numpy(array).permute(2, 0, 1))
+            cam2img.append(cam["cam2img"])
+            lidar2cam.append(cam["lidar2cam"])
+            img_aug.append(ida_matrix(**params))
+        return {
+            "imgs": torch.stack(imgs),
+            "cam2img": torch.from_numpy(np.stack(cam2img)).float(),
+            "lidar2cam": torch.from_numpy(np.stack(lidar2cam)).float(),
+            "img_aug": torch.from_numpy(np.stack(img_aug)).float(),
+        }

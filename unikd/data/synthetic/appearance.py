@@ -1,0 +1,119 @@
+"""How the synthetic world looks to the sensors: colours for the cameras, reflectivity for the LiDAR.
+
+Both come from the same surfaces (a lane marking is bright in the image and in LiDAR intensity), so
+that camera and LiDAR see one consistent scene.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Base RGB colour of each object kind, one distinct hue family per detection class.
+CLASS_COLOURS: dict[str, tuple[float, float, float]] = {
+    "car": (0.16, 0.35, 0.86),
+    "truck": (0.78, 0.16, 0.16),
+    "bus": (0.90, 0.75, 0.12),
+    "trailer": (0.47, 0.29, 0.16),
+    "construction_vehicle": (0.94, 0.51, 0.08),
+    "pedestrian": (0.82, 0.24, 0.78),
+    "motorcycle": (0.12, 0.78, 0.86),
+    "bicycle": (0.20, 0.75, 0.24),
+    "traffic_cone": (1.00, 0.24, 0.47),
+    "barrier": (0.92, 0.92, 0.92),
+}
+BUILDING_COLOURS = ((0.62, 0.58, 0.52), (0.52, 0.50, 0.50), (0.70, 0.66, 0.60), (0.45, 0.42, 0.40))
+POLE_COLOUR = (0.35, 0.35, 0.37)
+
+# LiDAR reflectivity in [0, 1] of each object kind (retro-reflective cones and barriers are bright).
+REFLECTIVITY: dict[str, float] = {
+    "car": 0.35,
+    "truck": 0.3,
+    "bus": 0.35,
+    "trailer": 0.3,
+    "construction_vehicle": 0.45,
+    "pedestrian": 0.15,
+    "motorcycle": 0.3,
+    "bicycle": 0.25,
+    "traffic_cone": 0.9,
+    "barrier": 0.6,
+    "bicycle_rack": 0.4,
+    "building": 0.4,
+    "pole": 0.5,
+}
+
+SKY_TOP = np.array([0.42, 0.60, 0.88])
+SKY_HORIZON = np.array([0.80, 0.85, 0.92])
+FOG_DISTANCE = 180.0  # metres; surfaces fade toward the horizon colour with exp(-distance / this)
+SUN = np.array([0.5, 0.3, 0.81]) / np.linalg.norm([0.5, 0.3, 0.81])
+
+_ASPHALT = (0.27, 0.27, 0.28)
+_BIKE_LANE = (0.45, 0.25, 0.21)
+_PARKING = (0.33, 0.33, 0.33)
+_PAVING = ((0.62, 0.60, 0.56), (0.53, 0.51, 0.48))
+_GRASS = (0.26, 0.42, 0.18)
+_WHITE = (0.90, 0.90, 0.88)
+_YELLOW = (0.88, 0.72, 0.16)
+
+
+def object_colour(kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Colour of one object: its class colour (or a scenery colour) with a small brightness change."""
+    if kind == "building":
+        base = BUILDING_COLOURS[int(rng.integers(len(BUILDING_COLOURS)))]
+    elif kind == "pole":
+        base = POLE_COLOUR
+    else:
+        base = CLASS_COLOURS.get(kind, (0.0, 0.0, 0.0))
+    scale = rng.uniform(0.85, 1.1)
+    return tuple(float(min(1.0, c * scale)) for c in base)
+
+
+def hash_noise(a: np.ndarray, b: np.ndarray, cell: float) -> np.ndarray:
+    """Deterministic noise in [0, 1): one value per (cell x cell) square of the (a, b) plane."""
+    ia = np.floor(a / cell).astype(np.int64)
+    ib = np.floor(b / cell).astype(np.int64)
+    h = (ia * 73856093) ^ (ib * 19349663)
+    h = (h * 2654435761) & 0xFFFFFFFF
+    return ((h >> 8) & 0xFFFF).astype(np.float32) / 65536.0
+
+
+def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground at road coordinates (s, d) [N]: RGB colour [N, 3] and LiDAR reflectivity [N].
+
+    Two lanes each way (|d| < 7 m) with a yellow centre line, dashed white lane dividers and white
+    edge lines; then a bike lane, a parking strip, paved sidewalk tiles and grass.
+    """
+    a = np.abs(d)
+    colour = np.empty((len(a), 3), dtype=np.float32)
+    reflect = np.empty(len(a), dtype=np.float32)
+    zones = [
+        (a < 7.0, _ASPHALT, 0.08),
+        ((a >= 7.0) & (a < 8.6), _BIKE_LANE, 0.1),
+        ((a >= 8.6) & (a < 11.6), _PARKING, 0.1),
+        ((a >= 18.5), _GRASS, 0.3),
+    ]
+    tile = (np.floor(s / 1.5).astype(np.int64) + np.floor(d / 1.5).astype(np.int64)) % 2 == 0
+    paving = (a >= 11.6) & (a < 18.5)
+    colour[paving & tile] = _PAVING[0]
+    colour[paving & ~tile] = _PAVING[1]
+    reflect[paving] = 0.25
+    for mask, rgb, value in zones:
+        colour[mask] = rgb
+        reflect[mask] = value
+    colour *= (0.85 + 0.3 * hash_noise(s, d, 0.35))[:, None]
+    dashed = np.mod(s, 9.0) < 3.0
+    markings = [
+        (a < 0.12, _YELLOW),
+        ((np.abs(a - 3.5) < 0.075) & dashed, _WHITE),
+        (np.abs(a - 7.0) < 0.1, _WHITE),
+        (np.abs(a - 8.6) < 0.07, _WHITE),
+    ]
+    for mask, rgb in markings:
+        colour[mask] = rgb
+        reflect[mask] = 0.8
+    return colour, reflect
+
+
+def fog(colour: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Blend colours [N, 3] toward the horizon colour with distance [N] (aerial perspective)."""
+    keep = np.exp(-np.asarray(distance, dtype=np.float32) / FOG_DISTANCE)[:, None]
+    return colour * keep + SKY_HORIZON.astype(np.float32) * (1.0 - keep)

@@ -1,0 +1,220 @@
+"""Camera images of the synthetic world through the rig's pinhole models.
+
+The ground (lanes, markings, paving, grass; fading into haze with distance) is found per pixel by
+intersecting the pixel's ray with the ground plane, at half resolution (then upsampled). Boxes are
+drawn on top as shaded faces (back faces culled, clipped at a near plane behind the camera) in a
+painter's order: far to near, refined by separating lines between box footprints so that a near
+box is always painted after a box it hides.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import cv2
+import numpy as np
+
+from unikd.data.synthetic.appearance import SKY_HORIZON, SKY_TOP, SUN, fog, ground_surface
+from unikd.data.synthetic.calibration import IMAGE_HEIGHT, IMAGE_WIDTH, CameraSpec
+from unikd.data.synthetic.scene import Road
+
+NEAR = 0.2  # metres: faces are clipped at this depth in front of the camera
+MAX_GROUND_DISTANCE = 500.0  # farther ground is drawn as horizon haze
+MAX_BOX_DISTANCE = 250.0
+
+# Corner k of a box has signs (x, y, z) from its bits: k = 4 * (x > 0) + 2 * (y > 0) + (z > 0).
+CORNER_SIGNS = np.array([[2 * (k >> 2) - 1, 2 * ((k >> 1) & 1) - 1, 2 * (k & 1) - 1] for k in range(8)], dtype=np.float64)
+# Faces as corner loops with their outward normals in the box frame.
+FACES = (
+    ((4, 5, 7, 6), (1.0, 0.0, 0.0)),
+    ((0, 1, 3, 2), (-1.0, 0.0, 0.0)),
+    ((2, 3, 7, 6), (0.0, 1.0, 0.0)),
+    ((0, 1, 5, 4), (0.0, -1.0, 0.0)),
+    ((1, 3, 7, 5), (0.0, 0.0, 1.0)),
+    ((0, 2, 6, 4), (0.0, 0.0, -1.0)),
+)
+FOOTPRINT = (0, 2, 6, 4)
+
+
+def box_corners(centres: np.ndarray, sizes: np.ndarray, yaws: np.ndarray) -> np.ndarray:
+    """Corners [N, 8, 3] of boxes (centre, l w h, yaw about z) in their frame of reference."""
+    local = CORNER_SIGNS[None] * sizes[:, None, :] / 2
+    cos, sin = np.cos(yaws)[:, None], np.sin(yaws)[:, None]
+    x = cos * local[..., 0] - sin * local[..., 1]
+    y = sin * local[..., 0] + cos * local[..., 1]
+    return centres[:, None, :] + np.stack([x, y, local[..., 2]], axis=-1)
+
+
+class CameraRenderer:
+    """Renders one camera; the per-pixel ground rays are computed once, in the ego frame."""
+
+    def __init__(self, spec: CameraSpec) -> None:
+        self.spec = spec
+        self.translation = np.array(spec.translation)
+        self.rotation = spec.rotation_matrix  # camera -> ego
+        height, width = IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2
+        u, v = np.meshgrid(2.0 * np.arange(width) + 1.0, 2.0 * np.arange(height) + 1.0)
+        pixels = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3)
+        rays = pixels @ np.linalg.inv(spec.intrinsic).T @ self.rotation.T  # ego-frame directions
+        with np.errstate(divide="ignore"):
+            scale = np.where(rays[:, 2] < 0, self.translation[2] / -rays[:, 2], np.inf)
+        distance = scale * np.linalg.norm(rays, axis=1)
+        ground = distance < MAX_GROUND_DISTANCE
+        self._ground_index = np.flatnonzero(ground)
+        self._ground_xy = self.translation[:2] + scale[ground, None] * rays[ground, :2]
+        self._ground_distance = distance[ground]
+        elevation = np.arctan2(rays[:, 2], np.hypot(rays[:, 0], rays[:, 1]))
+        mix = np.clip(elevation / 0.6, 0.0, 1.0)[:, None]
+        self._sky = (SKY_HORIZON * (1 - mix) + SKY_TOP * mix).astype(np.float32)
+
+    def pose(self, ego_xy: np.ndarray, ego_yaw: float) -> tuple[np.ndarray, np.ndarray]:
+        """Camera -> global rotation and camera position for an ego pose on the ground plane."""
+        cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
+        ego_rotation = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+        position = np.array([ego_xy[0], ego_xy[1], 0.0]) + ego_rotation @ self.translation
+        return ego_rotation @ self.rotation, position
+
+    def render(
+        self,
+        road: Road,
+        ego_xy: np.ndarray,
+        ego_yaw: float,
+        centres: np.ndarray,
+        sizes: np.ndarray,
+        yaws: np.ndarray,
+        colours: np.ndarray,
+    ) -> np.ndarray:
+        """RGB uint8 image [900, 1600, 3] of the ground and the given global boxes."""
+        cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
+        ground_xy = ego_xy + self._ground_xy @ np.array([[cos, sin], [-sin, cos]])
+        ground_colour, _ = ground_surface(*road.coords(ground_xy))
+        canvas = self._sky.copy()
+        canvas[self._ground_index] = fog(ground_colour, self._ground_distance)
+        canvas = canvas.reshape(IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2, 3)
+        image = cv2.resize(canvas, (IMAGE_WIDTH, IMAGE_HEIGHT), interpolation=cv2.INTER_LINEAR)
+        image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        self._draw_boxes(image, ego_xy, ego_yaw, centres, sizes, yaws, colours)
+        return image
+
+    def _draw_boxes(
+        self,
+        image: np.ndarray,
+        ego_xy: np.ndarray,
+        ego_yaw: float,
+        centres: np.ndarray,
+        sizes: np.ndarray,
+        yaws: np.ndarray,
+        colours: np.ndarray,
+    ) -> None:
+        rotation, position = self.pose(ego_xy, ego_yaw)
+        corners = box_corners(centres, sizes, yaws)
+        corners_cam = (corners - position) @ rotation  # global -> camera frame
+        distance = np.linalg.norm(centres - position, axis=1)
+        candidates = np.flatnonzero((corners_cam[..., 2] > NEAR).any(axis=1) & (distance < MAX_BOX_DISTANCE))
+        bounds = [self._image_bounds(corners_cam[i]) for i in candidates]
+        keep = [k for k, b in enumerate(bounds) if b[0] < IMAGE_WIDTH and b[1] < IMAGE_HEIGHT and b[2] > 0 and b[3] > 0]
+        candidates, bounds = candidates[keep], np.array([bounds[k] for k in keep]).reshape(-1, 4)
+        footprints = corners[candidates][:, FOOTPRINT, :2]
+        order = _paint_order(footprints, yaws[candidates], position[:2], bounds, distance[candidates])
+        intrinsic = self.spec.intrinsic
+        for i in candidates[np.array(order, dtype=np.int64)]:
+            cos, sin = np.cos(yaws[i]), np.sin(yaws[i])
+            for loop, normal in FACES:
+                normal_global = np.array([cos * normal[0] - sin * normal[1], sin * normal[0] + cos * normal[1], normal[2]])
+                face = corners[i, list(loop)]
+                if normal_global @ (position - face.mean(axis=0)) <= 0:
+                    continue  # back face
+                polygon = _clip_near(corners_cam[i, list(loop)])
+                if len(polygon) < 3:
+                    continue
+                uv = polygon @ intrinsic.T
+                pixels = np.round(uv[:, :2] / uv[:, 2:3] * 16).astype(np.int32)  # 4 fractional bits
+                shade = 0.45 + 0.55 * (0.5 + 0.5 * float(normal_global @ SUN))
+                rgb = fog((colours[i] * shade)[None], np.linalg.norm(face.mean(axis=0) - position, keepdims=True))[0]
+                fill = tuple(int(c) for c in np.clip(rgb * 255.0 + 0.5, 0, 255))
+                edge = tuple(int(c * 0.6) for c in fill)
+                cv2.fillPoly(image, [pixels], fill, lineType=cv2.LINE_8, shift=4)
+                cv2.polylines(image, [pixels], True, edge, 1, lineType=cv2.LINE_8, shift=4)
+
+    def _image_bounds(self, corners_cam: np.ndarray) -> tuple[float, float, float, float]:
+        """Pixel bounds (u_min, v_min, u_max, v_max) of a box; the whole plane if it reaches behind."""
+        if (corners_cam[:, 2] <= NEAR).any():
+            return (-np.inf, -np.inf, np.inf, np.inf)
+        uv = corners_cam @ self.spec.intrinsic.T
+        uv = uv[:, :2] / uv[:, 2:3]
+        return (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max())
+
+
+def _clip_near(polygon: np.ndarray) -> np.ndarray:
+    """Clip a camera-frame polygon [K, 3] to z >= NEAR (Sutherland-Hodgman, one plane)."""
+    inside = polygon[:, 2] >= NEAR
+    if inside.all():
+        return polygon
+    out = []
+    for k in range(len(polygon)):
+        p, q = polygon[k], polygon[(k + 1) % len(polygon)]
+        if inside[k]:
+            out.append(p)
+        if inside[k] != inside[(k + 1) % len(polygon)]:
+            out.append(p + (NEAR - p[2]) / (q[2] - p[2]) * (q - p))
+    return np.array(out).reshape(-1, 3)
+
+
+def _paint_order(
+    footprints: np.ndarray, yaws: np.ndarray, eye: np.ndarray, bounds: np.ndarray, distance: np.ndarray
+) -> list[int]:
+    """Indices in drawing order: far to near, except that a box is drawn after every box it hides.
+
+    For two boxes whose image bounds overlap, a vertical separating plane between their footprints
+    (from the separating axis test on their edge directions) tells which one is on the camera's
+    side, i.e. in front. The resulting constraints are ordered with Kahn's algorithm, farthest first.
+    """
+    count = len(footprints)
+    overlap = (
+        (bounds[:, None, 0] < bounds[None, :, 2])
+        & (bounds[None, :, 0] < bounds[:, None, 2])
+        & (bounds[:, None, 1] < bounds[None, :, 3])
+        & (bounds[None, :, 1] < bounds[:, None, 3])
+    )
+    after: list[list[int]] = [[] for _ in range(count)]  # after[a]: boxes to draw after a
+    waiting = np.zeros(count, dtype=np.int64)  # boxes that must be drawn before this one
+    for a, b in zip(*np.nonzero(np.triu(overlap, k=1)), strict=True):
+        front = _in_front(footprints[a], footprints[b], yaws[a], yaws[b], eye)
+        if front != 0:
+            near_box, far_box = (a, b) if front > 0 else (b, a)
+            after[far_box].append(near_box)
+            waiting[near_box] += 1
+    heap = [(-distance[i], i) for i in range(count) if waiting[i] == 0]
+    heapq.heapify(heap)
+    remaining = set(range(count))
+    order = []
+    while remaining:
+        if not heap:  # a cycle (not expected for boxes on a plane): break it at the farthest box
+            farthest = max(remaining, key=lambda k: distance[k])
+            heap.append((-distance[farthest], farthest))
+        _, i = heapq.heappop(heap)
+        if i not in remaining:
+            continue
+        remaining.discard(i)
+        order.append(i)
+        for j in after[i]:
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(heap, (-distance[j], j))
+    return order
+
+
+def _in_front(a: np.ndarray, b: np.ndarray, yaw_a: float, yaw_b: float, eye: np.ndarray) -> int:
+    """+1 if footprint a [4, 2] is on the eye's side of a line separating it from b, -1 if b is,
+    0 if no separating edge direction exists or the eye lies between them (neither hides the other)."""
+    for yaw in (yaw_a, yaw_b):
+        for axis in (np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])):
+            pa, pb, pe = a @ axis, b @ axis, eye @ axis
+            for sign, low, high in ((1, pa, pb), (-1, pb, pa)):
+                if low.max() <= high.min():
+                    if pe <= low.max():
+                        return sign
+                    if pe >= high.min():
+                        return -sign
+                    return 0
+    return 0

@@ -1,0 +1,356 @@
+"""Builds a synthetic dataset in the nuScenes format: scenes named like the real split's scenes,
+2 Hz key frames with LiDAR sweeps in between, six camera images per key frame, and annotations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from nuscenes.utils import splits
+
+from unikd.data.synthetic.appearance import REFLECTIVITY, ground_surface
+from unikd.data.synthetic.calibration import (
+    CAMERA_SPECS,
+    LIDAR_CHANNEL,
+    LIDAR_TRANSLATION,
+    LIDAR_YAW,
+    camera_calibration,
+    lidar_calibration,
+    yaw_quaternion,
+)
+from unikd.data.synthetic.camera import CameraRenderer
+from unikd.data.synthetic.lidar import LidarScan, cast_lidar, count_points_in_boxes
+from unikd.data.synthetic.scene import SceneLayout, sample_layout
+from unikd.data.synthetic.writer import DatasetWriter
+
+# version -> (train scene pool, val scene pool, default number of train scenes, of val scenes)
+VERSIONS = {
+    "v1.0-mini": (splits.mini_train, splits.mini_val, 8, 2),
+    "v1.0-trainval": (splits.train, splits.val, 20, 10),
+}
+# (location, vehicle, UTC offset in hours, left-hand traffic)
+LOCATIONS = (
+    ("singapore-onenorth", "n015", 8, True),
+    ("singapore-queenstown", "n015", 8, True),
+    ("singapore-hollandvillage", "n015", 8, True),
+    ("boston-seaport", "n008", -4, False),
+)
+KEYFRAME_INTERVAL_US = 500_000  # key frames at 2 Hz
+FIRST_SCENE_START_US = 1_532_402_927_000_000  # 2018-07-24 03:28:47 UTC
+SCENE_SPACING_US = 3_600_000_000  # one scene per hour
+
+
+def generate_synthetic_nuscenes(
+    root: str | Path,
+    version: str = "v1.0-mini",
+    seed: int = 0,
+    *,
+    train_scenes: int | None = None,
+    val_scenes: int | None = None,
+    keyframes_per_scene: int = 10,
+    sweeps_per_keyframe: int = 4,
+    objects_per_scene: int = 60,
+    lidar_noise: float = 0.02,
+) -> Path:
+    """Write a synthetic nuScenes-format dataset to `root` (which must be empty or new); return it.
+
+    Scenes take the names of the version's real train and val scenes (v1.0-mini: 8 + 2 by
+    default and at most; v1.0-trainval: 20 + 10 by default, at most 700 + 150), so that
+    `nuscenes.utils.splits.create_splits_scenes()` applies. Each scene has `keyframes_per_scene`
+    key frames (samples) 0.5 s apart and `sweeps_per_keyframe` LiDAR sweeps evenly between two key
+    frames (nuScenes has 9), and about `objects_per_scene` annotated objects. `lidar_noise` is the
+    range noise in metres (0: exact). The same arguments always give the same bytes.
+    """
+    if version not in VERSIONS:
+        raise ValueError(f"unknown nuScenes version {version!r}; expected one of {sorted(VERSIONS)}")
+    if keyframes_per_scene < 2:
+        raise ValueError(f"keyframes_per_scene must be >= 2 (velocities need two), got {keyframes_per_scene}")
+    if sweeps_per_keyframe < 0:
+        raise ValueError(f"sweeps_per_keyframe must be >= 0, got {sweeps_per_keyframe}")
+    names = _scene_names(version, train_scenes, val_scenes)
+    root = Path(root)
+    _check_target(root, version)
+
+    writer = DatasetWriter(root, version, seed)
+    renderers = [CameraRenderer(spec) for spec in CAMERA_SPECS]
+    logs_by_location: dict[str, list[str]] = {}
+    for index, name in enumerate(names):
+        rng = np.random.default_rng([seed, index])
+        location, vehicle, utc_offset, left_hand = LOCATIONS[int(rng.integers(len(LOCATIONS)))]
+        duration = (keyframes_per_scene - 1) * KEYFRAME_INTERVAL_US / 1e6
+        layout = sample_layout(rng, duration, objects_per_scene, left_hand)
+        start_us = FIRST_SCENE_START_US + index * SCENE_SPACING_US
+        log_token = _add_log(writer, index, vehicle, location, utc_offset, start_us)
+        logs_by_location.setdefault(location, []).append(log_token)
+        scene = _SceneWriter(writer, renderers, layout, name, index, log_token, start_us)
+        scene.write(keyframes_per_scene, sweeps_per_keyframe, np.random.default_rng([seed, index, 1]), lidar_noise)
+    writer.add_maps(logs_by_location)
+    writer.write_tables()
+    return root
+
+
+def _scene_names(version: str, train_scenes: int | None, val_scenes: int | None) -> list[str]:
+    train_pool, val_pool, default_train, default_val = VERSIONS[version]
+    num_train = default_train if train_scenes is None else train_scenes
+    num_val = default_val if val_scenes is None else val_scenes
+    for kind, count, pool in (("train", num_train, train_pool), ("val", num_val, val_pool)):
+        if not 0 <= count <= len(pool):
+            raise ValueError(f"{version} has {len(pool)} {kind} scenes; asked for {count}")
+    if num_train + num_val == 0:
+        raise ValueError("asked for no scenes")
+    return list(train_pool[:num_train]) + list(val_pool[:num_val])
+
+
+def _check_target(root: Path, version: str) -> None:
+    """The target must be a new or empty folder: files of two builds would mix."""
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder")
+    if not root.exists() or not any(root.iterdir()):
+        return
+    present = sorted(p.name for p in root.iterdir() if (p / "scene.json").is_file())
+    if present and version not in present:
+        raise FileExistsError(f"{root} already holds nuScenes version(s) {present}, not {version}; choose an empty folder")
+    raise FileExistsError(f"{root} is not empty (holds {present or 'other files'}); delete it or choose an empty folder")
+
+
+def _add_log(writer: DatasetWriter, index: int, vehicle: str, location: str, utc_offset: int, start_us: int) -> str:
+    local = datetime.fromtimestamp(start_us / 1e6, tz=timezone(timedelta(hours=utc_offset)))
+    token = writer.token("log", index)
+    writer.add(
+        "log",
+        {
+            "token": token,
+            "logfile": f"{vehicle}-{local:%Y-%m-%d-%H-%M-%S%z}",
+            "vehicle": vehicle,
+            "date_captured": f"{local:%Y-%m-%d}",
+            "location": location,
+        },
+    )
+    return token
+
+
+class _SceneWriter:
+    """Writes one scene: its records, LiDAR sweeps, camera images and annotations."""
+
+    def __init__(
+        self,
+        writer: DatasetWriter,
+        renderers: list[CameraRenderer],
+        layout: SceneLayout,
+        name: str,
+        index: int,
+        log_token: str,
+        start_us: int,
+    ) -> None:
+        self.writer = writer
+        self.renderers = renderers
+        self.layout = layout
+        self.name = name
+        self.index = index
+        self.start_us = start_us
+        self.log_name = writer.tables["log"][-1]["logfile"]
+        self.log_token = log_token
+        self.annotated = [i for i, obj in enumerate(layout.objects) if obj.category]
+        self.reflectivity = np.array([REFLECTIVITY[obj.kind] for obj in layout.objects])
+        self.lidar_calibration = {"token": writer.token("calibrated_sensor", index, LIDAR_CHANNEL),
+                                  "sensor_token": writer.token("sensor", LIDAR_CHANNEL), **lidar_calibration()}
+        writer.add("calibrated_sensor", self.lidar_calibration)
+        for spec in CAMERA_SPECS:
+            writer.add(
+                "calibrated_sensor",
+                {"token": writer.token("calibrated_sensor", index, spec.channel),
+                 "sensor_token": writer.token("sensor", spec.channel), **camera_calibration(spec)},
+            )
+
+    def write(self, num_keyframes: int, sweeps: int, rng: np.random.Generator, lidar_noise: float) -> None:
+        w = self.writer
+        samples = [w.token("sample", self.index, k) for k in range(num_keyframes)]
+        moving = "parked" if self.layout.ego.speed == 0 else ("slow" if self.layout.ego.speed < 4.5 else "driving")
+        road = "straight" if self.layout.road.curvature == 0 else "curved"
+        w.add(
+            "scene",
+            {
+                "token": w.token("scene", self.index),
+                "log_token": self.log_token,
+                "nbr_samples": num_keyframes,
+                "first_sample_token": samples[0],
+                "last_sample_token": samples[-1],
+                "name": self.name,
+                "description": f"synthetic, ego {moving}, {road} road",
+            },
+        )
+        for k, token in enumerate(samples):
+            w.add(
+                "sample",
+                {
+                    "token": token,
+                    "timestamp": self.start_us + k * KEYFRAME_INTERVAL_US,
+                    "prev": samples[k - 1] if k > 0 else "",
+                    "next": samples[k + 1] if k + 1 < num_keyframes else "",
+                    "scene_token": w.token("scene", self.index),
+                },
+            )
+        annotations = self._write_lidar(samples, sweeps, rng, lidar_noise)
+        self._write_cameras(samples)
+        self._write_annotations(samples, annotations)
+
+    def _ego_pose(self, channel: str, timestamp: int) -> dict:
+        xy, yaw = self.layout.ego_pose((timestamp - self.start_us) / 1e6)
+        record = {
+            "token": self.writer.token("ego_pose", self.index, channel, timestamp),
+            "timestamp": timestamp,
+            "rotation": yaw_quaternion(yaw),
+            "translation": [float(xy[0]), float(xy[1]), 0.0],
+        }
+        return self.writer.add("ego_pose", record)
+
+    def _sample_data(self, channel: str, timestamp: int, sample_token: str, key: bool, pose: dict, prev: str, next_: str) -> str:
+        """Add a sample_data record and return its file name."""
+        w = self.writer
+        folder = "samples" if key else "sweeps"
+        extension = "pcd.bin" if channel == LIDAR_CHANNEL else "jpg"
+        filename = f"{folder}/{channel}/{self.log_name}__{channel}__{timestamp}.{extension}"
+        camera = channel != LIDAR_CHANNEL
+        w.add(
+            "sample_data",
+            {
+                "token": w.token("sample_data", self.index, channel, timestamp),
+                "sample_token": sample_token,
+                "ego_pose_token": pose["token"],
+                "calibrated_sensor_token": w.token("calibrated_sensor", self.index, channel),
+                "timestamp": timestamp,
+                "fileformat": "jpg" if camera else "pcd",
+                "is_key_frame": key,
+                "height": 900 if camera else 0,
+                "width": 1600 if camera else 0,
+                "filename": filename,
+                "prev": prev,
+                "next": next_,
+            },
+        )
+        return filename
+
+    def _write_lidar(
+        self, samples: list[str], sweeps: int, rng: np.random.Generator, noise: float
+    ) -> list[list[tuple[int, str]]]:
+        """All LiDAR frames; returns per key frame and annotated object (points inside, visibility token)."""
+        w = self.writer
+        period = sweeps + 1
+        count = (len(samples) - 1) * period + 1
+        stamps = [self.start_us + round(j * KEYFRAME_INTERVAL_US / period) for j in range(count)]
+        tokens = [w.token("sample_data", self.index, LIDAR_CHANNEL, t) for t in stamps]
+        per_keyframe = []
+        for j, timestamp in enumerate(stamps):
+            key = j % period == 0
+            pose = self._ego_pose(LIDAR_CHANNEL, timestamp)
+            filename = self._sample_data(
+                LIDAR_CHANNEL, timestamp, samples[-(-j // period)], key, pose,
+                tokens[j - 1] if j > 0 else "", tokens[j + 1] if j + 1 < count else "",
+            )
+            scan = self._scan((timestamp - self.start_us) / 1e6, rng, noise)
+            w.write_points(filename, scan.points)
+            if key:
+                per_keyframe.append(self._keyframe_annotations(timestamp, pose, scan))
+        return per_keyframe
+
+    def _scan(self, t: float, rng: np.random.Generator, noise: float) -> LidarScan:
+        """Ray-cast the LiDAR at time t; boxes are moved into the sensor frame first."""
+        ego_xy, ego_yaw = self.layout.ego_pose(t)
+        yaw = ego_yaw + LIDAR_YAW
+        cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
+        position = ego_xy + np.array([cos * LIDAR_TRANSLATION[0] - sin * LIDAR_TRANSLATION[1],
+                                      sin * LIDAR_TRANSLATION[0] + cos * LIDAR_TRANSLATION[1]])
+        to_sensor = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])  # row form: xy @ this
+        centres, yaws = self.layout.boxes(t)
+        local = np.concatenate([(centres[:, :2] - position) @ to_sensor, centres[:, 2:] - LIDAR_TRANSLATION[2]], axis=1)
+
+        def ground_reflectivity(xy: np.ndarray) -> np.ndarray:
+            global_xy = position + xy @ to_sensor.T
+            return ground_surface(*self.layout.road.coords(global_xy))[1]
+
+        return cast_lidar(
+            local, self.layout.sizes, yaws - yaw, self.layout.solid, self.reflectivity,
+            LIDAR_TRANSLATION[2], ground_reflectivity, rng, noise,
+        )
+
+    def _keyframe_annotations(self, timestamp: int, pose: dict, scan: LidarScan) -> list[tuple[int, str]]:
+        centres, yaws = self.layout.boxes((timestamp - self.start_us) / 1e6)
+        boxes = [self._box(centres[i], yaws[i], i) for i in self.annotated]
+        counts = count_points_in_boxes(scan.points, self.lidar_calibration, pose, boxes)
+        result = []
+        for i, points in zip(self.annotated, counts, strict=True):
+            potential = scan.potential_rays[i]
+            fraction = scan.visible_rays[i] / potential if potential > 0 else 0.0
+            visibility = "1" if fraction <= 0.4 else "2" if fraction <= 0.6 else "3" if fraction <= 0.8 else "4"
+            result.append((points, visibility))
+        return result
+
+    def _box(self, centre: np.ndarray, yaw: float, index: int) -> tuple[list, list, list]:
+        """nuScenes translation, size (w, l, h) and rotation of a box."""
+        length, width, height = self.layout.sizes[index]
+        return [float(v) for v in centre], [float(width), float(length), float(height)], yaw_quaternion(float(yaw))
+
+    def _write_cameras(self, samples: list[str]) -> None:
+        w = self.writer
+        solid = self.layout.solid
+        for renderer in self.renderers:
+            spec = renderer.spec
+            stamps = [self.start_us + k * KEYFRAME_INTERVAL_US + spec.timestamp_offset_us for k in range(len(samples))]
+            tokens = [w.token("sample_data", self.index, spec.channel, t) for t in stamps]
+            for k, timestamp in enumerate(stamps):
+                pose = self._ego_pose(spec.channel, timestamp)
+                filename = self._sample_data(
+                    spec.channel, timestamp, samples[k], True, pose,
+                    tokens[k - 1] if k > 0 else "", tokens[k + 1] if k + 1 < len(stamps) else "",
+                )
+                t = (timestamp - self.start_us) / 1e6
+                ego_xy, ego_yaw = self.layout.ego_pose(t)
+                centres, yaws = self.layout.boxes(t)
+                image = renderer.render(
+                    self.layout.road, ego_xy, ego_yaw, centres[solid], self.layout.sizes[solid], yaws[solid],
+                    self.layout.colours[solid],
+                )
+                w.write_image(filename, image)
+
+    def _write_annotations(self, samples: list[str], per_keyframe: list[list[tuple[int, str]]]) -> None:
+        w = self.writer
+        category_tokens = {record["name"]: record["token"] for record in w.tables["category"]}
+        times = [k * KEYFRAME_INTERVAL_US / 1e6 for k in range(len(samples))]
+        states = [self.layout.boxes(t) for t in times]
+        for n, i in enumerate(self.annotated):
+            obj = self.layout.objects[i]
+            instance = w.token("instance", self.index, i)
+            tokens = [w.token("sample_annotation", self.index, i, k) for k in range(len(samples))]
+            w.add(
+                "instance",
+                {
+                    "token": instance,
+                    "category_token": category_tokens[obj.category],
+                    "nbr_annotations": len(samples),
+                    "first_annotation_token": tokens[0],
+                    "last_annotation_token": tokens[-1],
+                },
+            )
+            for k, sample in enumerate(samples):
+                centres, yaws = states[k]
+                translation, size, rotation = self._box(centres[i], yaws[i], i)
+                points, visibility = per_keyframe[k][n]
+                attribute = self.layout.attribute(i, times[k])
+                w.add(
+                    "sample_annotation",
+                    {
+                        "token": tokens[k],
+                        "sample_token": sample,
+                        "instance_token": instance,
+                        "visibility_token": visibility,
+                        "attribute_tokens": [w.token("attribute", attribute)] if attribute else [],
+                        "translation": translation,
+                        "size": size,
+                        "rotation": rotation,
+                        "prev": tokens[k - 1] if k > 0 else "",
+                        "next": tokens[k + 1] if k + 1 < len(samples) else "",
+                        "num_lidar_pts": points,
+                        "num_radar_pts": 0,
+                    },
+                )

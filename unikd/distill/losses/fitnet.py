@@ -1,0 +1,34 @@
+"""FitNet hint loss: MSE between the adapted student feature and the teacher's hint.
+
+L = mean (A(f_S) - f_T)^2,  A = build_adapter(student_shape, teacher_shape, override)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from unikd.distill.adapters import build_adapter
+
+
+class FitNetLoss(nn.Module):
+    """Hint MSE through its own adapter (shapes are (C, H, W)); the teacher is detached.
+
+    FitNet's regressor is learnable, so pass override="conv" to learn one between equal shapes.
+    """
+
+    def __init__(
+        self, student_shape: Iterable[int], teacher_shape: Iterable[int], override: str | None = None
+    ) -> None:
+        super().__init__()
+        self.adapter = build_adapter(student_shape, teacher_shape, override)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        adapted = self.adapter(student)
+        if adapted.shape != teacher.shape:
+            raise ValueError(
+                f"adapted student {tuple(adapted.shape)} does not match teacher {tuple(teacher.shape)}"
+            )
+        return (adapted - teacher.detach()).pow(2).mean()

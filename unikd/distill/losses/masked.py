@@ -1,0 +1,176 @@
+"""Masked feature distillation: fixed Gaussian foreground masks and learned (VeXKD-style) masks.
+
+Fixed masks (`GaussianMaskedFeatureLoss`), with M the class-agnostic Gaussian GT mask [B, H, W]:
+
+    L = sum_{b,h,w} M_bhw * mean_c (f_S - f_T)^2_bchw / (sum M + 1e-4)
+
+Learned masks (`LearnedMaskDistillLoss`), with Q masks M_q from BEV queries over the teacher feature
+and A the student adapter:
+
+    L = sum_{b,q,h,w} M_bqhw * mean_c (A(f_S) - f_T)^2_bchw / sum M
+
+The masks enter the distillation loss detached: minimising a mask-weighted error with respect to
+the masks would only move them onto easy cells. They learn from `mask_learning_loss` instead
+(MasKD/VeXKD recipe: the teacher's task loss on each masked teacher feature plus a Dice diversity
+term between masks), until `freeze_masks()` or the epoch `mask_learning_until_epoch`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from unikd.distill.adapters import build_adapter
+from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.gaussian import draw_gaussian, gaussian_radius
+
+
+def gaussian_box_mask(
+    gt_boxes: Sequence[torch.Tensor],
+    grid: BEVGrid,
+    min_overlap: float = 0.7,
+    min_radius: int = 2,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Class-agnostic Gaussian GT mask [B, grid.height, grid.width], peak 1 at each box centre.
+
+    As CenterPoint's heatmap targets: the centre cell is (col, row) = floor of the centre's cell
+    coordinates (col from x, row from y); radius = max(min_radius, int(gaussian_radius(l / cell_x,
+    w / cell_y, min_overlap))) in cells (min_radius 2 as CenterHead); sigma = (2r+1)/6; boxes
+    combine by max. Boxes whose centre lies outside the grid are skipped. The mask lives on
+    `device` (default: the boxes' device).
+    """
+    device = device or (gt_boxes[0].device if len(gt_boxes) else None)
+    mask = torch.zeros(len(gt_boxes), grid.height, grid.width, device=device)
+    for b, boxes in enumerate(gt_boxes):
+        cells = grid.metric_to_cell(boxes[:, :2]).floor().long().tolist()
+        sizes = boxes[:, 3:5].tolist()
+        for (col, row), (length, width) in zip(cells, sizes, strict=True):
+            if not (0 <= col < grid.width and 0 <= row < grid.height):
+                continue
+            radius = gaussian_radius(length / grid.cell_x, width / grid.cell_y, min_overlap)
+            draw_gaussian(mask[b], col, row, max(min_radius, int(radius)))
+    return mask
+
+
+class GaussianMaskedFeatureLoss(nn.Module):
+    """Feature MSE weighted by the Gaussian GT mask (formula in the module doc).
+
+    student and teacher are aligned [B, C, H, W] (use an adapter first); `grid` gives the
+    metric region, the mask is drawn at the features' resolution. The teacher is detached.
+    """
+
+    def __init__(self, min_overlap: float = 0.7, min_radius: int = 2) -> None:
+        super().__init__()
+        self.min_overlap = min_overlap
+        self.min_radius = min_radius
+
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor], grid: BEVGrid
+    ) -> torch.Tensor:
+        if student.shape != teacher.shape:
+            raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
+        height, width = student.shape[-2:]
+        mask = gaussian_box_mask(
+            gt_boxes, grid.resized(height, width), self.min_overlap, self.min_radius, student.device
+        )
+        error = (student - teacher.detach()).pow(2).mean(dim=1)
+        return (mask * error).sum() / (mask.sum() + 1e-4)
+
+
+class MaskGenerator(nn.Module):
+    """Q learnable BEV queries [Q, C] that score every location of a teacher feature.
+
+    logits_bqhw = <query_q, f_T[b, :, h, w]> / sqrt(C); masks = sigmoid(logits), or with
+    activation "softmax" a softmax over the H*W locations scaled by H*W (mean 1 per mask).
+    """
+
+    def __init__(self, channels: int, num_queries: int = 6, activation: str = "sigmoid") -> None:
+        super().__init__()
+        if activation not in ("sigmoid", "softmax"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+        self.activation = activation
+        self.queries = nn.Parameter(torch.randn(num_queries, channels) * 0.02)
+
+    def forward(self, teacher: torch.Tensor) -> torch.Tensor:
+        """Masks [B, Q, H, W] for a teacher feature [B, C, H, W]."""
+        logits = torch.einsum("qc,bchw->bqhw", self.queries, teacher) / math.sqrt(teacher.shape[1])
+        if self.activation == "sigmoid":
+            return logits.sigmoid()
+        batch, queries, height, width = logits.shape
+        spatial = logits.flatten(2).softmax(dim=-1) * (height * width)
+        return spatial.view(batch, queries, height, width)
+
+
+def dice_diversity(masks: torch.Tensor) -> torch.Tensor:
+    """Mean Dice overlap 2<m_i, m_j> / (|m_i|^2 + |m_j|^2) over mask pairs i < j and the batch ([B, Q, H, W])."""
+    flat = masks.flatten(2)  # [B, Q, HW]
+    overlap = torch.einsum("bqn,bpn->bqp", flat, flat)
+    energy = flat.pow(2).sum(-1)
+    dice = 2 * overlap / (energy[:, :, None] + energy[:, None, :] + 1e-6)
+    pairs = torch.triu_indices(masks.shape[1], masks.shape[1], offset=1, device=masks.device)
+    return dice[:, pairs[0], pairs[1]].mean()
+
+
+class LearnedMaskDistillLoss(nn.Module):
+    """Learned-mask feature distillation (formula in the module doc) with its own student adapter.
+
+    Shapes are (C, H, W). While masks learn, add `mask_learning_loss(teacher, task_loss)` to the
+    objective; `task_loss` maps a masked teacher feature [B, C, H, W] to the teacher's task loss.
+    """
+
+    def __init__(
+        self,
+        student_shape: Iterable[int],
+        teacher_shape: Iterable[int],
+        num_queries: int = 6,
+        activation: str = "sigmoid",
+        mask_learning_until_epoch: int | None = None,
+        diversity_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        teacher_shape = tuple(teacher_shape)
+        self.adapter = build_adapter(student_shape, teacher_shape)
+        self.generator = MaskGenerator(teacher_shape[0], num_queries, activation)
+        self.mask_learning_until_epoch = mask_learning_until_epoch
+        self.diversity_weight = diversity_weight
+        self.register_buffer("masks_frozen", torch.tensor(False))
+
+    @property
+    def learning_masks(self) -> bool:
+        return not bool(self.masks_frozen)
+
+    def freeze_masks(self) -> None:
+        """Stop mask learning for good (the queries stop receiving gradient; saved in the state dict)."""
+        self.masks_frozen.fill_(True)
+        self.generator.queries.requires_grad_(False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Freeze the masks once `epoch` reaches `mask_learning_until_epoch`."""
+        if self.mask_learning_until_epoch is not None and epoch >= self.mask_learning_until_epoch:
+            self.freeze_masks()
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        teacher = teacher.detach()
+        adapted = self.adapter(student)
+        if adapted.shape != teacher.shape:
+            raise ValueError(
+                f"adapted student {tuple(adapted.shape)} does not match teacher {tuple(teacher.shape)}"
+            )
+        masks = self.generator(teacher).detach()
+        error = (adapted - teacher).pow(2).mean(dim=1, keepdim=True)  # [B, 1, H, W]
+        return (masks * error).sum() / masks.sum().clamp_min(1e-4)
+
+    def mask_learning_loss(
+        self, teacher: torch.Tensor, task_loss: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """mean_q task_loss(f_T * M_q) + diversity_weight * dice_diversity(M); only while masks learn."""
+        if not self.learning_masks:
+            raise RuntimeError("masks are frozen; mask_learning_loss is only defined while they learn")
+        teacher = teacher.detach()
+        masks = self.generator(teacher)
+        task = torch.stack([task_loss(teacher * masks[:, q : q + 1]) for q in range(masks.shape[1])]).mean()
+        return task + self.diversity_weight * dice_diversity(masks)

@@ -1,0 +1,261 @@
+"""BaseExp: one experiment (data, model, optimisation, evaluation) as a LightningModule."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from unikd.data.collate import collate_batch
+from unikd.data.infos import SPLITS_BY_VERSION
+from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
+from unikd.data.transforms import BEVAugConfig
+from unikd.evaluation.predictions import prediction_records
+from unikd.exps.options import apply_options
+from unikd.models.bevfusion import BEVFusion
+from unikd.models.configs import model_config
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation shards without the padding duplicates, so every sample is evaluated once."""
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class BaseExp(pl.LightningModule):
+    """An experiment file subclasses this and states only what differs.
+
+    Class attributes are the experiment's settings; `--exp_options key=value` overrides them
+    (dotted paths reach into `model_config`) before the model is built.
+    """
+
+    modalities: tuple[str, ...] = ("lidar",)
+    model_size: str = "nuscenes"  # "nuscenes" (reference sizes), "student" (0.1 m, narrow) or "small" (CPU)
+    version: str = "v1.0-mini"
+    num_sweeps: int = 3
+    image_aug: ImageAugConfig | None = None  # None: the model size's default
+    bev_aug: BEVAugConfig | None = BEVAugConfig()
+    max_epochs: int = 20
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 35.0
+    num_workers: int = 2
+    eval_backend: str = "metric"  # "metric" (fast, identical) or "devkit" (official)
+    num_visualizations: int = 4
+    cli_arguments: tuple[str, ...] = ()  # extra CLI arguments passed to __init__ (e.g. teacher_ckpt)
+
+    def __init__(
+        self,
+        batch_size_per_device: int = 1,
+        data_root: str = "data/nuscenes",
+        seed: int = 0,
+        output_dir: str | None = None,
+        exp_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.batch_size_per_device = batch_size_per_device
+        self.data_root = data_root
+        self.seed = seed
+        self.output_dir = Path(output_dir) if output_dir else None
+        options = dict(exp_options or {})
+        model_options = {k: options.pop(k) for k in list(options) if k.startswith("model_config.")}
+        apply_options(self, options)
+        self.model_config = model_config(self.model_size, self.modalities)
+        apply_options(self, model_options)
+        self.model = self.build_model()
+        self.val_records: list[dict] = []
+        self._datasets: dict[str, NuScenesDetectionDataset] = {}
+        self._metric = None
+
+    @property
+    def exp_name(self) -> str:
+        return type(self).__name__
+
+    @property
+    def train_split(self) -> str:
+        return SPLITS_BY_VERSION[self.version][0]
+
+    @property
+    def val_split(self) -> str:
+        return SPLITS_BY_VERSION[self.version][-1]
+
+    def build_model(self) -> torch.nn.Module:
+        return BEVFusion(copy.deepcopy(self.model_config))
+
+    # ----------------------------------------------------------------------------- data
+    def dataset(self, split: str, training: bool) -> NuScenesDetectionDataset:
+        key = f"{split}:{training}"
+        if key not in self._datasets:
+            self._datasets[key] = NuScenesDetectionDataset(
+                data_root=self.data_root,
+                version=self.version,
+                split=split,
+                point_cloud_range=self.model_config["point_cloud_range"],
+                num_sweeps=self.num_sweeps,
+                use_lidar="lidar" in self.modalities,
+                use_camera="camera" in self.modalities,
+                training=training,
+                bev_aug=self.bev_aug,
+                image_aug=self.image_aug or self.model_config.get("image_aug"),
+                seed=self.seed,
+            )
+        return self._datasets[key]
+
+    def _loader(self, dataset: NuScenesDetectionDataset, shuffle: bool, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size_per_device,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_batch,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=shuffle,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(self.train_split, training=True), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self.dataset(self.val_split, training=False)
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = UnpaddedDistributedSampler(dataset, shuffle=False)
+        return self._loader(dataset, shuffle=False, sampler=sampler)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def on_train_epoch_start(self) -> None:
+        self.dataset(self.train_split, training=True).set_epoch(self.current_epoch)
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, batch: dict) -> dict:
+        return self.model(batch)
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Named loss terms of one batch; distillation experiments add their own."""
+        outputs = self.model(batch)
+        return self.model.loss(outputs, batch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.training_losses(batch)
+        bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss at epoch {self.current_epoch} step {self.global_step}: "
+                + ", ".join(f"{name}={losses[name].item()}" for name in bad)
+                + f" (samples {batch['sample_token']})"
+            )
+        total = sum(losses.values())
+        batch_size = len(batch["sample_token"])
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        return total
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        if not math.isfinite(total_steps):
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.lr, total_steps=total_steps, pct_start=0.4, div_factor=10, final_div_factor=100
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ----------------------------------------------------------------------------- evaluation
+    def metric(self):
+        """The fast nuScenes metric over the validation split's ground truth (built once)."""
+        if self._metric is None:
+            from unikd.evaluation.ground_truth import prepare_ground_truth
+            from unikd.evaluation.metric import NuScenesDetectionMetric
+
+            gt = prepare_ground_truth((self.version, self.data_root), self.val_split)
+            self._metric = NuScenesDetectionMetric(gt).to(self.device)
+        return self._metric
+
+    def detect(self, batch: dict) -> list[dict]:
+        """Decoded boxes per sample (LiDAR frame of the batch)."""
+        return self.model.decode(self.model(batch))
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_records = []
+        if self.eval_backend == "metric":
+            self.metric().reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        detections = self.detect(batch)
+        records = prediction_records(detections, batch)
+        if self.eval_backend == "metric":
+            self.metric().update(records)
+        self.val_records.extend(records)
+        if batch_idx < self.num_visualizations and self.trainer.is_global_zero:
+            self.save_visualization(batch, detections, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.eval_backend == "metric":
+            metrics = self.metric().compute()
+        elif self.eval_backend == "devkit":
+            metrics = self.devkit_metrics()
+        else:
+            raise ValueError(f"eval_backend must be 'metric' or 'devkit', got {self.eval_backend!r}")
+        if metrics is None:
+            return
+        self.log("val/mAP", float(metrics["mean_ap"]), sync_dist=False, rank_zero_only=True)
+        self.log("val/NDS", float(metrics["nd_score"]), sync_dist=False, rank_zero_only=True)
+        if self.trainer.is_global_zero:
+            from unikd.evaluation.table import format_metrics
+
+            print(format_metrics(metrics))
+            out = self.run_dir() / "eval" / f"metrics_epoch{self.current_epoch}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(metrics, indent=2, default=float))
+        self.last_metrics = metrics
+
+    def gathered_records(self) -> list[dict] | None:
+        """All ranks' prediction records on rank 0 (None elsewhere)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.val_records
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, self.val_records)
+        return [r for part in gathered for r in part] if self.trainer.is_global_zero else None
+
+    def devkit_metrics(self) -> dict | None:
+        from unikd.evaluation.devkit_eval import evaluate_with_devkit
+        from unikd.evaluation.submission import write_submission
+
+        records = self.gathered_records()
+        if records is None:
+            return None
+        out_dir = self.run_dir() / "eval" / f"devkit_epoch{self.current_epoch}"
+        path = write_submission(records, out_dir / "submission.json", use_lidar="lidar" in self.modalities, use_camera="camera" in self.modalities)
+        return evaluate_with_devkit((self.version, self.data_root), path, self.val_split, out_dir)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        return prediction_records(self.detect(batch), batch)
+
+    def run_dir(self) -> Path:
+        if self.output_dir is not None:
+            return self.output_dir
+        return Path(self.trainer.default_root_dir)
+
+    def save_visualization(self, batch: dict, detections: list[dict], batch_idx: int) -> None:
+        from unikd.utils.visualization import save_bev_prediction
+
+        out = self.run_dir() / "vis" / f"epoch{self.current_epoch}_{batch_idx}.png"
+        save_bev_prediction(batch, detections, self.model_config["point_cloud_range"], out)

@@ -1,0 +1,296 @@
+"""Lift-splat-shoot view transform and the camera BEV encoder (ResNet -> FPN -> LSS).
+
+Frustum: one point per image feature cell and depth bin. Feature cell (i, j) at stride s
+covers the augmented pixels [i*s, (i+1)*s) x [j*s, (j+1)*s), its centre is the pixel
+((j + 0.5) * s - 0.5, (i + 0.5) * s - 0.5) (integer pixel coordinates at pixel centres, as
+`cam2img`), and depth bin k is lifted at its centre `start + (k + 0.5) * step` (camera z).
+Lift: augmented pixel -> original pixel (inverse `img_aug`) -> camera (inverse `cam2img`,
+times the depth) -> LiDAR (inverse `lidar2cam`) -> augmented LiDAR (`bda`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins
+from unikd.models.camera.fpn import LSSFPN, conv_bn_relu
+from unikd.models.camera.resnet import ResNet, load_torchvision_state_dict
+from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.bev_pool import bev_pool
+
+NUSCENES_POINT_RANGE = (-54.0, -54.0, -10.0, 54.0, 54.0, 10.0)
+
+
+def camera_rays(
+    uv: torch.Tensor, lidar2cam: torch.Tensor, cam2img: torch.Tensor, img_aug: torch.Tensor, bda: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays of augmented pixels [B, Ncam, M, 2] in the augmented LiDAR frame.
+
+    Returns `direction` [B, Ncam, M, 3] and `origin` [B, Ncam, 1, 3] such that the pixel seen
+    at camera depth z (camera-frame z) is `origin + z * direction`.
+    """
+    uv01 = torch.cat([uv, torch.zeros_like(uv[..., :1]), torch.ones_like(uv[..., :1])], dim=-1)
+    original = torch.einsum("bnij,bnmj->bnmi", torch.linalg.inv(img_aug), uv01)[..., :2]
+    pixel_to_lidar = bda[:, None] @ torch.linalg.inv(lidar2cam) @ torch.linalg.inv(cam2img)  # [B, N, 4, 4]
+    # camera-frame point at depth z: inverse(cam2img) @ (u z, v z, z, 1)
+    homogeneous = torch.cat([original, torch.ones_like(original[..., :1])], dim=-1)  # (u, v, 1)
+    direction = torch.einsum("bnij,bnmj->bnmi", pixel_to_lidar[..., :3, :3], homogeneous)
+    origin = pixel_to_lidar[..., None, :3, 3]
+    return direction, origin
+
+
+def pixel_to_lidar(
+    uv: torch.Tensor,
+    depth: torch.Tensor,
+    lidar2cam: torch.Tensor,
+    cam2img: torch.Tensor,
+    img_aug: torch.Tensor,
+    bda: torch.Tensor,
+) -> torch.Tensor:
+    """Augmented-LiDAR points [B, Ncam, M, 3] of augmented pixels [B, Ncam, M, 2] at camera depths [B, Ncam, M]."""
+    direction, origin = camera_rays(uv, lidar2cam, cam2img, img_aug, bda)
+    return origin + depth.unsqueeze(-1) * direction
+
+
+def resample_bev(bev: torch.Tensor, source: BEVGrid, target: BEVGrid) -> torch.Tensor:
+    """Bilinear resampling of a [B, C, H, W] map on `source` at the cell centres of `target`."""
+    if source == target:
+        return bev
+    centres = target.cell_centers(bev.device)  # [H', W', 2] metric (x, y)
+    grid = source.metric_to_normalized(centres).to(bev.dtype).expand(bev.shape[0], -1, -1, -1)
+    return F.grid_sample(bev, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class LSSViewTransform(nn.Module):
+    """Image features of every camera -> camera BEV [B, C, H, W] on `output_grid`, and depth probabilities.
+
+    A depth head predicts D depth logits and C context channels per feature cell; the frustum
+    carries softmax(depth) x context and is summed per BEV cell of a `bev_cell` grid over
+    `point_cloud_range` (points outside x, y, or z range are dropped), then convolved with
+    stride `bev_downsample`, then resampled to `output_grid` when that grid differs.
+    Geometry depends only on the matrices and the feature size; the last one is cached and
+    reused when the same values come again.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 256,
+        context_channels: int = 80,
+        feature_stride: int = 8,
+        depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5),
+        point_cloud_range: tuple[float, ...] = NUSCENES_POINT_RANGE,
+        bev_cell: float = 0.3,
+        bev_downsample: int = 2,
+        output_grid: BEVGrid | None = None,
+    ):
+        super().__init__()
+        self.context_channels = context_channels
+        self.feature_stride = feature_stride
+        self.depth_bins = tuple(depth_bins)
+        self.num_bins = num_depth_bins(self.depth_bins)
+        start, _, step = self.depth_bins
+        self.register_buffer(
+            "bin_depths",
+            start + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * step,
+            persistent=False,
+        )
+        self.z_range = (point_cloud_range[2], point_cloud_range[5])
+        self.splat_grid = BEVGrid.from_range(point_cloud_range, bev_cell)
+        if self.splat_grid.height % bev_downsample or self.splat_grid.width % bev_downsample:
+            raise ValueError(
+                f"splat grid {self.splat_grid.height}x{self.splat_grid.width} is not divisible by bev_downsample={bev_downsample}"
+            )
+        self.bev_grid = self.splat_grid.resized(
+            self.splat_grid.height // bev_downsample, self.splat_grid.width // bev_downsample
+        )
+        self.output_grid = output_grid or self.bev_grid
+        self.depth_net = nn.Sequential(
+            conv_bn_relu(in_channels, in_channels, 3),
+            nn.Conv2d(in_channels, self.num_bins + context_channels, 1),
+        )
+        if bev_downsample == 1:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = nn.Sequential(
+                conv_bn_relu(context_channels, context_channels, 3),
+                conv_bn_relu(context_channels, context_channels, 3, stride=bev_downsample),
+                conv_bn_relu(context_channels, context_channels, 3),
+            )
+        self._geometry_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def frustum_points(
+        self,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+        feature_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Augmented-LiDAR xyz of every frustum point, [B, Ncam, D, H_f, W_f, 3]."""
+        height, width = feature_size
+        stride = self.feature_stride
+        device = lidar2cam.device
+        v = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride - 0.5
+        u = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride - 0.5
+        grid_v, grid_u = torch.meshgrid(v, u, indexing="ij")
+        uv = torch.stack([grid_u, grid_v], dim=-1).view(1, 1, -1, 2).expand(*lidar2cam.shape[:2], -1, -1)
+        direction, origin = camera_rays(uv, lidar2cam.float(), cam2img.float(), img_aug.float(), bda.float())
+        # [B, N, D, M, 3]
+        points = origin[:, :, None] + self.bin_depths.view(-1, 1, 1) * direction[:, :, None]
+        return points.view(*points.shape[:3], height, width, 3)
+
+    def geometry(
+        self,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+        feature_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(point_index, cell_index): the flat frustum index (b, n, d, i, j) of every point inside
+        the splat grid and z range, and its flat BEV cell index (b, row, col)."""
+        key = (tuple(feature_size), lidar2cam, cam2img, img_aug, bda)
+        if self._geometry_cache is not None and _same_key(self._geometry_cache[0], key):
+            return self._geometry_cache[1]
+        points = self.frustum_points(lidar2cam, cam2img, img_aug, bda, feature_size)
+        grid = self.splat_grid
+        col = torch.floor((points[..., 0] - grid.x_min) / grid.cell_x).long()
+        row = torch.floor((points[..., 1] - grid.y_min) / grid.cell_y).long()
+        z = points[..., 2]
+        inside = (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
+        inside &= (z >= self.z_range[0]) & (z < self.z_range[1])
+        batch = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1, 1, 1)
+        cell = (batch * grid.height + row) * grid.width + col
+        point_index = inside.view(-1).nonzero().squeeze(1)
+        result = (point_index, cell.view(-1)[point_index])
+        self._geometry_cache = (
+            (tuple(feature_size), *(m.detach().clone() for m in (lidar2cam, cam2img, img_aug, bda))),
+            result,
+        )
+        return result
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, Ncam, C_in, H_f, W_f] image features -> (camera BEV [B, C, H, W] on `output_grid`,
+        depth probabilities [B, Ncam, D, H_f, W_f])."""
+        batch, num_cams, _, height, width = features.shape
+        out = self.depth_net(features.flatten(0, 1))  # [B*N, D + C, H_f, W_f]
+        depth = out[:, : self.num_bins].softmax(dim=1)
+        context = out[:, self.num_bins :]
+        point_index, cell_index = self.geometry(lidar2cam, cam2img, img_aug, bda, (height, width))
+        pixels = height * width
+        pixel_index = point_index // (self.num_bins * pixels) * pixels + point_index % pixels  # (b, n, i, j)
+        context = context.permute(0, 2, 3, 1).reshape(-1, self.context_channels)
+        splat = depth.reshape(-1)[point_index].unsqueeze(1) * context[pixel_index]
+        grid = self.splat_grid
+        bev = bev_pool(splat, cell_index, batch, grid.height, grid.width)
+        bev = resample_bev(self.downsample(bev), self.bev_grid, self.output_grid)
+        return bev, depth.view(batch, num_cams, self.num_bins, height, width)
+
+
+def _same_key(cached: tuple, key: tuple) -> bool:
+    if cached[0] != key[0]:
+        return False
+    return all(
+        a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+        for a, b in zip(cached[1:], key[1:], strict=True)
+    )
+
+
+class CameraBEVOutput(NamedTuple):
+    bev: torch.Tensor  # [B, C, H, W] on the encoder's output grid
+    depth_probs: torch.Tensor  # [B, Ncam, D, H_f, W_f]
+
+
+class CameraBEVEncoder(nn.Module):
+    """Camera branch: ResNet -> LSSFPN -> LSSViewTransform.
+
+    Defaults are the nuScenes reference: 256x704 images, ResNet-50 stages (1, 2, 3) fused at
+    stride 8 into 256 channels, 80 context channels, depth bins [1, 60, 0.5] (118), a 0.3 m
+    splat grid over [-54, 54] m downsampled to 180x180. ResNet-50 is the default because it is
+    the camera student of UniDistill's nuScenes setting (BEVDepth-style, 256x704) and has
+    torchvision ImageNet weights (`pretrained`: path of a torchvision state dict file).
+    A small CPU setting: `backbone_depth=18, base_width=16, out_indices=(2, 3)` (stride 16),
+    `neck_channels=32, context_channels=16, depth_bins=(1, 60, 2), bev_cell=1.2`.
+    """
+
+    def __init__(
+        self,
+        backbone_depth: int = 50,
+        base_width: int = 64,
+        out_indices: tuple[int, ...] = (1, 2, 3),
+        pretrained: str | os.PathLike | None = None,
+        neck_channels: int = 256,
+        context_channels: int = 80,
+        depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5),
+        point_cloud_range: tuple[float, ...] = NUSCENES_POINT_RANGE,
+        bev_cell: float = 0.3,
+        bev_downsample: int = 2,
+        output_grid: BEVGrid | None = None,
+    ):
+        super().__init__()
+        self.backbone = ResNet(backbone_depth, out_indices, base_width)
+        if pretrained is not None:
+            load_torchvision_state_dict(self.backbone, pretrained)
+        self.neck = LSSFPN(self.backbone.out_channels, neck_channels)
+        self.feature_stride = self.backbone.out_strides[0]
+        self.view_transform = LSSViewTransform(
+            in_channels=neck_channels,
+            context_channels=context_channels,
+            feature_stride=self.feature_stride,
+            depth_bins=depth_bins,
+            point_cloud_range=point_cloud_range,
+            bev_cell=bev_cell,
+            bev_downsample=bev_downsample,
+            output_grid=output_grid,
+        )
+        self.out_channels = context_channels
+        self.output_grid = self.view_transform.output_grid
+
+    def forward(
+        self,
+        imgs: torch.Tensor,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+    ) -> CameraBEVOutput:
+        """[B, Ncam, 3, H, W] normalised images (H, W multiples of the feature stride) -> BEV and depth."""
+        batch, num_cams, _, height, width = imgs.shape
+        stride = self.feature_stride
+        if height % stride or width % stride:
+            raise ValueError(f"image size {height}x{width} must be a multiple of the feature stride {stride}")
+        features = self.neck(self.backbone(imgs.flatten(0, 1)))
+        if tuple(features.shape[-2:]) != (height // stride, width // stride):
+            raise ValueError(f"neck output {tuple(features.shape[-2:])} is not the image size / {stride}")
+        features = features.view(batch, num_cams, *features.shape[1:])
+        bev, depth_probs = self.view_transform(features, lidar2cam, cam2img, img_aug, bda)
+        return CameraBEVOutput(bev, depth_probs)
+
+    def depth_loss(
+        self,
+        depth_probs: torch.Tensor,
+        points: list[torch.Tensor],
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+    ) -> torch.Tensor:
+        """Depth BCE of `depth_probs` against targets from the batch's (augmented-frame) LiDAR points."""
+        stride = self.feature_stride
+        image_size = (depth_probs.shape[-2] * stride, depth_probs.shape[-1] * stride)
+        targets = depth_targets(
+            points, lidar2cam, cam2img, img_aug, bda, image_size, stride, self.view_transform.depth_bins
+        )
+        return depth_loss(depth_probs, targets)
