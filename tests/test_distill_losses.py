@@ -435,10 +435,10 @@ def _distributed_worker(rank: int, init_file: str, results: "torch.multiprocessi
 
 
 def test_gather_and_average_across_two_processes(tmp_path):
-    context = torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("fork")
     results = context.Queue()
     torch.multiprocessing.start_processes(
-        _distributed_worker, args=(str(tmp_path / "init"), results), nprocs=2, start_method="spawn"
+        _distributed_worker, args=(str(tmp_path / "init"), results), nprocs=2, start_method="fork"
     )
     outcome = dict((r[0], r[1:]) for r in (results.get(timeout=30) for _ in range(2)))
     expected_rows = [[1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]

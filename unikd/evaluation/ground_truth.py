@@ -94,7 +94,7 @@ class GroundTruth:
         ego = translation[:, :2] - self.ego_translation[sample, :2]
         keep = np.sqrt(ego[:, 0] ** 2 + ego[:, 1] ** 2) < ranges[label]
         if num_pts is not None:
-            pass
+            keep &= num_pts != 0
         cycles = np.flatnonzero(keep & np.isin(label, CYCLES))
         keep[cycles[self._in_bike_rack(sample[cycles], translation[cycles])]] = False
         return keep

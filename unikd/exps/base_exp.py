@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -15,11 +16,22 @@ from torch.utils.data import DataLoader, DistributedSampler
 from unikd.data.collate import collate_batch
 from unikd.data.infos import SPLITS_BY_VERSION
 from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
-from unikd.data.transforms import BEVAugConfig
-from unikd.evaluation.predictions import prediction_records
+from unikd.data.transforms import BEVAugConfig, apply_bda_to_boxes
+from unikd.evaluation.predictions import make_prediction
 from unikd.exps.options import apply_options
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
+
+
+def prediction_records(detections: list[dict], batch: dict) -> list[dict]:
+    """Global-frame prediction records of decoded boxes, undoing the batch's BEV augmentation."""
+    records = []
+    for i, det in enumerate(detections):
+        unaugment = np.linalg.inv(batch["bda"][i].detach().cpu().double().numpy())
+        boxes = apply_bda_to_boxes(det["boxes"].detach().cpu().double().numpy(), unaugment)
+        token = batch["sample_token"][i]
+        records.append(make_prediction(token, boxes, batch["lidar2global"][i], det["labels"], det["scores"]))
+    return records
 
 
 class UnpaddedDistributedSampler(DistributedSampler):

@@ -46,13 +46,24 @@ SKY_HORIZON = np.array([0.80, 0.85, 0.92])
 FOG_DISTANCE = 180.0  # metres; surfaces fade toward the horizon colour with exp(-distance / this)
 SUN = np.array([0.5, 0.3, 0.81]) / np.linalg.norm([0.5, 0.3, 0.81])
 
-_ASPHALT = (0.27, 0.27, 0.28)
-_BIKE_LANE = (0.45, 0.25, 0.21)
-_PARKING = (0.33, 0.33, 0.33)
-_PAVING = ((0.62, 0.60, 0.56), (0.53, 0.51, 0.48))
-_GRASS = (0.26, 0.42, 0.18)
-_WHITE = (0.90, 0.90, 0.88)
-_YELLOW = (0.88, 0.72, 0.16)
+# Ground materials: colour and LiDAR reflectivity. Zones by |d| (distance from the centre line):
+# lanes < 7 m, bike lane < 8.6 m, parking strip < 11.6 m, sidewalk < 18.5 m, then grass.
+_ZONE_EDGES = (7.0, 8.6, 11.6, 18.5)
+_ASPHALT, _BIKE_LANE, _PARKING, _PAVING, _GRASS, _PAVING_DARK, _YELLOW, _WHITE = range(8)
+_GROUND_COLOURS = np.array(
+    [
+        (0.27, 0.27, 0.28),
+        (0.45, 0.25, 0.21),
+        (0.33, 0.33, 0.33),
+        (0.62, 0.60, 0.56),
+        (0.26, 0.42, 0.18),
+        (0.53, 0.51, 0.48),
+        (0.88, 0.72, 0.16),
+        (0.90, 0.90, 0.88),
+    ],
+    dtype=np.float32,
+)
+_GROUND_REFLECTIVITY = np.array([0.08, 0.1, 0.1, 0.25, 0.3, 0.25, 0.8, 0.8], dtype=np.float32)
 
 
 def object_colour(kind: str, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -79,41 +90,26 @@ def hash_noise(a: np.ndarray, b: np.ndarray, cell: float) -> np.ndarray:
 def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground at road coordinates (s, d) [N]: RGB colour [N, 3] and LiDAR reflectivity [N].
 
-    Two lanes each way (|d| < 7 m) with a yellow centre line, dashed white lane dividers and white
-    edge lines; then a bike lane, a parking strip, paved sidewalk tiles and grass.
+    Two lanes each way with a yellow centre line, dashed white lane dividers and white edge lines;
+    then a bike lane, a parking strip, a sidewalk of paving tiles and grass.
     """
     a = np.abs(d)
-    colour = np.empty((len(a), 3), dtype=np.float32)
-    reflect = np.empty(len(a), dtype=np.float32)
-    zones = [
-        (a < 7.0, _ASPHALT, 0.08),
-        ((a >= 7.0) & (a < 8.6), _BIKE_LANE, 0.1),
-        ((a >= 8.6) & (a < 11.6), _PARKING, 0.1),
-        ((a >= 18.5), _GRASS, 0.3),
-    ]
-    tile = (np.floor(s / 1.5).astype(np.int64) + np.floor(d / 1.5).astype(np.int64)) % 2 == 0
-    paving = (a >= 11.6) & (a < 18.5)
-    colour[paving & tile] = _PAVING[0]
-    colour[paving & ~tile] = _PAVING[1]
-    reflect[paving] = 0.25
-    for mask, rgb, value in zones:
-        colour[mask] = rgb
-        reflect[mask] = value
-    colour *= (0.85 + 0.3 * hash_noise(s, d, 0.35))[:, None]
-    dashed = np.mod(s, 9.0) < 3.0
-    markings = [
-        (a < 0.12, _YELLOW),
-        ((np.abs(a - 3.5) < 0.075) & dashed, _WHITE),
-        (np.abs(a - 7.0) < 0.1, _WHITE),
-        (np.abs(a - 8.6) < 0.07, _WHITE),
-    ]
-    for mask, rgb in markings:
-        colour[mask] = rgb
-        reflect[mask] = 0.8
-    return colour, reflect
+    material = np.searchsorted(np.array(_ZONE_EDGES), a, side="right")
+    dark_tile = (np.floor(s / 1.5).astype(np.int64) + np.floor(d / 1.5).astype(np.int64)) % 2 == 1
+    material[(material == _PAVING) & dark_tile] = _PAVING_DARK
+    white = ((np.abs(a - 3.5) < 0.075) & (np.mod(s, 9.0) < 3.0)) | (np.abs(a - 7.0) < 0.1) | (np.abs(a - 8.6) < 0.07)
+    material[white] = _WHITE
+    material[a < 0.12] = _YELLOW
+    colour = _GROUND_COLOURS[material] * (0.85 + 0.3 * hash_noise(s, d, 0.35))[:, None]
+    return colour, _GROUND_REFLECTIVITY[material]
 
 
 def fog(colour: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Blend colours [N, 3] toward the horizon colour with distance [N] (aerial perspective)."""
-    keep = np.exp(-np.asarray(distance, dtype=np.float32) / FOG_DISTANCE)[:, None]
+    keep = fog_keep(distance)[:, None]
     return colour * keep + SKY_HORIZON.astype(np.float32) * (1.0 - keep)
+
+
+def fog_keep(distance: np.ndarray) -> np.ndarray:
+    """Fraction of a surface's own colour left after `distance` metres of haze."""
+    return np.exp(-np.asarray(distance, dtype=np.float32) / FOG_DISTANCE)

@@ -1,0 +1,124 @@
+"""Detector configurations: the nuScenes reference, a lighter LiDAR student and a small CPU setting.
+
+A configuration is a plain nested dict (so `--exp_options model_config.head.score_threshold=0.2`
+reaches any field); `BEVFusion` reads it. Branch dicts are kept only for the modalities used.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from unikd.data.nuscenes_dataset import ImageAugConfig
+
+NUSCENES_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
+SMALL_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
+
+_SIZES: dict[str, dict] = {
+    # BEVFusion's nuScenes reference: 0.075 m voxels -> 180x180 BEV of 0.6 m cells.
+    "nuscenes": {
+        "point_cloud_range": NUSCENES_RANGE,
+        "lidar": {
+            "voxel_size": (0.075, 0.075, 0.2),
+            "max_points_per_voxel": 10,
+            "max_voxels": 120000,
+            "sparse_encoder": {
+                "base_channels": 16,
+                "encoder_channels": ((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)),
+                "downsample_paddings": (1, 1, (0, 1, 1)),
+                "output_channels": 128,
+            },
+        },
+        "camera": {
+            "backbone_depth": 50,
+            "base_width": 64,
+            "out_indices": (1, 2, 3),
+            "pretrained": None,
+            "neck_channels": 256,
+            "context_channels": 80,
+            "depth_bins": (1.0, 60.0, 0.5),
+            "bev_cell": 0.3,
+            "bev_downsample": 2,
+        },
+        "depth_loss_weight": 3.0,
+        "bev_cell": 0.6,
+        "fuser_channels": 256,
+        "backbone": {"out_channels": (128, 256), "layer_nums": (5, 5), "layer_strides": (1, 2)},
+        "neck": {"out_channels": (256, 256), "upsample_strides": (1, 2)},
+        "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
+        "image_aug": ImageAugConfig(),
+    },
+    # Same-modality compression student: 0.1 m voxels, narrower encoder and decoder, 256-channel neck.
+    "student": {
+        "point_cloud_range": NUSCENES_RANGE,
+        "lidar": {
+            "voxel_size": (0.1, 0.1, 0.2),
+            "max_points_per_voxel": 10,
+            "max_voxels": 90000,
+            "sparse_encoder": {
+                "base_channels": 16,
+                "encoder_channels": ((16, 32), (32, 64), (64, 128), (128,)),
+                "downsample_paddings": (1, 1, (0, 1, 1)),
+                "output_channels": 64,
+            },
+        },
+        "bev_cell": 0.8,
+        "backbone": {"out_channels": (64, 128), "layer_nums": (3, 3), "layer_strides": (1, 2)},
+        "neck": {"out_channels": (128, 128), "upsample_strides": (1, 2)},
+        "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
+    },
+    # A CPU setting for tests and demos: coarse voxels, narrow layers, small images.
+    "small": {
+        "point_cloud_range": SMALL_RANGE,
+        "lidar": {
+            "voxel_size": (0.2, 0.2, 0.4),
+            "max_points_per_voxel": 5,
+            "max_voxels": 60000,
+            "sparse_encoder": {
+                "base_channels": 16,
+                "encoder_channels": ((16, 32), (32, 64), (64, 64)),
+                "downsample_paddings": (1, (0, 1, 1)),
+                "output_channels": 32,
+            },
+        },
+        "camera": {
+            "backbone_depth": 18,
+            "base_width": 16,
+            "out_indices": (2, 3),
+            "pretrained": None,
+            "neck_channels": 32,
+            "context_channels": 32,
+            "depth_bins": (1.0, 60.0, 1.0),
+            "bev_cell": 0.8,
+            "bev_downsample": 1,
+        },
+        "depth_loss_weight": 3.0,
+        "bev_cell": 0.8,
+        "fuser_channels": 64,
+        "backbone": {"out_channels": (64, 128), "layer_nums": (2, 2), "layer_strides": (1, 2)},
+        "neck": {"out_channels": (64, 64), "upsample_strides": (1, 2)},
+        "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
+        "image_aug": ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23),
+    },
+}
+_SIZES["student"] = {**copy.deepcopy(_SIZES["nuscenes"]), **_SIZES["student"]}
+
+MODALITIES = ("lidar", "camera")
+
+
+def model_config(size: str, modalities: tuple[str, ...]) -> dict:
+    """The configuration of `size` for the given modalities (a fresh copy)."""
+    if size not in _SIZES:
+        raise ValueError(f"unknown model size {size!r}; expected one of {sorted(_SIZES)}")
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
+    config = copy.deepcopy(_SIZES[size])
+    for modality in MODALITIES:
+        if modality not in modalities:
+            config.pop(modality, None)
+    if set(modalities) != set(MODALITIES):
+        config.pop("fuser_channels", None)
+    if "camera" not in modalities:
+        config.pop("depth_loss_weight", None)
+        config.pop("image_aug", None)
+    return config
