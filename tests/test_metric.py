@@ -370,6 +370,58 @@ def test_metric_matches_devkit_on_other_scenes(tmp_path):
             assert_same_figures(ours, flatten_summary(devkit_summary(gt, records, tmp_path)))
 
 
+def test_exact_distance_ties_and_thresholds(tmp_path):
+    """Equal distances go to the first ground-truth box; a distance equal to a threshold is no match."""
+    ego = np.array([[100.0, 100.0, 0.0], [300.0, 100.0, 0.0]])
+    car, pedestrian = CLASSES.index("car"), CLASSES.index("pedestrian")
+    gt = GroundTruth(
+        version="v1.0-mini",
+        eval_set="in_memory",
+        sample_tokens=("a", "b"),
+        ego_translation=ego,
+        box_sample=np.array([0, 0, 0, 1, 1]),
+        translation=np.array([[110.0, 100, 1], [112, 100, 1], [100, 120, 1], [310, 100, 1], [300, 110, 1]]),
+        size=np.array([[2.0, 4, 1.5], [1.5, 3, 1.5], [0.5, 0.5, 1.8], [2, 4, 1.5], [0.6, 0.6, 1.7]]),
+        rotation=np.array([yaw_quaternion(a) for a in (0.0, 1.0, 0.0, 0.5, 2.0)]),
+        velocity=np.array([[0.0, 0], [3, 0], [1, 1], [0, 0], [0, 1]]),
+        label=np.array([car, car, pedestrian, car, pedestrian]),
+        attribute=np.array([5, 6, 0, 7, 2]),
+        num_pts=np.full(5, 10),
+        rack_sample=np.zeros(0, dtype=np.int64),
+        rack_translation=np.zeros((0, 3)),
+        rack_size=np.zeros((0, 3)),
+        rack_rotation=np.zeros((0, 4)),
+    )
+    records = [
+        {
+            "sample_token": "a",
+            # Two cars midway between the ground-truth cars; a pedestrian exactly 1 m and 2 m away.
+            "translation": np.array([[111.0, 100, 1], [111, 100, 1], [100, 121, 1], [100, 118, 1]]),
+            "size": np.array([[2.0, 4, 1.5], [2, 4, 1.5], [0.5, 0.5, 1.8], [0.5, 0.5, 1.8]]),
+            "rotation": np.array([yaw_quaternion(0.2)] * 4),
+            "velocity": np.zeros((4, 2)),
+            "label": np.array([car, car, pedestrian, pedestrian]),
+            "score": np.array([0.9, 0.8, 0.7, 0.6]),
+            "attribute": np.array([5, 5, 0, 0]),
+        },
+        {
+            "sample_token": "b",
+            "translation": np.array([[311.0, 100, 1], [300, 112, 1]]),
+            "size": np.array([[2.0, 4, 1.5], [0.6, 0.6, 1.7]]),
+            "rotation": np.array([yaw_quaternion(0.4)] * 2),
+            "velocity": np.zeros((2, 2)),
+            "label": np.array([car, pedestrian]),
+            "score": np.array([0.8, 0.7]),
+            "attribute": np.array([6, 2]),
+        },
+    ]
+    metric = NuScenesDetectionMetric(gt)
+    metric.update(records)
+    ours = {key: value.item() for key, value in metric.compute().items()}
+    assert_same_figures(ours, flatten_summary(devkit_summary(gt, records, tmp_path)))
+    assert ours["AP@1.0/pedestrian"] < ours["AP@2.0/pedestrian"]
+
+
 def test_no_predictions_at_all(gt, predictions, tmp_path):
     """The devkit cannot evaluate a submission without any box; the metric reports AP 0 and errors 1."""
     records = predictions["all_empty"]

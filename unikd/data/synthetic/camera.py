@@ -14,7 +14,7 @@ import heapq
 import cv2
 import numpy as np
 
-from unikd.data.synthetic.appearance import SKY_HORIZON, SKY_TOP, SUN, fog, ground_surface
+from unikd.data.synthetic.appearance import SKY_HORIZON, SKY_TOP, SUN, fog_keep, ground_surface
 from unikd.data.synthetic.calibration import IMAGE_HEIGHT, IMAGE_WIDTH, CameraSpec
 from unikd.data.synthetic.scene import Road
 
@@ -24,15 +24,9 @@ MAX_BOX_DISTANCE = 250.0
 
 # Corner k of a box has signs (x, y, z) from its bits: k = 4 * (x > 0) + 2 * (y > 0) + (z > 0).
 CORNER_SIGNS = np.array([[2 * (k >> 2) - 1, 2 * ((k >> 1) & 1) - 1, 2 * (k & 1) - 1] for k in range(8)], dtype=np.float64)
-# Faces as corner loops with their outward normals in the box frame.
-FACES = (
-    ((4, 5, 7, 6), (1.0, 0.0, 0.0)),
-    ((0, 1, 3, 2), (-1.0, 0.0, 0.0)),
-    ((2, 3, 7, 6), (0.0, 1.0, 0.0)),
-    ((0, 1, 5, 4), (0.0, -1.0, 0.0)),
-    ((1, 3, 7, 5), (0.0, 0.0, 1.0)),
-    ((0, 2, 6, 4), (0.0, 0.0, -1.0)),
-)
+# Faces as corner loops, and their outward normals in the box frame.
+FACE_LOOPS = np.array([[4, 5, 7, 6], [0, 1, 3, 2], [2, 3, 7, 6], [0, 1, 5, 4], [1, 3, 7, 5], [0, 2, 6, 4]])
+FACE_NORMALS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
 FOOTPRINT = (0, 2, 6, 4)
 
 
@@ -62,7 +56,8 @@ class CameraRenderer:
         ground = distance < MAX_GROUND_DISTANCE
         self._ground_index = np.flatnonzero(ground)
         self._ground_xy = self.translation[:2] + scale[ground, None] * rays[ground, :2]
-        self._ground_distance = distance[ground]
+        self._ground_keep = fog_keep(distance[ground])[:, None]
+        self._ground_haze = (1.0 - self._ground_keep) * SKY_HORIZON.astype(np.float32)
         elevation = np.arctan2(rays[:, 2], np.hypot(rays[:, 0], rays[:, 1]))
         mix = np.clip(elevation / 0.6, 0.0, 1.0)[:, None]
         self._sky = (SKY_HORIZON * (1 - mix) + SKY_TOP * mix).astype(np.float32)
@@ -89,10 +84,9 @@ class CameraRenderer:
         ground_xy = ego_xy + self._ground_xy @ np.array([[cos, sin], [-sin, cos]])
         ground_colour, _ = ground_surface(*road.coords(ground_xy))
         canvas = self._sky.copy()
-        canvas[self._ground_index] = fog(ground_colour, self._ground_distance)
-        canvas = canvas.reshape(IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2, 3)
+        canvas[self._ground_index] = ground_colour * self._ground_keep + self._ground_haze
+        canvas = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2, 3)
         image = cv2.resize(canvas, (IMAGE_WIDTH, IMAGE_HEIGHT), interpolation=cv2.INTER_LINEAR)
-        image = np.clip(image * 255.0 + 0.5, 0, 255).astype(np.uint8)
         self._draw_boxes(image, ego_xy, ego_yaw, centres, sizes, yaws, colours)
         return image
 
@@ -116,25 +110,33 @@ class CameraRenderer:
         candidates, bounds = candidates[keep], np.array([bounds[k] for k in keep]).reshape(-1, 4)
         footprints = corners[candidates][:, FOOTPRINT, :2]
         order = _paint_order(footprints, yaws[candidates], position[:2], bounds, distance[candidates])
+        if len(candidates) == 0:
+            return
+        # Per face of every candidate: outward normal, centre, whether it faces the camera, colour.
+        cos, sin = np.cos(yaws[candidates]), np.sin(yaws[candidates])
+        rotations = np.zeros((len(candidates), 3, 3))
+        rotations[:, 0, 0], rotations[:, 0, 1], rotations[:, 1, 0], rotations[:, 1, 1] = cos, -sin, sin, cos
+        rotations[:, 2, 2] = 1.0
+        normals = np.einsum("mij,fj->mfi", rotations, FACE_NORMALS)  # [M, 6, 3] in the global frame
+        centres_of_faces = corners[candidates][:, FACE_LOOPS].mean(axis=2)
+        to_eye = position - centres_of_faces
+        facing = (normals * to_eye).sum(axis=-1) > 0
+        shade = 0.45 + 0.55 * (0.5 + 0.5 * normals @ SUN)
+        keep = fog_keep(np.linalg.norm(to_eye, axis=-1))[..., None]
+        rgb = colours[candidates][:, None, :] * shade[..., None] * keep + SKY_HORIZON * (1.0 - keep)
+        fills = np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.int64)
         intrinsic = self.spec.intrinsic
-        for i in candidates[np.array(order, dtype=np.int64)]:
-            cos, sin = np.cos(yaws[i]), np.sin(yaws[i])
-            for loop, normal in FACES:
-                normal_global = np.array([cos * normal[0] - sin * normal[1], sin * normal[0] + cos * normal[1], normal[2]])
-                face = corners[i, list(loop)]
-                if normal_global @ (position - face.mean(axis=0)) <= 0:
-                    continue  # back face
-                polygon = _clip_near(corners_cam[i, list(loop)])
+        for m in order:
+            i = candidates[m]
+            for f in np.flatnonzero(facing[m]):
+                polygon = _clip_near(corners_cam[i, FACE_LOOPS[f]])
                 if len(polygon) < 3:
                     continue
                 uv = polygon @ intrinsic.T
                 pixels = np.round(uv[:, :2] / uv[:, 2:3] * 16).astype(np.int32)  # 4 fractional bits
-                shade = 0.45 + 0.55 * (0.5 + 0.5 * float(normal_global @ SUN))
-                rgb = fog((colours[i] * shade)[None], np.linalg.norm(face.mean(axis=0) - position, keepdims=True))[0]
-                fill = tuple(int(c) for c in np.clip(rgb * 255.0 + 0.5, 0, 255))
-                edge = tuple(int(c * 0.6) for c in fill)
+                fill = tuple(int(c) for c in fills[m, f])
                 cv2.fillPoly(image, [pixels], fill, lineType=cv2.LINE_8, shift=4)
-                cv2.polylines(image, [pixels], True, edge, 1, lineType=cv2.LINE_8, shift=4)
+                cv2.polylines(image, [pixels], True, tuple(c * 3 // 5 for c in fill), 1, lineType=cv2.LINE_8, shift=4)
 
     def _image_bounds(self, corners_cam: np.ndarray) -> tuple[float, float, float, float]:
         """Pixel bounds (u_min, v_min, u_max, v_max) of a box; the whole plane if it reaches behind."""

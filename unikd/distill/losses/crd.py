@@ -71,7 +71,7 @@ class CRDLoss(nn.Module):
         self.register_buffer("z_student", torch.tensor(-1.0))
         self.register_buffer("z_teacher", torch.tensor(-1.0))
 
-    def embed(self, feature: torch.Tensor, head: nn.Linear) -> torch.Tensor:
+    def _embed(self, feature: torch.Tensor, head: nn.Linear) -> torch.Tensor:
         pooled = feature.mean(dim=(2, 3)) if feature.dim() == 4 else feature
         return F.normalize(head(pooled), dim=1)
 
@@ -109,8 +109,8 @@ class CRDLoss(nn.Module):
         if negatives is None:
             negatives = self.sample_negatives(index)
         candidates = torch.cat([index[:, None], negatives], dim=1)
-        e_student = self.embed(student, self.embed_student)
-        e_teacher = self.embed(teacher.detach(), self.embed_teacher)
+        e_student = self._embed(student, self.embed_student)
+        e_teacher = self._embed(teacher.detach(), self.embed_teacher)
         loss_student = crd_nce_loss(
             self._scores(e_student, self.memory_teacher, candidates, self.z_student), self.num_data
         )

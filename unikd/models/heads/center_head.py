@@ -30,10 +30,10 @@ def gaussian_focal_loss(
 ) -> torch.Tensor:
     """Summed CenterNet focal loss of heatmap logits against a Gaussian target in [0, 1].
 
-    p = sigmoid(logits) clamped to [1e-4, 1 - 1e-4]. Cells where target == 1 add
+    p = sigmoid(logits) clamped to [1e-4, 1 - 1e-4], in float32. Cells where target == 1 add
     -log(p) (1 - p)^alpha; the others add -log(1 - p) p^alpha (1 - target)^gamma.
     """
-    prob = logits.sigmoid().clamp(SIGMOID_CLAMP, 1 - SIGMOID_CLAMP)
+    prob = logits.float().sigmoid().clamp(SIGMOID_CLAMP, 1 - SIGMOID_CLAMP)
     positive = target.eq(1)
     pos_loss = -torch.log(prob) * (1 - prob).pow(alpha)
     neg_loss = -torch.log(1 - prob) * prob.pow(alpha) * (1 - target).pow(gamma)
@@ -203,17 +203,18 @@ class CenterHead(nn.Module):
 
         Per task: top `top_k` (class, cell) pairs of the sigmoid heatmap, scores above
         `score_threshold`, circle NMS (unless `nms` is False), at most `post_max_size` kept.
+        Decoding runs in float32 whatever the prediction dtype.
         """
         batch = preds[0]["heatmap"].shape[0]
         per_sample: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(batch)]
         for task, pred in enumerate(preds):
-            heatmap = pred["heatmap"].sigmoid()
+            heatmap = pred["heatmap"].float().sigmoid()
             height, width = heatmap.shape[-2:]
             scores, flat = heatmap.flatten(1).topk(min(self.top_k, heatmap[0].numel()), dim=1)
             classes, cell = flat // (height * width), flat % (height * width)
             codes = heatmap.new_zeros(batch, cell.shape[1], CODE_SIZE)
             for name in self.common_heads:
-                codes[..., CODE_SLICES[name]] = _gather(pred[name], cell)
+                codes[..., CODE_SLICES[name]] = _gather(pred[name], cell).float()
             cells = torch.stack([cell % width, cell // width], dim=-1).to(codes.dtype)
             boxes = decode_boxes(cells, codes, self.grid)
             task_ids = torch.tensor(self.task_class_ids[task], device=heatmap.device)
