@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,7 +31,7 @@ from unikd.evaluation import (
     write_metrics_summary,
     write_submission,
 )
-from unikd.evaluation.geometry import points_in_boxes, quaternion_yaw
+from unikd.evaluation.geometry import points_in_boxes, quaternions_to_yaw
 from unikd.evaluation.predictions import attribute_index, default_attributes
 
 CONFIG = config_factory("detection_cvpr_2019")
@@ -96,9 +97,12 @@ def make_ground_truth(seed: int, num_samples: int = 14) -> GroundTruth:
         columns["t"].append(list(translation))
         columns["s"].append(list(rng.uniform(0.4, 5.0, 3)))
         columns["r"].append(yaw_quaternion(rng.uniform(-np.pi, np.pi), tilt=rng.choice([0.0, 0.05])))
-        columns["v"].append([np.nan, np.nan] if rng.random() < 0.1 else list(rng.normal(0, 3, 2)))
+        # Construction vehicles never have a velocity, trailers never an attribute (all-nan errors).
+        no_velocity = name == "construction_vehicle" or rng.random() < 0.1
+        columns["v"].append([np.nan, np.nan] if no_velocity else list(rng.normal(0, 3, 2)))
         options = CLASS_ATTRIBUTES[name]
-        attribute = "" if rng.random() < 0.1 else options[rng.integers(len(options))]
+        no_attribute = name == "trailer" or rng.random() < 0.1
+        attribute = "" if no_attribute else options[rng.integers(len(options))]
         columns["attr"].append(attribute_index(attribute))
         columns["pts"].append(0 if rng.random() < 0.08 else int(rng.integers(1, 500)))
         columns["label"].append(label)
@@ -165,7 +169,9 @@ def gt_records(gt: GroundTruth) -> list[dict]:
 
 def transform(records: list[dict], seed: int, fn) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [fn({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in r.items()}, rng) for r in records]
+    return [
+        fn({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in r.items()}, rng) for r in records
+    ]
 
 
 def take(record: dict, index: np.ndarray) -> dict:
@@ -181,8 +187,10 @@ def jitter(record: dict, rng: np.random.Generator, position=0.0, size=0.0, yaw=0
     record["translation"] = record["translation"] + rng.normal(0, position, (n, 3))
     record["size"] = record["size"] * np.exp(rng.normal(0, size, (n, 3)))
     record["rotation"] = np.array(
-        [(Quaternion(axis=[0, 0, 1], radians=d) * Quaternion(q)).elements for d, q in
-         zip(rng.normal(0, yaw, n), record["rotation"], strict=True)]
+        [
+            (Quaternion(axis=[0, 0, 1], radians=d) * Quaternion(q)).elements
+            for d, q in zip(rng.normal(0, yaw, n), record["rotation"], strict=True)
+        ]
     ).reshape(-1, 4)
     record["velocity"] = record["velocity"] + rng.normal(0, velocity, (n, 2))
     record["score"] = rng.uniform(0.05, 1.0, n)
@@ -193,10 +201,16 @@ def prediction_sets(gt: GroundTruth) -> dict[str, list[dict]]:
     """Named prediction sets covering every rule of the evaluation."""
     base = gt_records(gt)
     sets = {"perfect_equal_scores": base}
-    sets["perfect_random_scores"] = transform(base, 1, lambda r, g: {**r, "score": g.uniform(0, 1, len(r["label"]))})
+    sets["perfect_random_scores"] = transform(
+        base, 1, lambda r, g: {**r, "score": g.uniform(0, 1, len(r["label"]))}
+    )
     sets["jitter_position"] = transform(base, 2, lambda r, g: jitter(r, g, position=0.8))
-    sets["jitter_all"] = transform(base, 3, lambda r, g: jitter(r, g, position=0.5, size=0.2, yaw=0.6, velocity=1.0))
-    sets["jitter_large"] = transform(base, 4, lambda r, g: jitter(r, g, position=2.5, size=0.5, yaw=2.0, velocity=4.0))
+    sets["jitter_all"] = transform(
+        base, 3, lambda r, g: jitter(r, g, position=0.5, size=0.2, yaw=0.6, velocity=1.0)
+    )
+    sets["jitter_large"] = transform(
+        base, 4, lambda r, g: jitter(r, g, position=2.5, size=0.5, yaw=2.0, velocity=4.0)
+    )
     sets["missing"] = transform(
         base, 5, lambda r, g: take(jitter(r, g, position=0.3), g.random(len(r["label"])) < 0.6)
     )
@@ -217,16 +231,22 @@ def prediction_sets(gt: GroundTruth) -> dict[str, list[dict]]:
         return cat(jitter(r, g, position=0.4), extra)
 
     sets["false_positives"] = transform(base, 6, false_positives)
-    sets["duplicates"] = transform(base, 7, lambda r, g: cat(jitter(dict(r), g, position=0.2), jitter(r, g, position=0.6)))
+    sets["duplicates"] = transform(
+        base, 7, lambda r, g: cat(jitter(dict(r), g, position=0.2), jitter(r, g, position=0.6))
+    )
     sets["duplicates_equal_scores"] = transform(
-        base, 8, lambda r, g: {**cat(r, jitter(dict(r), g, position=0.3)), "score": np.full(2 * len(r["label"]), 0.7)}
+        base,
+        8,
+        lambda r, g: {**cat(r, jitter(dict(r), g, position=0.3)), "score": np.full(2 * len(r["label"]), 0.7)},
     )
     sets["class_confusion"] = transform(
         base,
         9,
         lambda r, g: {
             **jitter(r, g, position=0.3),
-            "label": np.where(g.random(len(r["label"])) < 0.3, g.integers(0, len(CLASSES), len(r["label"])), r["label"]),
+            "label": np.where(
+                g.random(len(r["label"])) < 0.3, g.integers(0, len(CLASSES), len(r["label"])), r["label"]
+            ),
         },
     )
     sets["wrong_attributes"] = transform(
@@ -236,7 +256,9 @@ def prediction_sets(gt: GroundTruth) -> dict[str, list[dict]]:
         base, 11, lambda r, g: {k: v for k, v in jitter(r, g, velocity=0.5).items() if k != "attribute"}
     )
     sets["empty_samples"] = transform(
-        base, 12, lambda r, g: take(jitter(r, g, position=0.3), slice(0, 0) if g.random() < 0.5 else slice(None))
+        base,
+        12,
+        lambda r, g: take(jitter(r, g, position=0.3), slice(0, 0) if g.random() < 0.5 else slice(None)),
     )
     sets["all_empty"] = transform(base, 13, lambda r, g: take(r, slice(0, 0)))
 
@@ -260,10 +282,17 @@ def prediction_sets(gt: GroundTruth) -> dict[str, list[dict]]:
         },
     )
     sets["score_ties_across_samples"] = transform(
-        base, 16, lambda r, g: {**jitter(r, g, position=0.7), "score": g.choice([0.2, 0.4, 0.9], len(r["label"]))}
+        base,
+        16,
+        lambda r, g: {**jitter(r, g, position=0.7), "score": g.choice([0.2, 0.4, 0.9], len(r["label"]))},
     )
     sets["zero_scores"] = transform(
-        base, 17, lambda r, g: {**jitter(r, g, position=0.3), "score": np.where(g.random(len(r["label"])) < 0.3, 0.0, 0.5)}
+        base,
+        17,
+        lambda r, g: {
+            **jitter(r, g, position=0.3),
+            "score": np.where(g.random(len(r["label"])) < 0.3, 0.0, 0.5),
+        },
     )
     sets["reversed_samples"] = transform(base, 18, lambda r, g: jitter(r, g, position=0.5, yaw=0.3))[::-1]
     return sets
@@ -478,7 +507,16 @@ def test_missing_samples(gt, predictions, tmp_path):
     subset.update(records[:-2])
     ours = {key: value.item() for key, value in subset.compute().items()}
     keep = gt.box_sample < len(gt.sample_tokens) - 2
-    box_fields = ("box_sample", "translation", "size", "rotation", "velocity", "label", "attribute", "num_pts")
+    box_fields = (
+        "box_sample",
+        "translation",
+        "size",
+        "rotation",
+        "velocity",
+        "label",
+        "attribute",
+        "num_pts",
+    )
     reduced = dataclasses.replace(
         gt,
         sample_tokens=gt.sample_tokens[:-2],
@@ -497,7 +535,8 @@ def test_repeated_samples_count_once(gt, predictions):
     padded.update(records)
     padded.update([jitter(dict(records[0]), np.random.default_rng(0), position=3.0)] + records[1:3])
     assert_same_figures(
-        {k: v.item() for k, v in padded.compute().items()}, {k: v.item() for k, v in reference.compute().items()}
+        {k: v.item() for k, v in padded.compute().items()},
+        {k: v.item() for k, v in reference.compute().items()},
     )
 
 
@@ -517,6 +556,46 @@ def test_state_is_synced_by_concatenation(gt, predictions):
         {k: v.item() for k, v in first.compute().items()}, {k: v.item() for k, v in whole.compute().items()}
     )
     assert whole.boxes[0].dtype == torch.float64
+
+
+def _distributed_worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    gt = make_ground_truth(seed=0)
+    records = prediction_sets(gt)["score_ties_across_samples"]
+    # Each process gets every other sample; the second pads with the first sample again.
+    split = NuScenesDetectionMetric(gt)
+    split.update(records[rank::2])
+    if rank == 1:
+        split.update(records[:1])
+    # The second process gives nothing at all.
+    lopsided = NuScenesDetectionMetric(gt)
+    if rank == 0:
+        lopsided.update(records)
+    figures = {
+        name: {k: v.item() for k, v in metric.compute().items()}
+        for name, metric in (("split", split), ("lopsided", lopsided))
+    }
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(figures))
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_sync(tmp_path):
+    """Two processes (gloo): states are gathered, padding repeats count once, an empty process is fine."""
+    torch.multiprocessing.spawn(
+        _distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    gt = make_ground_truth(seed=0)
+    records = prediction_sets(gt)["score_ties_across_samples"]
+    reference = NuScenesDetectionMetric(gt)
+    reference.update(records[0::2] + records[1::2])
+    expected = {k: v.item() for k, v in reference.compute().items()}
+    whole = NuScenesDetectionMetric(gt)
+    whole.update(records)
+    expected_whole = {k: v.item() for k, v in whole.compute().items()}
+    for result in results:
+        assert_same_figures(result["split"], expected)
+        assert_same_figures(result["lopsided"], expected_whole)
 
 
 def test_update_rejects_invalid_records(gt, predictions):
@@ -539,23 +618,46 @@ def test_make_prediction_from_lidar_boxes():
     lidar2global = np.eye(4)
     lidar2global[:3, :3] = Quaternion(axis=[0, 0, 1], radians=0.5).rotation_matrix
     lidar2global[:3, 3] = [100.0, 200.0, 1.0]
-    boxes = torch.tensor([[10.0, 0.0, 0.5, 4.0, 2.0, 1.5, 0.2, 1.0, 0.0], [5.0, 5.0, 0.0, 0.5, 0.5, 1.7, 0.0, 0.0, 0.1]])
-    record = make_prediction("tok", boxes, torch.from_numpy(lidar2global), torch.tensor([0, 5]), torch.tensor([0.9, 0.3]))
+    boxes = torch.tensor(
+        [[10.0, 0.0, 0.5, 4.0, 2.0, 1.5, 0.2, 1.0, 0.0], [5.0, 5.0, 0.0, 0.5, 0.5, 1.7, 0.0, 0.0, 0.1]]
+    )
+    record = make_prediction(
+        "tok", boxes, torch.from_numpy(lidar2global), torch.tensor([0, 5]), torch.tensor([0.9, 0.3])
+    )
     assert record["sample_token"] == "tok"
-    np.testing.assert_allclose(record["translation"][0], [100 + 10 * np.cos(0.5), 200 + 10 * np.sin(0.5), 1.5], atol=1e-6)
+    np.testing.assert_allclose(
+        record["translation"][0], [100 + 10 * np.cos(0.5), 200 + 10 * np.sin(0.5), 1.5], atol=1e-6
+    )
     np.testing.assert_allclose(record["size"][0], [2.0, 4.0, 1.5])
-    np.testing.assert_allclose(quaternion_yaw(record["rotation"]), [0.7, 0.5], atol=1e-6)
+    np.testing.assert_allclose(quaternions_to_yaw(record["rotation"]), [0.7, 0.5], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(record["velocity"], axis=1), [1.0, 0.1], atol=1e-6)
     assert [ATTRIBUTE_NAMES[i] for i in record["attribute"]] == ["vehicle.moving", "pedestrian.standing"]
+    named = make_prediction("tok", boxes, lidar2global, [0, 5], [0.9, 0.3], attributes=["vehicle.parked", ""])
+    assert named["attribute"].tolist() == [ATTRIBUTE_NAMES.index("vehicle.parked"), -1]
+    with pytest.raises(ValueError, match="unknown attribute"):
+        make_prediction("tok", boxes, lidar2global, [0, 5], [0.9, 0.3], attributes=["parked", ""])
 
 
 def test_default_attributes():
-    labels = np.array([CLASSES.index(n) for n in ("car", "bus", "bus", "bicycle", "motorcycle", "pedestrian", "barrier", "traffic_cone")])
-    velocity = np.array([[0.1, 0.0], [1.0, 0.0], [0.0, 0.1], [0.3, 0.0], [0.0, 0.0], [0.2, 0.2], [3.0, 0.0], [0.0, 0.0]])
+    labels = np.array(
+        [
+            CLASSES.index(n)
+            for n in ("car", "bus", "bus", "bicycle", "motorcycle", "pedestrian", "barrier", "traffic_cone")
+        ]
+    )
+    velocity = np.array(
+        [[0.1, 0.0], [1.0, 0.0], [0.0, 0.1], [0.3, 0.0], [0.0, 0.0], [0.2, 0.2], [3.0, 0.0], [0.0, 0.0]]
+    )
     names = ["" if i < 0 else ATTRIBUTE_NAMES[i] for i in default_attributes(labels, velocity)]
     assert names == [
-        "vehicle.parked", "vehicle.moving", "vehicle.stopped", "cycle.with_rider",
-        "cycle.without_rider", "pedestrian.moving", "", "",
+        "vehicle.parked",
+        "vehicle.moving",
+        "vehicle.stopped",
+        "cycle.with_rider",
+        "cycle.without_rider",
+        "pedestrian.moving",
+        "",
+        "",
     ]
 
 
@@ -573,4 +675,4 @@ def test_geometry_matches_devkit():
     assert points_in_boxes(points, centers, sizes, rotations).tolist() == expected
     assert 100 < sum(expected) < n - 100
     yaws = [np.arctan2(*(Quaternion(r).rotation_matrix[:, 0][[1, 0]])) for r in rotations]
-    np.testing.assert_allclose(quaternion_yaw(rotations * 3.0), yaws, atol=1e-12)
+    np.testing.assert_allclose(quaternions_to_yaw(rotations * 3.0), yaws, atol=1e-12)

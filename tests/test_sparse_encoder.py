@@ -78,8 +78,30 @@ def compare_with_dense(conv, in_channels, shape, batch_size=2, count=40, seed=0)
 def test_cpu_shim_is_idempotent():
     if torch.cuda.is_available():
         pytest.skip("the shim applies only without CUDA")
-    assert apply_cpu_shim() and apply_cpu_shim()
+    apply_cpu_shim()
+    patched = spconv_ops.get_current_stream, spconv_ops.SpconvOps
+    apply_cpu_shim()
+    assert (spconv_ops.get_current_stream, spconv_ops.SpconvOps) == patched
     assert spconv_ops.get_current_stream() == 0
+
+
+def test_cpu_conv_is_repeatable_with_threads():
+    """spconv's own CPU scatter-add races between threads; the shim's must not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        conv = spconv.SubMConv3d(16, 32, 3, padding=1, bias=False).double()
+        shape = (8, 32, 32)
+        coords = random_sites(shape, 1, 3000, seed=2)
+        feats = torch.randn(3000, 16, dtype=torch.float64)
+        expected = F.conv3d(to_dense(feats, coords, 1, shape), dense_weight(conv), padding=1)
+        index = coords.long()
+        expected = expected[index[:, 0], :, index[:, 1], index[:, 2], index[:, 3]]
+        for _ in range(5):
+            out = conv(spconv.SparseConvTensor(feats, coords, list(shape), 1))
+            assert torch.allclose(out.features, expected, atol=1e-10)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_submanifold_input_conv_matches_dense():
@@ -135,12 +157,13 @@ def test_point_lights_its_bev_cell(config):
     encoder = SparseEncoder(**config)
     positive_weights_(encoder)
     grid = encoder.bev_grid
-    row, col = 3 * grid.height // 4, grid.width // 5  # asymmetric: a row/column swap would miss
+    # Asymmetric (a row/column swap would miss) and with x, y > 0 so that the features stay positive.
+    row, col = 7 * grid.height // 8, 5 * grid.width // 8
     # A point in the first voxel of BEV cell (row, col), so that no stride-2 conv can split it.
     voxel_x, voxel_y = encoder.voxel_size[:2]
     x = grid.x_min + col * grid.cell_x + 0.5 * voxel_x
     y = grid.y_min + row * grid.cell_y + 0.5 * voxel_y
-    points = [torch.tensor([[x, y, -1.0, 0.5, 0.0]]), torch.zeros(0, 5)]
+    points = [torch.tensor([[x, y, 0.5, 0.5, 0.0]]), torch.zeros(0, 5)]
     voxels, num_points, coords = voxelize_batch(points, encoder.voxel_size, encoder.point_cloud_range, 10, 100)
     with torch.no_grad():
         bev = encoder(MeanVFE()(voxels, num_points), coords, batch_size=2)

@@ -57,7 +57,7 @@ def check_dataroot(data_root: str | os.PathLike, version: str) -> None:
         )
     missing = [name for name in NUSCENES_TABLES if not (table_root / f"{name}.json").is_file()]
     if missing:
-        raise FileNotFoundError(f"nuScenes tables missing under {table_root}: {', '.join(missing)}.json")
+        raise FileNotFoundError(f"nuScenes tables missing under {table_root}: {', '.join(name + '.json' for name in missing)}")
 
 
 def load_nuscenes(data_root: str | os.PathLike, version: str):

@@ -101,7 +101,9 @@ def evaluate_detections(gt: BoxArrays, pred: BoxArrays, config: DetectionConfig)
 
 
 def _summary(
-    label_aps: dict[str, dict[float, float]], label_tp_errors: dict[str, dict[str, float]], config: DetectionConfig
+    label_aps: dict[str, dict[float, float]],
+    label_tp_errors: dict[str, dict[str, float]],
+    config: DetectionConfig,
 ) -> dict:
     mean_dist_aps = {name: float(np.mean(list(aps.values()))) for name, aps in label_aps.items()}
     mean_ap = float(np.mean(list(mean_dist_aps.values())))
@@ -137,7 +139,11 @@ def _class_curves(
     scores = pred.score[pred_index]
     order = pred_index[np.lexsort((-np.arange(len(pred_index)), -scores))]
     matched = greedy_match(
-        gt.sample[gt_index], gt.translation[gt_index, :2], pred.sample[order], pred.translation[order, :2], dist_ths
+        gt.sample[gt_index],
+        gt.translation[gt_index, :2],
+        pred.sample[order],
+        pred.translation[order, :2],
+        dist_ths,
     )
     recall_points = np.linspace(0, 1, RECALL_POINTS)
     confidence = pred.score[order]
@@ -166,7 +172,11 @@ def _class_curves(
 
 
 def greedy_match(
-    gt_sample: np.ndarray, gt_xy: np.ndarray, pred_sample: np.ndarray, pred_xy: np.ndarray, dist_ths: list[float]
+    gt_sample: np.ndarray,
+    gt_xy: np.ndarray,
+    pred_sample: np.ndarray,
+    pred_xy: np.ndarray,
+    dist_ths: list[float],
 ) -> np.ndarray:
     """Greedy centre-distance matching of predictions (in processing order) to ground truth of one class.
 
@@ -181,7 +191,9 @@ def greedy_match(
     # Rank of each candidate prediction among those of its sample, in processing order.
     candidates = np.unique(pair_pred)
     by_sample = np.argsort(pred_sample[candidates], kind="stable")
-    _, group_start, group_size = np.unique(pred_sample[candidates][by_sample], return_index=True, return_counts=True)
+    _, group_start, group_size = np.unique(
+        pred_sample[candidates][by_sample], return_index=True, return_counts=True
+    )
     rank = np.zeros(len(pred_sample), dtype=np.int64)
     rank[candidates[by_sample]] = np.arange(len(candidates)) - np.repeat(group_start, group_size)
     # Pairs by step, then prediction, then distance, then ground-truth order (the devkit's first minimum).
@@ -210,7 +222,8 @@ def _candidate_pairs(
     starts = np.searchsorted(gt_sample, pred_sample, side="left")
     counts = np.searchsorted(gt_sample, pred_sample, side="right") - starts
     ends = np.cumsum(counts)
-    bounds = np.r_[0, np.searchsorted(ends, np.arange(_PAIR_CHUNK, ends[-1] if len(ends) else 0, _PAIR_CHUNK)), len(ends)]
+    chunk_ends = np.arange(_PAIR_CHUNK, ends[-1] if len(ends) else 0, _PAIR_CHUNK)
+    bounds = np.r_[0, np.searchsorted(ends, chunk_ends), len(ends)]
     out_pred, out_gt, out_dist = [], [], []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         pred, gt = expand_ranges(starts[lo:hi], counts[lo:hi])
@@ -241,15 +254,16 @@ def _match_errors(
     gt_size, pred_size = gt.size[gt_index], pred.size[pred_index]
     common = np.minimum(gt_size, pred_size)
     intersection = common[:, 0] * common[:, 1] * common[:, 2]
-    union = gt_size[:, 0] * gt_size[:, 1] * gt_size[:, 2] + pred_size[:, 0] * pred_size[:, 1] * pred_size[:, 2]
+    gt_volume = gt_size[:, 0] * gt_size[:, 1] * gt_size[:, 2]
+    pred_volume = pred_size[:, 0] * pred_size[:, 1] * pred_size[:, 2]
+    # Smallest signed angle from prediction to ground truth, for a period of pi or 2 pi.
     yaw_diff = (gt.yaw[gt_index] - pred.yaw[pred_index] + period / 2) % period - period / 2
-    yaw_diff = np.where(yaw_diff > np.pi, yaw_diff - 2 * np.pi, yaw_diff)
     gt_attribute = gt.attribute[gt_index]
     attr_err = np.where(gt_attribute < 0, np.nan, 1.0 - (gt_attribute == pred.attribute[pred_index]))
     return {
         "trans_err": np.sqrt(delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1]),
         "vel_err": np.sqrt(velocity[:, 0] * velocity[:, 0] + velocity[:, 1] * velocity[:, 1]),
-        "scale_err": 1 - intersection / (union - intersection),
+        "scale_err": 1 - intersection / (gt_volume + pred_volume - intersection),
         "orient_err": np.abs(yaw_diff),
         "attr_err": attr_err,
     }

@@ -36,7 +36,9 @@ def benchmark_metric(
     with tempfile.TemporaryDirectory() as tmp:
         prepare_ground_truth(nusc, eval_set, cache_dir=tmp)
         start = time.perf_counter()
-        metric = NuScenesDetectionMetric(prepare_ground_truth((version, dataroot), eval_set, cache_dir=tmp), config)
+        metric = NuScenesDetectionMetric(
+            prepare_ground_truth((version, dataroot), eval_set, cache_dir=tmp), config
+        )
         metric.update(predictions)
         ours = {key: value.item() for key, value in metric.compute().items()}
         ours_s = time.perf_counter() - start

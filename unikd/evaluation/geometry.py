@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def quaternion_yaw(rotation: np.ndarray) -> np.ndarray:
+def quaternions_to_yaw(rotation: np.ndarray) -> np.ndarray:
     """[K, 4] quaternions (w, x, y, z) -> [K] heading of the rotated +x axis in the x-y plane."""
     w, x, y, z = np.asarray(rotation, dtype=np.float64).reshape(-1, 4).T
     return np.arctan2(x * y + z * w + w * z + x * y, x * x + w * w - z * z - y * y)
 
 
-def quaternion_matrix(rotation: np.ndarray) -> np.ndarray:
+def quaternions_to_matrices(rotation: np.ndarray) -> np.ndarray:
     """[K, 4] quaternions (w, x, y, z), normalised first -> [K, 3, 3] rotation matrices."""
     q = np.asarray(rotation, dtype=np.float64).reshape(-1, 4)
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -26,7 +26,9 @@ def quaternion_matrix(rotation: np.ndarray) -> np.ndarray:
     )
 
 
-def points_in_boxes(points: np.ndarray, center: np.ndarray, size: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+def points_in_boxes(
+    points: np.ndarray, center: np.ndarray, size: np.ndarray, rotation: np.ndarray
+) -> np.ndarray:
     """Whether point i lies in box i (borders included), as the devkit's `points_in_box` decides it.
 
     points, center [K, 3]; size [K, 3] (w, l, h); rotation [K, 4] (w, x, y, z). The test projects the
@@ -44,7 +46,7 @@ def points_in_boxes(points: np.ndarray, center: np.ndarray, size: np.ndarray, ro
         ],
         axis=2,
     )  # [K, 3, 4]
-    corners = quaternion_matrix(rotation) @ local + center[:, :, None]
+    corners = quaternions_to_matrices(rotation) @ local + center[:, :, None]
     origin = corners[:, :, 0]
     edges = corners[:, :, 1:] - origin[:, :, None]  # [K, 3, 3], one edge per column
     offset = np.asarray(points, dtype=np.float64).reshape(-1, 3) - origin

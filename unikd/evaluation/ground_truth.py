@@ -22,7 +22,7 @@ from nuscenes.utils.splits import create_splits_scenes
 
 from unikd.data.classes import CATEGORY_TO_CLASS, CLASSES
 from unikd.evaluation.algorithm import BoxArrays, expand_ranges
-from unikd.evaluation.geometry import points_in_boxes, quaternion_yaw
+from unikd.evaluation.geometry import points_in_boxes, quaternions_to_yaw
 from unikd.evaluation.predictions import attribute_index
 
 BIKE_RACK = "static_object.bicycle_rack"
@@ -30,7 +30,16 @@ CYCLES = (CLASSES.index("motorcycle"), CLASSES.index("bicycle"))
 # Bump when the cached content changes.
 CACHE_FORMAT = 1
 # Tables whose content the ground truth depends on (the cache key includes their size and mtime).
-_TABLES = ("scene", "sample", "sample_data", "ego_pose", "sample_annotation", "attribute", "category", "instance")
+_TABLES = (
+    "scene",
+    "sample",
+    "sample_data",
+    "ego_pose",
+    "sample_annotation",
+    "attribute",
+    "category",
+    "instance",
+)
 # Which dataset version each predefined split needs (the devkit's `load_gt` check).
 _SPLIT_VERSIONS = {
     "train": "trainval",
@@ -117,7 +126,7 @@ class GroundTruth:
             sample=self.box_sample[keep],
             translation=self.translation[keep],
             size=self.size[keep],
-            yaw=quaternion_yaw(self.rotation[keep]),
+            yaw=quaternions_to_yaw(self.rotation[keep]),
             velocity=self.velocity[keep],
             label=self.label[keep],
             attribute=self.attribute[keep],
@@ -161,7 +170,11 @@ def prepare_ground_truth(
     path = ground_truth_cache_path(version, dataroot, eval_set, cache_dir)
     if path.exists():
         return GroundTruth.load(path)
-    nusc = source if isinstance(source, NuScenes) else NuScenes(version=version, dataroot=dataroot, verbose=verbose)
+    nusc = (
+        source
+        if isinstance(source, NuScenes)
+        else NuScenes(version=version, dataroot=dataroot, verbose=verbose)
+    )
     gt = read_ground_truth(nusc, eval_set)
     gt.save(path)
     return gt
@@ -172,7 +185,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unikd" / "nuscenes_gt"
 
 
-def ground_truth_cache_path(version: str, dataroot: str, eval_set: str, cache_dir: str | Path | None = None) -> Path:
+def ground_truth_cache_path(
+    version: str, dataroot: str, eval_set: str, cache_dir: str | Path | None = None
+) -> Path:
     """Cache file of one dataset (path and table files' size and mtime), version and split."""
     root = Path(dataroot).resolve()
     key = [str(CACHE_FORMAT), str(root), version, eval_set]

@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from unikd.evaluation.algorithm import BoxArrays, evaluate_detections
-from unikd.evaluation.geometry import quaternion_yaw
+from unikd.evaluation.geometry import quaternions_to_yaw
 from unikd.evaluation.ground_truth import GroundTruth
 from unikd.evaluation.predictions import as_arrays
 from unikd.evaluation.summary import flatten_summary
@@ -58,6 +58,8 @@ class NuScenesDetectionMetric(Metric):
         self._gt_boxes = gt.eval_boxes(self.config)
         self.add_state("boxes", default=[], dist_reduce_fx="cat")
         self.add_state("records", default=[], dist_reduce_fx="cat")
+        # States are float64; a process without data then contributes an empty float64 tensor too.
+        self.set_dtype(torch.float64)
 
     def update(self, predictions: Sequence[dict[str, Any]]) -> None:
         """Add per-sample prediction records."""
@@ -79,7 +81,7 @@ class NuScenesDetectionMetric(Metric):
             [
                 boxes["translation"],
                 boxes["size"],
-                quaternion_yaw(boxes["rotation"])[:, None],
+                quaternions_to_yaw(boxes["rotation"])[:, None],
                 boxes["velocity"],
                 boxes["score"][:, None],
                 boxes["label"][:, None],
@@ -93,9 +95,11 @@ class NuScenesDetectionMetric(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Evaluate everything given so far; returns flat figures (see `flatten_summary`)."""
-        start = time.time()
+        start = time.perf_counter()
         if isinstance(self.records, list) and not self.records:
-            raise RuntimeError("NuScenesDetectionMetric.compute() called before any prediction record was given")
+            raise RuntimeError(
+                "NuScenesDetectionMetric.compute() called before any prediction record was given"
+            )
         records = dim_zero_cat(self.records).cpu().double().numpy().reshape(-1, 2).astype(np.int64)
         rows = dim_zero_cat(self.boxes).cpu().double().numpy().reshape(-1, len(_COLUMNS))
         samples, counts = records[:, 0], records[:, 1]
@@ -124,6 +128,8 @@ class NuScenesDetectionMetric(Metric):
             score=rows[:, 9],
         )
         summary = evaluate_detections(gt_boxes, pred_boxes, self.config)
-        summary["eval_time"] = time.time() - start
+        summary["eval_time"] = time.perf_counter() - start
         self.summary = summary
-        return {key: torch.tensor(value, dtype=torch.float64) for key, value in flatten_summary(summary).items()}
+        return {
+            key: torch.tensor(value, dtype=torch.float64) for key, value in flatten_summary(summary).items()
+        }

@@ -35,7 +35,9 @@ def flatten_summary(summary: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def write_metrics_summary(summary: dict[str, Any], path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+def write_metrics_summary(
+    summary: dict[str, Any], path: str | Path, meta: dict[str, Any] | None = None
+) -> Path:
     """Write the summary as the devkit's `metrics_summary.json` (same keys, `meta` last)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,22 @@ def format_metrics(summary: dict[str, Any]) -> str:
     """mAP, the mean TP errors, NDS, then a per-class table of AP, ATE, ASE, AOE, AVE and AAE."""
     lines = [f"mAP: {summary['mean_ap']:.4f}"]
     lines += [f"m{short}: {summary['tp_errors'][metric]:.4f}" for metric, short in TP_SHORT_NAMES.items()]
-    lines += [f"NDS: {summary['nd_score']:.4f}", f"Eval time: {summary['eval_time']:.1f}s", "", "Per-class results:"]
-    lines.append("\t".join([f"{'Object Class':<20}"] + [f"{name:<6}" for name in ("AP", *TP_SHORT_NAMES.values())]))
+    lines += [
+        f"NDS: {summary['nd_score']:.4f}",
+        f"Eval time: {summary['eval_time']:.1f}s",
+        "",
+        "Per-class results:",
+    ]
+    lines.append(
+        "\t".join([f"{'Object Class':<20}"] + [f"{name:<6}" for name in ("AP", *TP_SHORT_NAMES.values())])
+    )
     for name, ap in summary["mean_dist_aps"].items():
         errors = summary["label_tp_errors"][name]
-        lines.append("\t".join([f"{name:<20}", f"{ap:<6.3f}"] + [f"{errors[metric]:<6.3f}" for metric in TP_SHORT_NAMES]))
+        lines.append(
+            "\t".join(
+                [f"{name:<20}", f"{ap:<6.3f}"] + [f"{errors[metric]:<6.3f}" for metric in TP_SHORT_NAMES]
+            )
+        )
     return "\n".join(lines)
 
 

@@ -78,13 +78,19 @@ def object_colour(kind: str, rng: np.random.Generator) -> tuple[float, float, fl
     return tuple(float(min(1.0, c * scale)) for c in base)
 
 
+_INDEX_OFFSET = 1 << 20  # keeps cell indices positive so that truncation is flooring
+
+
+def _cells(values: np.ndarray, cell: float) -> np.ndarray:
+    """Index of the `cell`-wide interval holding each value (for |value| < 2**20 * cell)."""
+    return (values * (1.0 / cell) + _INDEX_OFFSET).astype(np.int32)
+
+
 def hash_noise(a: np.ndarray, b: np.ndarray, cell: float) -> np.ndarray:
     """Deterministic noise in [0, 1): one value per (cell x cell) square of the (a, b) plane."""
-    ia = np.floor(a / cell).astype(np.int64)
-    ib = np.floor(b / cell).astype(np.int64)
-    h = (ia * 73856093) ^ (ib * 19349663)
-    h = (h * 2654435761) & 0xFFFFFFFF
-    return ((h >> 8) & 0xFFFF).astype(np.float32) / 65536.0
+    h = (_cells(a, cell) * np.int32(73856093)) ^ (_cells(b, cell) * np.int32(19349663))
+    h = h * np.int32(-1640531535)  # integer overflow wraps: this mixes the bits
+    return ((h >> 16) & 0xFF).astype(np.float32) * (1.0 / 256.0)
 
 
 def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,11 +99,15 @@ def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Two lanes each way with a yellow centre line, dashed white lane dividers and white edge lines;
     then a bike lane, a parking strip, a sidewalk of paving tiles and grass.
     """
+    s, d = np.asarray(s, dtype=np.float32), np.asarray(d, dtype=np.float32)
     a = np.abs(d)
-    material = np.searchsorted(np.array(_ZONE_EDGES), a, side="right")
-    dark_tile = (np.floor(s / 1.5).astype(np.int64) + np.floor(d / 1.5).astype(np.int64)) % 2 == 1
+    material = (a >= _ZONE_EDGES[0]).astype(np.int32)
+    for edge in _ZONE_EDGES[1:]:
+        material += a >= edge
+    dark_tile = ((_cells(s, 1.5) + _cells(d, 1.5)) & 1).astype(bool)
     material[(material == _PAVING) & dark_tile] = _PAVING_DARK
-    white = ((np.abs(a - 3.5) < 0.075) & (np.mod(s, 9.0) < 3.0)) | (np.abs(a - 7.0) < 0.1) | (np.abs(a - 8.6) < 0.07)
+    dashed = _cells(s, 3.0) % 3 == 0  # 3 m dashes every 9 m
+    white = ((np.abs(a - 3.5) < 0.075) & dashed) | (np.abs(a - 7.0) < 0.1) | (np.abs(a - 8.6) < 0.07)
     material[white] = _WHITE
     material[a < 0.12] = _YELLOW
     colour = _GROUND_COLOURS[material] * (0.85 + 0.3 * hash_noise(s, d, 0.35))[:, None]

@@ -19,7 +19,6 @@ from unikd.data.synthetic.calibration import IMAGE_HEIGHT, IMAGE_WIDTH, CameraSp
 from unikd.data.synthetic.scene import Road
 
 NEAR = 0.2  # metres: faces are clipped at this depth in front of the camera
-MAX_GROUND_DISTANCE = 500.0  # farther ground is drawn as horizon haze
 MAX_BOX_DISTANCE = 250.0
 
 # Corner k of a box has signs (x, y, z) from its bits: k = 4 * (x > 0) + 2 * (y > 0) + (z > 0).
@@ -50,17 +49,19 @@ class CameraRenderer:
         u, v = np.meshgrid(2.0 * np.arange(width) + 1.0, 2.0 * np.arange(height) + 1.0)
         pixels = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3)
         rays = pixels @ np.linalg.inv(spec.intrinsic).T @ self.rotation.T  # ego-frame directions
-        with np.errstate(divide="ignore"):
-            scale = np.where(rays[:, 2] < 0, self.translation[2] / -rays[:, 2], np.inf)
-        distance = scale * np.linalg.norm(rays, axis=1)
-        ground = distance < MAX_GROUND_DISTANCE
-        self._ground_index = np.flatnonzero(ground)
-        self._ground_xy = self.translation[:2] + scale[ground, None] * rays[ground, :2]
-        self._ground_keep = fog_keep(distance[ground])[:, None]
-        self._ground_haze = (1.0 - self._ground_keep) * SKY_HORIZON.astype(np.float32)
+        # The cameras are level, so the ground fills whole rows: every row below the horizon.
+        ground_rows = (rays[:, 2] < 0).reshape(height, width).all(axis=1)
+        self._ground_start = int(np.argmax(ground_rows)) * width  # first ground pixel (flat index)
+        ground = slice(self._ground_start, None)
+        scale = self.translation[2] / -rays[ground, 2]
+        distance = scale * np.linalg.norm(rays[ground], axis=1)
+        self._ground_xy = self.translation[:2] + scale[:, None] * rays[ground, :2]
+        keep = fog_keep(distance)[:, None]
+        self._ground_gain = 255.0 * keep  # ground pixel = colour * gain + haze, in 0..255
+        self._ground_haze = 255.0 * (1.0 - keep) * SKY_HORIZON.astype(np.float32) + 0.5
         elevation = np.arctan2(rays[:, 2], np.hypot(rays[:, 0], rays[:, 1]))
         mix = np.clip(elevation / 0.6, 0.0, 1.0)[:, None]
-        self._sky = (SKY_HORIZON * (1 - mix) + SKY_TOP * mix).astype(np.float32)
+        self._sky = np.round(255.0 * (SKY_HORIZON * (1 - mix) + SKY_TOP * mix)).astype(np.uint8)
 
     def pose(self, ego_xy: np.ndarray, ego_yaw: float) -> tuple[np.ndarray, np.ndarray]:
         """Camera -> global rotation and camera position for an ego pose on the ground plane."""
@@ -84,8 +85,8 @@ class CameraRenderer:
         ground_xy = ego_xy + self._ground_xy @ np.array([[cos, sin], [-sin, cos]])
         ground_colour, _ = ground_surface(*road.coords(ground_xy))
         canvas = self._sky.copy()
-        canvas[self._ground_index] = ground_colour * self._ground_keep + self._ground_haze
-        canvas = np.clip(canvas * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2, 3)
+        canvas[self._ground_start :] = np.minimum(ground_colour * self._ground_gain + self._ground_haze, 255.0)
+        canvas = canvas.reshape(IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2, 3)
         image = cv2.resize(canvas, (IMAGE_WIDTH, IMAGE_HEIGHT), interpolation=cv2.INTER_LINEAR)
         self._draw_boxes(image, ego_xy, ego_yaw, centres, sizes, yaws, colours)
         return image
@@ -104,14 +105,29 @@ class CameraRenderer:
         corners = box_corners(centres, sizes, yaws)
         corners_cam = (corners - position) @ rotation  # global -> camera frame
         distance = np.linalg.norm(centres - position, axis=1)
-        candidates = np.flatnonzero((corners_cam[..., 2] > NEAR).any(axis=1) & (distance < MAX_BOX_DISTANCE))
-        bounds = [self._image_bounds(corners_cam[i]) for i in candidates]
-        keep = [k for k, b in enumerate(bounds) if b[0] < IMAGE_WIDTH and b[1] < IMAGE_HEIGHT and b[2] > 0 and b[3] > 0]
-        candidates, bounds = candidates[keep], np.array([bounds[k] for k in keep]).reshape(-1, 4)
-        footprints = corners[candidates][:, FOOTPRINT, :2]
-        order = _paint_order(footprints, yaws[candidates], position[:2], bounds, distance[candidates])
+        in_front = corners_cam[..., 2] > NEAR
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = corners_cam @ self.spec.intrinsic.T
+            uv = uv[..., :2] / uv[..., 2:3]
+        low, high = uv.min(axis=1), uv.max(axis=1)  # image bounds; unbounded if a corner is behind
+        low[~in_front.all(axis=1)], high[~in_front.all(axis=1)] = -np.inf, np.inf
+        candidates = np.flatnonzero(
+            in_front.any(axis=1)
+            & (distance < MAX_BOX_DISTANCE)
+            & (low[:, 0] < IMAGE_WIDTH)
+            & (low[:, 1] < IMAGE_HEIGHT)
+            & (high[:, 0] > 0)
+            & (high[:, 1] > 0)
+        )
         if len(candidates) == 0:
             return
+        order = _paint_order(
+            corners[candidates][:, FOOTPRINT, :2],
+            yaws[candidates],
+            position[:2],
+            np.concatenate([low[candidates], high[candidates]], axis=1),
+            distance[candidates],
+        )
         # Per face of every candidate: outward normal, centre, whether it faces the camera, colour.
         cos, sin = np.cos(yaws[candidates]), np.sin(yaws[candidates])
         rotations = np.zeros((len(candidates), 3, 3))
@@ -137,15 +153,6 @@ class CameraRenderer:
                 fill = tuple(int(c) for c in fills[m, f])
                 cv2.fillPoly(image, [pixels], fill, lineType=cv2.LINE_8, shift=4)
                 cv2.polylines(image, [pixels], True, tuple(c * 3 // 5 for c in fill), 1, lineType=cv2.LINE_8, shift=4)
-
-    def _image_bounds(self, corners_cam: np.ndarray) -> tuple[float, float, float, float]:
-        """Pixel bounds (u_min, v_min, u_max, v_max) of a box; the whole plane if it reaches behind."""
-        if (corners_cam[:, 2] <= NEAR).any():
-            return (-np.inf, -np.inf, np.inf, np.inf)
-        uv = corners_cam @ self.spec.intrinsic.T
-        uv = uv[:, :2] / uv[:, 2:3]
-        return (uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max())
-
 
 def _clip_near(polygon: np.ndarray) -> np.ndarray:
     """Clip a camera-frame polygon [K, 3] to z >= NEAR (Sutherland-Hodgman, one plane)."""
@@ -178,12 +185,13 @@ def _paint_order(
         & (bounds[:, None, 1] < bounds[None, :, 3])
         & (bounds[None, :, 1] < bounds[:, None, 3])
     )
+    first, second = np.nonzero(np.triu(overlap, k=1))
+    front = _in_front(footprints[first], footprints[second], yaws[first], yaws[second], eye)
     after: list[list[int]] = [[] for _ in range(count)]  # after[a]: boxes to draw after a
     waiting = np.zeros(count, dtype=np.int64)  # boxes that must be drawn before this one
-    for a, b in zip(*np.nonzero(np.triu(overlap, k=1)), strict=True):
-        front = _in_front(footprints[a], footprints[b], yaws[a], yaws[b], eye)
-        if front != 0:
-            near_box, far_box = (a, b) if front > 0 else (b, a)
+    for a, b, sign in zip(first, second, front, strict=True):
+        if sign != 0:
+            near_box, far_box = (a, b) if sign > 0 else (b, a)
             after[far_box].append(near_box)
             waiting[near_box] += 1
     heap = [(-distance[i], i) for i in range(count) if waiting[i] == 0]
@@ -206,17 +214,20 @@ def _paint_order(
     return order
 
 
-def _in_front(a: np.ndarray, b: np.ndarray, yaw_a: float, yaw_b: float, eye: np.ndarray) -> int:
-    """+1 if footprint a [4, 2] is on the eye's side of a line separating it from b, -1 if b is,
-    0 if no separating edge direction exists or the eye lies between them (neither hides the other)."""
-    for yaw in (yaw_a, yaw_b):
-        for axis in (np.array([np.cos(yaw), np.sin(yaw)]), np.array([-np.sin(yaw), np.cos(yaw)])):
-            pa, pb, pe = a @ axis, b @ axis, eye @ axis
-            for sign, low, high in ((1, pa, pb), (-1, pb, pa)):
-                if low.max() <= high.min():
-                    if pe <= low.max():
-                        return sign
-                    if pe >= high.min():
-                        return -sign
-                    return 0
-    return 0
+def _in_front(a: np.ndarray, b: np.ndarray, yaw_a: np.ndarray, yaw_b: np.ndarray, eye: np.ndarray) -> np.ndarray:
+    """For pairs of footprints a, b [P, 4, 2]: +1 where a is on the eye's side of a line separating
+    it from b, -1 where b is, 0 where no edge direction separates them or the eye lies between
+    them (then neither hides the other). Uses the first separating edge direction."""
+    angles = np.stack([yaw_a, yaw_a + np.pi / 2, yaw_b, yaw_b + np.pi / 2], axis=1)  # [P, 4]
+    axes = np.stack([np.cos(angles), np.sin(angles)], axis=-1)  # [P, 4, 2]
+    pa = np.einsum("pkc,pxc->pxk", a, axes)  # [P, axis, corner]
+    pb = np.einsum("pkc,pxc->pxk", b, axes)
+    pe = axes @ eye  # [P, 4]
+    a_low, a_high, b_low, b_high = pa.min(-1), pa.max(-1), pb.min(-1), pb.max(-1)
+    a_first, b_first = a_high <= b_low, b_high <= a_low
+    a_front = (a_first & (pe <= a_high)) | (b_first & (pe >= a_low))
+    b_front = (a_first & (pe >= b_low)) | (b_first & (pe <= b_high))
+    axis = np.argmax(a_first | b_first, axis=1)[:, None]
+    separated = (a_first | b_first).any(axis=1)
+    sign = np.take_along_axis(a_front, axis, 1)[:, 0].astype(np.int64) - np.take_along_axis(b_front, axis, 1)[:, 0]
+    return np.where(separated, sign, 0)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from unikd.data.synthetic.calibration import (
 )
 from unikd.data.synthetic.camera import CameraRenderer
 from unikd.data.synthetic.lidar import LidarScan, cast_lidar, count_points_in_boxes
-from unikd.data.synthetic.scene import SceneLayout, sample_layout
+from unikd.data.synthetic.scene import GUARANTEED_OBJECTS, SceneLayout, sample_layout
 from unikd.data.synthetic.writer import DatasetWriter
 
 # version -> (train scene pool, val scene pool, default number of train scenes, of val scenes)
@@ -52,6 +55,7 @@ def generate_synthetic_nuscenes(
     sweeps_per_keyframe: int = 4,
     objects_per_scene: int = 60,
     lidar_noise: float = 0.02,
+    workers: int = 1,
 ) -> Path:
     """Write a synthetic nuScenes-format dataset to `root` (which must be empty or new); return it.
 
@@ -60,7 +64,8 @@ def generate_synthetic_nuscenes(
     `nuscenes.utils.splits.create_splits_scenes()` applies. Each scene has `keyframes_per_scene`
     key frames (samples) 0.5 s apart and `sweeps_per_keyframe` LiDAR sweeps evenly between two key
     frames (nuScenes has 9), and about `objects_per_scene` annotated objects. `lidar_noise` is the
-    range noise in metres (0: exact). The same arguments always give the same bytes.
+    range noise in metres (0: exact). Scenes are built by `workers` processes. The same arguments
+    (whatever `workers`) always give the same bytes.
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown nuScenes version {version!r}; expected one of {sorted(VERSIONS)}")
@@ -68,26 +73,63 @@ def generate_synthetic_nuscenes(
         raise ValueError(f"keyframes_per_scene must be >= 2 (velocities need two), got {keyframes_per_scene}")
     if sweeps_per_keyframe < 0:
         raise ValueError(f"sweeps_per_keyframe must be >= 0, got {sweeps_per_keyframe}")
+    if objects_per_scene < GUARANTEED_OBJECTS:
+        raise ValueError(f"objects_per_scene must be >= {GUARANTEED_OBJECTS}, got {objects_per_scene}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     names = _scene_names(version, train_scenes, val_scenes)
     root = Path(root)
     _check_target(root, version)
 
     writer = DatasetWriter(root, version, seed)
-    renderers = [CameraRenderer(spec) for spec in CAMERA_SPECS]
-    logs_by_location: dict[str, list[str]] = {}
-    for index, name in enumerate(names):
-        rng = np.random.default_rng([seed, index])
-        location, vehicle, utc_offset, left_hand = LOCATIONS[int(rng.integers(len(LOCATIONS)))]
-        duration = (keyframes_per_scene - 1) * KEYFRAME_INTERVAL_US / 1e6
-        layout = sample_layout(rng, duration, objects_per_scene, left_hand)
-        start_us = FIRST_SCENE_START_US + index * SCENE_SPACING_US
-        log_token = _add_log(writer, index, vehicle, location, utc_offset, start_us)
-        logs_by_location.setdefault(location, []).append(log_token)
-        scene = _SceneWriter(writer, renderers, layout, name, index, log_token, start_us)
-        scene.write(keyframes_per_scene, sweeps_per_keyframe, np.random.default_rng([seed, index, 1]), lidar_noise)
-    writer.add_maps(logs_by_location)
+    writer.start()
+    jobs = [
+        _SceneJob(root, version, seed, index, name, keyframes_per_scene, sweeps_per_keyframe, objects_per_scene, lidar_noise)
+        for index, name in enumerate(names)
+    ]
+    if workers == 1:
+        results = [_build_scene(job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_build_scene, jobs))
+    for tables in results:
+        writer.extend(tables)
+    writer.add_maps()
     writer.write_tables()
     return root
+
+
+@dataclass(frozen=True)
+class _SceneJob:
+    root: Path
+    version: str
+    seed: int
+    index: int
+    name: str
+    keyframes: int
+    sweeps: int
+    objects: int
+    lidar_noise: float
+
+
+def _build_scene(job: _SceneJob) -> dict[str, list[dict]]:
+    """Write one scene's files and return its table records (run in a worker process or not)."""
+    writer = DatasetWriter(job.root, job.version, job.seed)
+    rng = np.random.default_rng([job.seed, job.index])
+    location, vehicle, utc_offset, left_hand = LOCATIONS[int(rng.integers(len(LOCATIONS)))]
+    duration = (job.keyframes - 1) * KEYFRAME_INTERVAL_US / 1e6
+    layout = sample_layout(rng, duration, job.objects, left_hand)
+    start_us = FIRST_SCENE_START_US + job.index * SCENE_SPACING_US
+    log_token = _add_log(writer, job.index, vehicle, location, utc_offset, start_us)
+    scene = _SceneWriter(writer, _camera_renderers(), layout, job.name, job.index, log_token, start_us)
+    scene.write(job.keyframes, job.sweeps, np.random.default_rng([job.seed, job.index, 1]), job.lidar_noise)
+    return writer.tables
+
+
+@functools.cache
+def _camera_renderers() -> tuple[CameraRenderer, ...]:
+    """The six renderers (their per-pixel ground rays take a moment), made once per process."""
+    return tuple(CameraRenderer(spec) for spec in CAMERA_SPECS)
 
 
 def _scene_names(version: str, train_scenes: int | None, val_scenes: int | None) -> list[str]:
@@ -136,7 +178,7 @@ class _SceneWriter:
     def __init__(
         self,
         writer: DatasetWriter,
-        renderers: list[CameraRenderer],
+        renderers: tuple[CameraRenderer, ...],
         layout: SceneLayout,
         name: str,
         index: int,
@@ -315,7 +357,6 @@ class _SceneWriter:
 
     def _write_annotations(self, samples: list[str], per_keyframe: list[list[tuple[int, str]]]) -> None:
         w = self.writer
-        category_tokens = {record["name"]: record["token"] for record in w.tables["category"]}
         times = [k * KEYFRAME_INTERVAL_US / 1e6 for k in range(len(samples))]
         states = [self.layout.boxes(t) for t in times]
         for n, i in enumerate(self.annotated):
@@ -326,7 +367,7 @@ class _SceneWriter:
                 "instance",
                 {
                     "token": instance,
-                    "category_token": category_tokens[obj.category],
+                    "category_token": w.token("category", obj.category),
                     "nbr_annotations": len(samples),
                     "first_annotation_token": tokens[0],
                     "last_annotation_token": tokens[-1],

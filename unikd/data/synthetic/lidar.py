@@ -68,25 +68,25 @@ def cast_lidar(
     num_boxes = len(centres)
     potential = np.zeros(num_boxes, dtype=np.int64)
     transparent_hits = []
+    windows = _windows(centres, sizes, yaws, azimuth_start, step)
     for i in [*np.flatnonzero(solid), *np.flatnonzero(~solid)]:
-        columns = _columns(centres[i], sizes[i], yaws[i], azimuth_start, step)
-        if columns is None:
-            continue
-        t_in, t_out, cos_in, hit = _slab(dirs[:, columns], centres[i], sizes[i] / 2, yaws[i])
-        potential[i] = int(hit.sum())
-        if not solid[i]:
-            transparent_hits.append((i, columns, t_in, hit))
-            continue
-        closer = hit & (t_in < t_best[:, columns])
-        for array, value in ((t_best, t_in), (t_exit, t_out), (cos_incidence, cos_in)):
-            array[:, columns] = np.where(closer, value, array[:, columns])
-        hit_id[:, columns] = np.where(closer, i, hit_id[:, columns])
+        for window in windows[i]:
+            t_in, t_out, cos_in, hit = _slab(dirs[window], centres[i], sizes[i] / 2, yaws[i])
+            potential[i] += int(hit.sum())
+            if not solid[i]:
+                transparent_hits.append((i, window, t_in, hit))
+                continue
+            closer = hit & (t_in < t_best[window])
+            np.copyto(t_best[window], t_in, where=closer)
+            np.copyto(t_exit[window], t_out, where=closer)
+            np.copyto(cos_incidence[window], cos_in, where=closer)
+            np.copyto(hit_id[window], i, where=closer)
 
     valid = np.isfinite(t_best)
     on_box = valid & (hit_id >= 0)
     visible = np.bincount(hit_id[on_box], minlength=num_boxes)
-    for i, columns, t_in, hit in transparent_hits:
-        visible[i] = int((hit & (t_in < t_best[:, columns])).sum())
+    for i, window, t_in, hit in transparent_hits:
+        visible[i] += int((hit & (t_in < t_best[window])).sum())
 
     ranges = t_best.copy()
     depth = np.zeros_like(ranges)
@@ -109,24 +109,45 @@ def cast_lidar(
     return LidarScan(points, visible, potential)
 
 
-def _columns(centre: np.ndarray, size: np.ndarray, yaw: float, start: float, step: float) -> np.ndarray | None:
-    """Azimuth columns whose rays can reach the box footprint; None when out of range."""
-    radius = np.hypot(size[0], size[1]) / 2
-    distance = np.hypot(centre[0], centre[1])
-    if distance - radius > MAX_RANGE:
-        return None
-    if distance <= radius:
-        return np.arange(AZIMUTH_STEPS)
-    cos, sin = np.cos(yaw), np.sin(yaw)
-    corners = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]]) * size[:2] / 2
-    xy = centre[:2] + corners @ np.array([[cos, sin], [-sin, cos]])
-    middle = np.arctan2(centre[1], centre[0])
-    relative = (np.arctan2(xy[:, 1], xy[:, 0]) - middle + np.pi) % (2 * np.pi) - np.pi
-    first = int(np.floor((middle + relative.min() - start) / step))
-    last = int(np.ceil((middle + relative.max() - start) / step))
-    if last - first + 1 >= AZIMUTH_STEPS:
-        return np.arange(AZIMUTH_STEPS)
-    return np.arange(first, last + 1) % AZIMUTH_STEPS
+def _windows(
+    centres: np.ndarray, sizes: np.ndarray, yaws: np.ndarray, start: float, step: float
+) -> list[list[tuple[slice, slice]]]:
+    """Per box, the (beam, azimuth column) slices of the rays that can reach it (none when out of
+    range; two when the columns wrap around). Conservative: from the box's distance and extent."""
+    radius = np.hypot(sizes[:, 0], sizes[:, 1]) / 2
+    distance = np.hypot(centres[:, 0], centres[:, 1])
+    near, far = np.maximum(distance - radius, 0.0), distance + radius
+    bottom, top = centres[:, 2] - sizes[:, 2] / 2, centres[:, 2] + sizes[:, 2] / 2
+    lowest = np.arctan2(bottom, np.where(bottom < 0, near, far))
+    highest = np.arctan2(top, np.where(top > 0, near, far))
+    first_beam = np.searchsorted(BEAM_ELEVATIONS, lowest - 1e-9, side="left")
+    last_beam = np.searchsorted(BEAM_ELEVATIONS, highest + 1e-9, side="right")  # exclusive
+
+    cos, sin = np.cos(yaws)[:, None], np.sin(yaws)[:, None]
+    half_l, half_w = sizes[:, 0:1] / 2 * np.array([1, 1, -1, -1]), sizes[:, 1:2] / 2 * np.array([1, -1, 1, -1])
+    corner_x = centres[:, 0:1] + cos * half_l - sin * half_w
+    corner_y = centres[:, 1:2] + sin * half_l + cos * half_w
+    middle = np.arctan2(centres[:, 1], centres[:, 0])
+    relative = (np.arctan2(corner_y, corner_x) - middle[:, None] + np.pi) % (2 * np.pi) - np.pi
+    first_column = np.floor((middle + relative.min(axis=1) - start) / step).astype(np.int64)
+    last_column = np.ceil((middle + relative.max(axis=1) - start) / step).astype(np.int64) + 1  # exclusive
+    everywhere = (distance <= radius) | (last_column - first_column >= AZIMUTH_STEPS)
+
+    windows: list[list[tuple[slice, slice]]] = []
+    for i in range(len(centres)):
+        beams = slice(int(first_beam[i]), int(last_beam[i]))
+        if distance[i] - radius[i] > MAX_RANGE or beams.start >= beams.stop:
+            windows.append([])
+        elif everywhere[i]:
+            windows.append([(beams, slice(0, AZIMUTH_STEPS))])
+        else:
+            first = int(first_column[i]) % AZIMUTH_STEPS
+            last = int(last_column[i]) - (int(first_column[i]) - first)
+            if last <= AZIMUTH_STEPS:
+                windows.append([(beams, slice(first, last))])
+            else:
+                windows.append([(beams, slice(first, AZIMUTH_STEPS)), (beams, slice(0, last - AZIMUTH_STEPS))])
+    return windows
 
 
 def _slab(
@@ -135,20 +156,24 @@ def _slab(
     """Rays from the origin along dirs [..., 3] against one box: entry and exit distances, |cos| of
     the incidence angle on the entry face, and whether the ray enters the box in front of it."""
     cos, sin = np.cos(yaw), np.sin(yaw)
-    local = np.stack(
-        [cos * dirs[..., 0] + sin * dirs[..., 1], -sin * dirs[..., 0] + cos * dirs[..., 1], dirs[..., 2]], axis=0
+    local = (
+        cos * dirs[..., 0] + sin * dirs[..., 1],
+        -sin * dirs[..., 0] + cos * dirs[..., 1],
+        dirs[..., 2],
     )
-    origin = np.array([-cos * centre[0] - sin * centre[1], sin * centre[0] - cos * centre[1], -centre[2]])
+    origin = (-cos * centre[0] - sin * centre[1], sin * centre[0] - cos * centre[1], -centre[2])
+    entries, exits = [], []
     with np.errstate(divide="ignore", invalid="ignore"):
-        t1 = (-half[:, None, None] - origin[:, None, None]) / local
-        t2 = (half[:, None, None] - origin[:, None, None]) / local
-    near = np.minimum(t1, t2)
-    entry_axis = np.argmax(near, axis=0)
-    t_in = np.take_along_axis(near, entry_axis[None], axis=0)[0]
-    t_out = np.maximum(t1, t2).min(axis=0)
-    cos_in = np.abs(np.take_along_axis(local, entry_axis[None], axis=0)[0])
+        for direction, start, extent in zip(local, origin, half, strict=True):
+            t1 = (-extent - start) / direction
+            t2 = (extent - start) / direction
+            entries.append(np.minimum(t1, t2))
+            exits.append(np.maximum(t1, t2))
+    t_in = np.maximum(np.maximum(entries[0], entries[1]), entries[2])
+    t_out = np.minimum(np.minimum(exits[0], exits[1]), exits[2])
+    cos_in = np.where(t_in == entries[0], local[0], np.where(t_in == entries[1], local[1], local[2]))
     hit = (t_in <= t_out) & (t_in > 0) & (t_in < MAX_RANGE)
-    return t_in, t_out, cos_in, hit
+    return t_in, t_out, np.abs(cos_in), hit
 
 
 def count_points_in_boxes(
@@ -162,10 +187,14 @@ def count_points_in_boxes(
     cloud.rotate(Quaternion(ego_pose["rotation"]).rotation_matrix)
     cloud.translate(np.array(ego_pose["translation"]))
     xyz = cloud.points[:3]
+    by_x = np.argsort(xyz[0], kind="stable")
+    sorted_x = xyz[0, by_x]
     counts = []
     for translation, size, rotation in boxes:
         reach = np.linalg.norm(size) / 2 + 0.01
-        near = np.flatnonzero(np.hypot(xyz[0] - translation[0], xyz[1] - translation[1]) <= reach)
+        lo, hi = np.searchsorted(sorted_x, [translation[0] - reach, translation[0] + reach])
+        near = by_x[lo:hi]
+        near = near[np.abs(xyz[1, near] - translation[1]) <= reach]
         box = Box(translation, size, Quaternion(rotation))
         counts.append(int(points_in_box(box, xyz[:, near]).sum()))
     return counts

@@ -75,12 +75,24 @@ class DatasetWriter:
         self.version = version
         self._namespace = f"unikd-synthetic/{version}/{seed}"
         self.tables: dict[str, list[dict]] = {name: [] for name in TABLE_NAMES}
+
+    def start(self) -> None:
+        """Make the folders and add the tables that do not depend on the scenes."""
         for channel in (LIDAR_CHANNEL, *(spec.channel for spec in CAMERA_SPECS)):
-            (root / "samples" / channel).mkdir(parents=True, exist_ok=True)
-        (root / "sweeps" / LIDAR_CHANNEL).mkdir(parents=True, exist_ok=True)
-        (root / "maps").mkdir(parents=True, exist_ok=True)
-        (root / version).mkdir(parents=True, exist_ok=True)
-        self._add_fixed_tables()
+            (self.root / "samples" / channel).mkdir(parents=True, exist_ok=True)
+        (self.root / "sweeps" / LIDAR_CHANNEL).mkdir(parents=True, exist_ok=True)
+        (self.root / "maps").mkdir(parents=True, exist_ok=True)
+        (self.root / self.version).mkdir(parents=True, exist_ok=True)
+        for name in ATTRIBUTES:
+            self.add("attribute", {"token": self.token("attribute", name), "name": name, "description": name})
+        for name in CATEGORY_NAMES:
+            self.add("category", {"token": self.token("category", name), "name": name, "description": name})
+        for token, level in VISIBILITY_LEVELS:
+            description = f"visibility of whole object is {level[1:]}%"
+            self.add("visibility", {"token": token, "level": level, "description": description})
+        self.add("sensor", {"token": self.token("sensor", LIDAR_CHANNEL), "channel": LIDAR_CHANNEL, "modality": "lidar"})
+        for spec in CAMERA_SPECS:
+            self.add("sensor", {"token": self.token("sensor", spec.channel), "channel": spec.channel, "modality": "camera"})
 
     def token(self, *key: object) -> str:
         """A 32-hex-digit token, the same for the same key, version and seed."""
@@ -90,6 +102,11 @@ class DatasetWriter:
     def add(self, table: str, record: dict) -> dict:
         self.tables[table].append(record)
         return record
+
+    def extend(self, tables: dict[str, list[dict]]) -> None:
+        """Append the records of another writer (one scene built elsewhere)."""
+        for name, records in tables.items():
+            self.tables[name].extend(records)
 
     def write_points(self, filename: str, points: np.ndarray) -> None:
         """A `.pcd.bin` file: float32 (x, y, z, intensity, ring index) per point."""
@@ -101,13 +118,15 @@ class DatasetWriter:
             raise RuntimeError(f"JPEG encoding failed for {filename}")
         (self.root / filename).write_bytes(encoded.tobytes())
 
-    def add_maps(self, logs_by_location: dict[str, list[str]]) -> None:
-        """One map record per location. The devkit opens each map's mask PNG when it loads the
-        dataset; the synthetic world has no semantic map, so the mask is a small empty image."""
-        mask = np.zeros((64, 64), dtype=np.uint8)
-        ok, encoded = cv2.imencode(".png", mask)
+    def add_maps(self) -> None:
+        """One map record per location of the logs. The devkit opens each map's mask PNG when it
+        loads the dataset; the synthetic world has no semantic map, so the mask is a small empty image."""
+        ok, encoded = cv2.imencode(".png", np.zeros((64, 64), dtype=np.uint8))
         if not ok:
             raise RuntimeError("PNG encoding failed for the map mask")
+        logs_by_location: dict[str, list[str]] = {}
+        for log in self.tables["log"]:
+            logs_by_location.setdefault(log["location"], []).append(log["token"])
         for location, log_tokens in logs_by_location.items():
             token = self.token("map", location)
             filename = f"maps/{token}.png"
@@ -118,14 +137,3 @@ class DatasetWriter:
         for name, records in self.tables.items():
             with open(self.root / self.version / f"{name}.json", "w") as f:
                 json.dump(records, f, indent=1)
-
-    def _add_fixed_tables(self) -> None:
-        for name in ATTRIBUTES:
-            self.add("attribute", {"token": self.token("attribute", name), "name": name, "description": name})
-        for name in CATEGORY_NAMES:
-            self.add("category", {"token": self.token("category", name), "name": name, "description": name})
-        for token, level in VISIBILITY_LEVELS:
-            self.add("visibility", {"token": token, "level": level, "description": f"visibility of whole object is {level[1:]}%"})
-        self.add("sensor", {"token": self.token("sensor", LIDAR_CHANNEL), "channel": LIDAR_CHANNEL, "modality": "lidar"})
-        for spec in CAMERA_SPECS:
-            self.add("sensor", {"token": self.token("sensor", spec.channel), "channel": spec.channel, "modality": "camera"})

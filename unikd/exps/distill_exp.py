@@ -1,0 +1,280 @@
+"""DistillExp: a student experiment that also learns from a frozen teacher (cross-modality distillation).
+
+An experiment file combines it with the plain student experiment and names the teacher's:
+
+    Student = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_camera_exp.py")
+    Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
+
+    class BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar(DistillExp, Student):
+        teacher_exp_class = Teacher
+        teacher_model_size = "nuscenes"
+        distill_weights = {"feature": 100.0, "relation": 40.0, "response": 10.0}
+
+The class is a subclass of the student experiment, so its training loss is the student's own
+(detection, depth) plus the weighted terms of `distill_terms` turned on by `distill_weights`
+(`unikd.distill.distiller`), each logged as train/distill/<name>.
+
+Teacher placement: the teacher is the submodule `teacher`, so Lightning moves it to the device
+with the student, but it is frozen (requires_grad False, hence outside the optimizer), held in eval
+mode by `train()`, and run under `torch.no_grad()`. It is built by the teacher experiment class at
+`teacher_model_size` and loaded strictly from `--teacher_ckpt`, which training requires (tests may
+set `allow_random_teacher`). Evaluation (-e/-p) needs no teacher checkpoint.
+
+Checkpoints: `state_dict()` holds the student experiment's keys only (teacher and distiller left
+out), so a distilled checkpoint evaluates with the plain student experiment under strict loading.
+The distiller's own state (adapters, projectors, queues) travels under the checkpoint key
+`distiller_state`, which `on_load_checkpoint` restores when a distillation run resumes; the teacher
+comes from `--teacher_ckpt` again.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.utilities import move_data_to_device
+from torch import nn
+
+from unikd.data.collate import collate_batch
+from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
+from unikd.distill.recorder import FeatureRecorder
+from unikd.exps.base_exp import BaseExp
+
+DISTILLER_STATE_KEY = "distiller_state"
+DISTILL_PREFIXES = ("teacher.", "distiller.")  # state left out of the student's state dict
+
+
+def load_exp_class(path: str | Path) -> type[BaseExp]:
+    """The experiment class of an experiment file: the class named like the file, imported once."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment file not found: {path}")
+    name = path.stem
+    module = sys.modules.get(name)
+    if module is None or Path(module.__file__).resolve() != path:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    if not hasattr(module, name):
+        raise AttributeError(f"experiment file {path} defines no class named {name}")
+    return getattr(module, name)
+
+
+def detector_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The detector weights of a Lightning checkpoint (`state_dict` entries `model.*`) or a plain state dict.
+
+    Lightning entries outside `model.` are kept under their full name, so that a strict load reports them.
+    """
+    if "state_dict" not in checkpoint:
+        return dict(checkpoint)
+    return {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
+
+
+def load_detector_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into `model` strictly: any missing, unexpected or mis-shaped key is an error naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
+    state = detector_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(state) & set(expected))
+        if state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise RuntimeError(
+            f"checkpoint {path} does not match the {type(model).__name__} it is loaded into: "
+            f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {mismatched}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+class DistillExp(BaseExp):
+    """Distillation mixin placed before the student experiment class (module doc).
+
+    Class attributes: `teacher_exp_class` (the teacher's experiment class), `teacher_model_size`,
+    `distill_terms` (the spec, UniDistill's placements by default) and `distill_weights` (which
+    terms are on and their weights). `--exp_options distill_weights.feature=50` overrides a weight.
+    """
+
+    teacher_exp_class: type[BaseExp] | None = None
+    teacher_model_size: str = "nuscenes"
+    distill_terms: dict[str, dict[str, Any]] = UNIDISTILL_TERMS
+    distill_weights: dict[str, float] = {}
+    allow_random_teacher: bool = False  # tests only: train without --teacher_ckpt
+    cli_arguments = ("teacher_ckpt",)
+
+    def __init__(
+        self,
+        batch_size_per_device: int = 1,
+        data_root: str = "data/nuscenes",
+        seed: int = 0,
+        output_dir: str | None = None,
+        exp_options: dict[str, Any] | None = None,
+        teacher_ckpt: str | None = None,
+    ) -> None:
+        # Instance copies, so that --exp_options (dotted paths into these dicts) never edits the class's.
+        self.distill_terms = copy.deepcopy(type(self).distill_terms)
+        self.distill_weights = dict(type(self).distill_weights)
+        super().__init__(batch_size_per_device, data_root, seed, output_dir, exp_options)
+        if self.teacher_exp_class is None:
+            raise TypeError(f"{type(self).__name__} must set teacher_exp_class")
+        self.teacher_ckpt = teacher_ckpt
+        self.teacher = self.teacher_exp_class(exp_options={"model_size": self.teacher_model_size}).model
+        if teacher_ckpt is not None:
+            load_detector_weights(self.teacher, teacher_ckpt)
+        self.teacher.requires_grad_(False).eval()
+        if "camera" not in self.modalities and self.image_aug is None:
+            self.image_aug = self.teacher.config.get("image_aug")
+        self.distiller = Distiller(self.distill_terms, self.distill_weights, self.model, self.teacher)
+
+    def train(self, mode: bool = True) -> DistillExp:
+        """Set the student and distiller's mode; the teacher stays in eval mode (BN running statistics)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def dataset(self, split: str, training: bool):
+        """The student's dataset; training batches also carry the images a camera teacher needs."""
+        dataset = super().dataset(split, training)
+        if training and "camera" in self.teacher_exp_class.modalities:
+            dataset.use_camera = True
+        return dataset
+
+    def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The student experiment's losses plus {"distill/<name>": weighted term}."""
+        if self.teacher_ckpt is None and not self.allow_random_teacher:
+            raise RuntimeError(
+                f"{type(self).__name__} distills from a {self.teacher_exp_class.__name__} teacher: "
+                "pass --teacher_ckpt with that experiment's checkpoint"
+            )
+        with FeatureRecorder(self, ["model"]) as recorder:
+            losses = super().training_losses(batch)
+        with torch.no_grad():
+            teacher_outputs = self.teacher(batch)
+        losses.update(self.distiller(recorder["model"], teacher_outputs, batch))
+        return losses
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self, *, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> dict:
+        """The student experiment's state only (teacher and distiller left out)."""
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        excluded = tuple(prefix + name for name in DISTILL_PREFIXES)
+        for key in [key for key in state if key.startswith(excluded)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load the student experiment's state, strictly over its keys; the distiller comes from
+        `on_load_checkpoint`, the teacher from --teacher_ckpt."""
+        expected = set(self.state_dict())
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"state dict does not match {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        student_state = {key: value for key, value in state_dict.items() if key in expected}
+        return super().load_state_dict(student_state, strict=False, assign=assign)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[DISTILLER_STATE_KEY] = self.distiller.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if DISTILLER_STATE_KEY not in checkpoint:
+            raise KeyError(
+                f"checkpoint has no {DISTILLER_STATE_KEY!r}: it was not written by a distillation experiment; "
+                f"evaluate it with the plain student experiment"
+            )
+        self.distiller.load_state_dict(checkpoint[DISTILLER_STATE_KEY])
+
+
+# --------------------------------------------------------------------------------- benchmark
+def _median_seconds(step: Callable[[], None], repeats: int) -> float:
+    step()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_bytes(step: Callable[[], None], device: torch.device) -> int:
+    """Peak tensor memory allocated by `step` above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as profiler:
+        step()
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+    )
+    current = peak = 0
+    for _, nbytes in events:
+        current += nbytes
+        peak = max(peak, current)
+    return peak
+
+
+def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: int = 3) -> dict[str, float]:
+    """Cost of one distillation training step against the student step plus the teacher's forward.
+
+    A step is forward, losses and backward (no optimizer update), timed as the median of `repeats`
+    after a warm-up, on the first training samples when `batch` is None. Returns the seconds of each
+    part, `ratio` = distill / (student + teacher) and the peak memory (bytes) of the distillation and
+    student steps: CUDA's max_memory_allocated above the start, or on CPU the peak of the running
+    sum of tensor allocations and frees recorded by the torch profiler during the step.
+    """
+    if batch is None:
+        dataset = exp.dataset(exp.train_split, training=True)
+        batch = collate_batch([dataset[i] for i in range(exp.batch_size_per_device)])
+    batch = move_data_to_device(batch, exp.device)
+    exp.train()
+
+    def distill_step() -> None:
+        exp.zero_grad(set_to_none=True)
+        sum(exp.training_losses(batch).values()).backward()
+
+    def student_step() -> None:
+        exp.zero_grad(set_to_none=True)
+        sum(super(DistillExp, exp).training_losses(batch).values()).backward()
+
+    def teacher_forward() -> None:
+        with torch.no_grad():
+            exp.teacher(batch)
+
+    steps = {"distill": distill_step, "student": student_step, "teacher": teacher_forward}
+    seconds = {name: _median_seconds(step, repeats) for name, step in steps.items()}
+    result = {f"{name}_s": value for name, value in seconds.items()}
+    result["ratio"] = seconds["distill"] / (seconds["student"] + seconds["teacher"])
+    result["distill_peak_bytes"] = _peak_bytes(distill_step, exp.device)
+    result["student_peak_bytes"] = _peak_bytes(student_step, exp.device)
+    exp.zero_grad(set_to_none=True)
+    return result
