@@ -105,8 +105,9 @@ class BEVFusion(nn.Module):
         losses = self.head.loss(outputs["head"], batch["gt_boxes"], batch["gt_labels"])
         weight = self.config.get("depth_loss_weight", 0.0)
         if self.camera is not None and weight > 0:
+            key_frame_points = [points[points[:, 4] == 0] for points in batch["points"]]  # sweeps smear movers
             depth = self.camera.depth_loss(
-                outputs["depth_probs"], batch["points"], batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"]
+                outputs["depth_probs"], key_frame_points, batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"]
             )
             losses["depth"] = weight * depth
         return losses

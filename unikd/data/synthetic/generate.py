@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -90,7 +91,8 @@ def generate_synthetic_nuscenes(
     if workers == 1:
         results = [_build_scene(job) for job in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # Fresh interpreters ("spawn"): safe whatever the caller has imported (torch, threads).
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             results = list(pool.map(_build_scene, jobs))
     for tables in results:
         writer.extend(tables)

@@ -13,7 +13,9 @@ def num_depth_bins(depth_bins: tuple[float, float, float]) -> int:
     """Number of bins of `(start, stop, step)`: [1, 60, 0.5] -> 118."""
     start, stop, step = depth_bins
     if not 0 < start < stop or step <= 0:
-        raise ValueError(f"depth bins (start, stop, step) need 0 < start < stop and step > 0, got {depth_bins}")
+        raise ValueError(
+            f"depth bins (start, stop, step) need 0 < start < stop and step > 0, got {depth_bins}"
+        )
     return round((stop - start) / step)
 
 
