@@ -8,11 +8,12 @@ from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.spconv_compat import apply_cpu_shim, spconv
 from unikd.ops.voxelize import voxelize_batch
 
+# The small CPU configuration (BEV 64 x 64 cells of 1.6 m) used by tests and demos.
 SMALL = dict(
     point_cloud_range=(-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
     voxel_size=(0.2, 0.2, 0.4),
-    base_channels=8,
-    encoder_channels=((16,), (16, 32), (32, 64), (64,)),
+    base_channels=16,
+    encoder_channels=((16,), (32,), (64,), (64,)),
     downsample_paddings=(1, 1, 1),
     output_channels=64,
 )
@@ -117,7 +118,7 @@ def test_strided_downsample_conv_matches_dense(padding):
     encoder = SparseEncoder(**{**SMALL, "downsample_paddings": (padding, 1, 1)})
     conv = next(m for m in encoder.stages[0] if isinstance(m, spconv.SparseConv3d))
     assert tuple(conv.stride) == (2, 2, 2)
-    compare_with_dense(conv, 8, shape=(6, 8, 11), seed=1)
+    compare_with_dense(conv, 16, shape=(6, 8, 11), seed=1)
 
 
 def test_reference_config_shapes():
@@ -178,7 +179,7 @@ def test_small_config_trains_end_to_end():
     torch.manual_seed(0)
     encoder = SparseEncoder(**SMALL)
     assert encoder.bev_shape == (64, 64) and encoder.out_channels == 64
-    points = [torch.randn(3000, 5) * torch.tensor([15.0, 15.0, 1.0, 1.0, 1.0]) for _ in range(2)]
+    points = [torch.randn(1500, 5) * torch.tensor([15.0, 15.0, 1.0, 1.0, 1.0]) for _ in range(2)]
     voxels, num_points, coords = voxelize_batch(points, encoder.voxel_size, encoder.point_cloud_range, 10, 20000)
     bev = encoder(MeanVFE()(voxels, num_points), coords, batch_size=2)
     assert bev.shape == (2, 64, 64, 64)

@@ -24,7 +24,13 @@ from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.data.synthetic.appearance import CLASS_COLOURS
 
 VERSION = "v1.0-mini"
-TINY = {"train_scenes": 1, "val_scenes": 1, "keyframes_per_scene": 2, "sweeps_per_keyframe": 1, "objects_per_scene": 20}
+TINY = {
+    "train_scenes": 1,
+    "val_scenes": 1,
+    "keyframes_per_scene": 2,
+    "sweeps_per_keyframe": 1,
+    "objects_per_scene": 20,
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +55,20 @@ def test_devkit_loads_it_with_consistent_chains(nusc: NuScenes, synthetic_root: 
             assert record["timestamp"] > last_time
             assert nusc.get("ego_pose", record["ego_pose_token"])["timestamp"] == record["timestamp"]
             folder = "samples" if record["is_key_frame"] else "sweeps"
-            assert record["filename"].startswith(f"{folder}/LIDAR_TOP/") and record["filename"].endswith(".pcd.bin")
+            assert record["filename"].startswith(f"{folder}/LIDAR_TOP/") and record["filename"].endswith(
+                ".pcd.bin"
+            )
             assert (synthetic_root / record["filename"]).stat().st_size % 20 == 0  # 5 float32 per point
             if record["is_key_frame"]:
                 keys.append(record["sample_token"])
             else:
                 sweeps += 1
                 sample = nusc.get("sample", record["sample_token"])  # sweeps belong to the next key frame
-                assert nusc.get("sample", sample["prev"])["timestamp"] < record["timestamp"] < sample["timestamp"]
+                assert (
+                    nusc.get("sample", sample["prev"])["timestamp"]
+                    < record["timestamp"]
+                    < sample["timestamp"]
+                )
             last_time = record["timestamp"]
             if record["next"] == "":
                 break
@@ -66,7 +78,10 @@ def test_devkit_loads_it_with_consistent_chains(nusc: NuScenes, synthetic_root: 
             sample_tokens.append(nusc.get("sample", sample_tokens[-1])["next"])
         assert keys == sample_tokens and len(keys) == scene["nbr_samples"] == 8
         assert sweeps == 2 * (len(keys) - 1)
-    lidar = nusc.get("calibrated_sensor", nusc.get("sample_data", nusc.sample[0]["data"]["LIDAR_TOP"])["calibrated_sensor_token"])
+    lidar = nusc.get(
+        "calibrated_sensor",
+        nusc.get("sample_data", nusc.sample[0]["data"]["LIDAR_TOP"])["calibrated_sensor_token"],
+    )
     np.testing.assert_allclose(lidar["translation"], [0.94, 0.0, 1.84], atol=0.05)
     assert Quaternion(lidar["rotation"]).yaw_pitch_roll[0] == pytest.approx(-np.pi / 2, abs=0.02)
     for channel in CAMERAS:
@@ -96,7 +111,10 @@ def test_instances_persist_and_attributes_match_motion(nusc: NuScenes) -> None:
         assert ann["num_radar_pts"] == 0 and ann["visibility_token"] in {"1", "2", "3", "4"}
         if attributes in (["vehicle.moving"], ["pedestrian.moving"]):
             assert speed > 0.1
-        elif attributes in (["vehicle.parked"], ["cycle.without_rider"], ["pedestrian.standing"]) or not attributes:
+        elif (
+            attributes in (["vehicle.parked"], ["cycle.without_rider"], ["pedestrian.standing"])
+            or not attributes
+        ):
             assert speed < 1e-6
     detection_classes = {category_to_detection_name(name) for name in categories}
     assert detection_classes == {*CLASSES, None} and "static_object.bicycle_rack" in categories
@@ -125,11 +143,22 @@ def test_ground_truth_as_submission_scores_perfectly(nusc: NuScenes, tmp_path: P
                 }
             )
         results[sample["token"]] = boxes
-    meta = {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}
+    meta = {
+        "use_camera": False,
+        "use_lidar": True,
+        "use_radar": False,
+        "use_map": False,
+        "use_external": False,
+    }
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"meta": meta, "results": results}))
     evaluation = DetectionEval(
-        nusc, config_factory("detection_cvpr_2019"), str(path), "mini_val", str(tmp_path / "eval"), verbose=False
+        nusc,
+        config_factory("detection_cvpr_2019"),
+        str(path),
+        "mini_val",
+        str(tmp_path / "eval"),
+        verbose=False,
     )
     metrics, _ = evaluation.evaluate()
     assert set(metrics.mean_dist_aps) == set(CLASSES)
@@ -186,11 +215,15 @@ def test_boxes_project_onto_their_rendered_colour(nusc: NuScenes, synthetic_root
                 in_front = [
                     other
                     for other in solid
-                    if other.center[2] < box.center[2] and (other.corners()[2] > 0.1).all() and _covers(other, intrinsic, u, v)
+                    if other.center[2] < box.center[2]
+                    and (other.corners()[2] > 0.1).all()
+                    and _covers(other, intrinsic, u, v)
                 ]
                 if in_front:
                     continue
-                colour = np.median(image[int(v) - 2 : int(v) + 3, int(u) - 2 : int(u) + 3].reshape(-1, 3), axis=0)
+                colour = np.median(
+                    image[int(v) - 2 : int(v) + 3, int(u) - 2 : int(u) + 3].reshape(-1, 3), axis=0
+                )
                 nearest = names[int(np.argmin(np.linalg.norm(chroma - colour / colour.sum(), axis=1)))]
                 checked += 1
                 matched += nearest == category_to_detection_name(box.name)
@@ -237,13 +270,32 @@ def test_bad_targets_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_command_line_builds_a_loadable_dataset(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("create_data", Path(__file__).parents[1] / "tools" / "create_data.py")
+    spec = importlib.util.spec_from_file_location(
+        "create_data", Path(__file__).parents[1] / "tools" / "create_data.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     root = tmp_path / "cli"
     module.main(
-        ["synthetic", "--root", str(root), "--seed", "3", "--train-scenes", "1", "--val-scenes", "0",
-         "--keyframes-per-scene", "2", "--sweeps-per-keyframe", "0", "--objects-per-scene", "13", "--workers", "1"]
+        [
+            "synthetic",
+            "--root",
+            str(root),
+            "--seed",
+            "3",
+            "--train-scenes",
+            "1",
+            "--val-scenes",
+            "0",
+            "--keyframes-per-scene",
+            "2",
+            "--sweeps-per-keyframe",
+            "0",
+            "--objects-per-scene",
+            "13",
+            "--workers",
+            "1",
+        ]
     )
     nusc = NuScenes(VERSION, str(root), verbose=False)
     assert [scene["name"] for scene in nusc.scene] == ["scene-0061"] and len(nusc.sample) == 2

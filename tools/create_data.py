@@ -20,7 +20,9 @@ from unikd.data.synthetic.generate import VERSIONS  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     synthetic = commands.add_parser("synthetic", help="write a synthetic nuScenes-format dataset")
     synthetic.add_argument("--root", required=True, help="output folder (new or empty)")
@@ -29,11 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--train-scenes", type=int, default=None, help="default: 8 (mini), 20 (trainval)")
     synthetic.add_argument("--val-scenes", type=int, default=None, help="default: 2 (mini), 10 (trainval)")
     synthetic.add_argument("--keyframes-per-scene", type=int, default=10)
-    synthetic.add_argument("--sweeps-per-keyframe", type=int, default=4, help="LiDAR sweeps between key frames")
-    synthetic.add_argument("--objects-per-scene", type=int, default=60)
-    synthetic.add_argument("--lidar-noise", type=float, default=0.02, help="range noise std in metres (0: exact)")
     synthetic.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes building scenes in parallel"
+        "--sweeps-per-keyframe", type=int, default=4, help="LiDAR sweeps between key frames"
+    )
+    synthetic.add_argument("--objects-per-scene", type=int, default=60)
+    synthetic.add_argument(
+        "--lidar-noise", type=float, default=0.02, help="range noise std in metres (0: exact)"
+    )
+    synthetic.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="processes building scenes in parallel",
     )
     return parser
 

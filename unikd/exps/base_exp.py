@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -198,7 +197,9 @@ class BaseExp(pl.LightningModule):
             from unikd.evaluation.metric import NuScenesDetectionMetric
 
             gt = prepare_ground_truth((self.version, self.data_root), self.val_split)
-            self._metric = NuScenesDetectionMetric(gt).to(self.device)
+            # --limit_val_batches evaluates a subset on purpose; otherwise every sample must be predicted.
+            whole_split = self.trainer.limit_val_batches == 1.0
+            self._metric = NuScenesDetectionMetric(gt, require_all_samples=whole_split).to(self.device)
         return self._metric
 
     def detect(self, batch: dict) -> list[dict]:
@@ -221,23 +222,24 @@ class BaseExp(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.eval_backend == "metric":
-            metrics = self.metric().compute()
+            self.metric().compute()
+            summary = self.metric().summary
         elif self.eval_backend == "devkit":
-            metrics = self.devkit_metrics()
+            summary = self.devkit_metrics()
         else:
             raise ValueError(f"eval_backend must be 'metric' or 'devkit', got {self.eval_backend!r}")
-        if metrics is None:
+        if summary is None:  # devkit backend, not rank 0
             return
-        self.log("val/mAP", float(metrics["mean_ap"]), sync_dist=False, rank_zero_only=True)
-        self.log("val/NDS", float(metrics["nd_score"]), sync_dist=False, rank_zero_only=True)
+        self.log("val/mAP", float(summary["mean_ap"]), rank_zero_only=True)
+        self.log("val/NDS", float(summary["nd_score"]), rank_zero_only=True)
+        self.last_metrics = summary
         if self.trainer.is_global_zero:
-            from unikd.evaluation.table import format_metrics
+            from unikd.evaluation import format_metrics, write_metrics_summary
 
-            print(format_metrics(metrics))
-            out = self.run_dir() / "eval" / f"metrics_epoch{self.current_epoch}.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(metrics, indent=2, default=float))
-        self.last_metrics = metrics
+            print(format_metrics(summary))
+            path = self.run_dir() / "eval" / f"metrics_summary_epoch{self.current_epoch}.json"
+            write_metrics_summary(summary, path, meta={"backend": self.eval_backend, "split": self.val_split})
+            print(f"metrics written to {path}")
 
     def gathered_records(self) -> list[dict] | None:
         """All ranks' prediction records on rank 0 (None elsewhere)."""

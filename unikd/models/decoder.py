@@ -1,8 +1,8 @@
 """BEV decoder: SECOND backbone (multi-scale 2D convolutions) and SECONDFPN neck.
 
-All maps are [B, C, H, W] with rows along y and columns along x. A stride-s stage maps cell i of
-its input to cell i // s (3x3 kernel, padding 1); the neck's stride-s transposed convolution maps
-cell i back to cells s*i .. s*i + s - 1, so every level lines up with the first one.
+All maps are [B, C, H, W] with rows along y and columns along x. Output cell j of a stride-s stage
+(3x3 kernel, padding 1) is centred on input cell s*j; the neck's stride-s transposed convolution
+sends cell j back to cells s*j .. s*j + s - 1, so a feature stays where it was on every level.
 """
 
 from __future__ import annotations
@@ -89,6 +89,8 @@ class SECONDFPN(nn.Module):
         self.out_channels = sum(out_channels)
         blocks = []
         for in_ch, out_ch, stride in zip(in_channels, out_channels, upsample_strides, strict=True):
+            if stride <= 0:
+                raise ValueError(f"upsample strides must be positive, got {tuple(upsample_strides)}")
             if stride > 1:
                 if stride != int(stride):
                     raise ValueError(f"an upsample stride above 1 must be an integer, got {stride}")

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import numpy as np
 
-# Base RGB colour of each object kind, one distinct hue family per detection class.
+# Base RGB colour of each object kind: one hue per detection class, spread around the colour wheel
+# (barriers are white).
 CLASS_COLOURS: dict[str, tuple[float, float, float]] = {
-    "car": (0.16, 0.35, 0.86),
-    "truck": (0.78, 0.16, 0.16),
-    "bus": (0.90, 0.75, 0.12),
-    "trailer": (0.47, 0.29, 0.16),
-    "construction_vehicle": (0.94, 0.51, 0.08),
-    "pedestrian": (0.82, 0.24, 0.78),
-    "motorcycle": (0.12, 0.78, 0.86),
-    "bicycle": (0.20, 0.75, 0.24),
-    "traffic_cone": (1.00, 0.24, 0.47),
-    "barrier": (0.92, 0.92, 0.92),
+    "car": (0.15, 0.32, 0.88),
+    "truck": (0.80, 0.12, 0.12),
+    "bus": (0.92, 0.82, 0.10),
+    "trailer": (0.50, 0.58, 0.12),
+    "construction_vehicle": (0.95, 0.50, 0.05),
+    "pedestrian": (0.55, 0.22, 0.88),
+    "motorcycle": (0.10, 0.75, 0.80),
+    "bicycle": (0.15, 0.72, 0.25),
+    "traffic_cone": (0.95, 0.20, 0.70),
+    "barrier": (0.93, 0.93, 0.93),
 }
 BUILDING_COLOURS = ((0.62, 0.58, 0.52), (0.52, 0.50, 0.50), (0.70, 0.66, 0.60), (0.45, 0.42, 0.40))
 POLE_COLOUR = (0.35, 0.35, 0.37)
@@ -49,7 +50,8 @@ SUN = np.array([0.5, 0.3, 0.81]) / np.linalg.norm([0.5, 0.3, 0.81])
 # Ground materials: colour and LiDAR reflectivity. Zones by |d| (distance from the centre line):
 # lanes < 7 m, bike lane < 8.6 m, parking strip < 11.6 m, sidewalk < 18.5 m, then grass.
 _ZONE_EDGES = (7.0, 8.6, 11.6, 18.5)
-_ASPHALT, _BIKE_LANE, _PARKING, _PAVING, _GRASS, _PAVING_DARK, _YELLOW, _WHITE = range(8)
+# Rows: asphalt, bike lane, parking strip, paving, grass (zones 0..4), then dark paving and markings.
+_PAVING, _PAVING_DARK, _YELLOW, _WHITE = 3, 5, 6, 7
 _GROUND_COLOURS = np.array(
     [
         (0.27, 0.27, 0.28),
@@ -112,12 +114,6 @@ def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray
     material[a < 0.12] = _YELLOW
     colour = _GROUND_COLOURS[material] * (0.85 + 0.3 * hash_noise(s, d, 0.35))[:, None]
     return colour, _GROUND_REFLECTIVITY[material]
-
-
-def fog(colour: np.ndarray, distance: np.ndarray) -> np.ndarray:
-    """Blend colours [N, 3] toward the horizon colour with distance [N] (aerial perspective)."""
-    keep = fog_keep(distance)[:, None]
-    return colour * keep + SKY_HORIZON.astype(np.float32) * (1.0 - keep)
 
 
 def fog_keep(distance: np.ndarray) -> np.ndarray:

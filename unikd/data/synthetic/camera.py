@@ -22,10 +22,14 @@ NEAR = 0.2  # metres: faces are clipped at this depth in front of the camera
 MAX_BOX_DISTANCE = 250.0
 
 # Corner k of a box has signs (x, y, z) from its bits: k = 4 * (x > 0) + 2 * (y > 0) + (z > 0).
-CORNER_SIGNS = np.array([[2 * (k >> 2) - 1, 2 * ((k >> 1) & 1) - 1, 2 * (k & 1) - 1] for k in range(8)], dtype=np.float64)
+CORNER_SIGNS = np.array(
+    [[2 * (k >> 2) - 1, 2 * ((k >> 1) & 1) - 1, 2 * (k & 1) - 1] for k in range(8)], dtype=np.float64
+)
 # Faces as corner loops, and their outward normals in the box frame.
 FACE_LOOPS = np.array([[4, 5, 7, 6], [0, 1, 3, 2], [2, 3, 7, 6], [0, 1, 5, 4], [1, 3, 7, 5], [0, 2, 6, 4]])
-FACE_NORMALS = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64)
+FACE_NORMALS = np.array(
+    [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=np.float64
+)
 FOOTPRINT = (0, 2, 6, 4)
 
 
@@ -46,7 +50,8 @@ class CameraRenderer:
         self.translation = np.array(spec.translation)
         self.rotation = spec.rotation_matrix  # camera -> ego
         height, width = IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2
-        u, v = np.meshgrid(2.0 * np.arange(width) + 1.0, 2.0 * np.arange(height) + 1.0)
+        # Half-resolution pixel j covers full-resolution pixels 2j and 2j + 1 (centres at integers).
+        u, v = np.meshgrid(2.0 * np.arange(width) + 0.5, 2.0 * np.arange(height) + 0.5)
         pixels = np.stack([u, v, np.ones_like(u)], axis=-1).reshape(-1, 3)
         rays = pixels @ np.linalg.inv(spec.intrinsic).T @ self.rotation.T  # ego-frame directions
         # The cameras are level, so the ground fills whole rows: every row below the horizon.
@@ -85,7 +90,9 @@ class CameraRenderer:
         ground_xy = ego_xy + self._ground_xy @ np.array([[cos, sin], [-sin, cos]])
         ground_colour, _ = ground_surface(*road.coords(ground_xy))
         canvas = self._sky.copy()
-        canvas[self._ground_start :] = np.minimum(ground_colour * self._ground_gain + self._ground_haze, 255.0)
+        canvas[self._ground_start :] = np.minimum(
+            ground_colour * self._ground_gain + self._ground_haze, 255.0
+        )
         canvas = canvas.reshape(IMAGE_HEIGHT // 2, IMAGE_WIDTH // 2, 3)
         image = cv2.resize(canvas, (IMAGE_WIDTH, IMAGE_HEIGHT), interpolation=cv2.INTER_LINEAR)
         self._draw_boxes(image, ego_xy, ego_yaw, centres, sizes, yaws, colours)
@@ -152,7 +159,10 @@ class CameraRenderer:
                 pixels = np.round(uv[:, :2] / uv[:, 2:3] * 16).astype(np.int32)  # 4 fractional bits
                 fill = tuple(int(c) for c in fills[m, f])
                 cv2.fillPoly(image, [pixels], fill, lineType=cv2.LINE_8, shift=4)
-                cv2.polylines(image, [pixels], True, tuple(c * 3 // 5 for c in fill), 1, lineType=cv2.LINE_8, shift=4)
+                cv2.polylines(
+                    image, [pixels], True, tuple(c * 3 // 5 for c in fill), 1, lineType=cv2.LINE_8, shift=4
+                )
+
 
 def _clip_near(polygon: np.ndarray) -> np.ndarray:
     """Clip a camera-frame polygon [K, 3] to z >= NEAR (Sutherland-Hodgman, one plane)."""
@@ -214,7 +224,9 @@ def _paint_order(
     return order
 
 
-def _in_front(a: np.ndarray, b: np.ndarray, yaw_a: np.ndarray, yaw_b: np.ndarray, eye: np.ndarray) -> np.ndarray:
+def _in_front(
+    a: np.ndarray, b: np.ndarray, yaw_a: np.ndarray, yaw_b: np.ndarray, eye: np.ndarray
+) -> np.ndarray:
     """For pairs of footprints a, b [P, 4, 2]: +1 where a is on the eye's side of a line separating
     it from b, -1 where b is, 0 where no edge direction separates them or the eye lies between
     them (then neither hides the other). Uses the first separating edge direction."""
@@ -229,5 +241,8 @@ def _in_front(a: np.ndarray, b: np.ndarray, yaw_a: np.ndarray, yaw_b: np.ndarray
     b_front = (a_first & (pe >= b_low)) | (b_first & (pe <= b_high))
     axis = np.argmax(a_first | b_first, axis=1)[:, None]
     separated = (a_first | b_first).any(axis=1)
-    sign = np.take_along_axis(a_front, axis, 1)[:, 0].astype(np.int64) - np.take_along_axis(b_front, axis, 1)[:, 0]
+    sign = (
+        np.take_along_axis(a_front, axis, 1)[:, 0].astype(np.int64)
+        - np.take_along_axis(b_front, axis, 1)[:, 0]
+    )
     return np.where(separated, sign, 0)

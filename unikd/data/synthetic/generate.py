@@ -16,6 +16,8 @@ from nuscenes.utils import splits
 from unikd.data.synthetic.appearance import REFLECTIVITY, ground_surface
 from unikd.data.synthetic.calibration import (
     CAMERA_SPECS,
+    IMAGE_HEIGHT,
+    IMAGE_WIDTH,
     LIDAR_CHANNEL,
     LIDAR_TRANSLATION,
     LIDAR_YAW,
@@ -85,14 +87,26 @@ def generate_synthetic_nuscenes(
     writer = DatasetWriter(root, version, seed)
     writer.start()
     jobs = [
-        _SceneJob(root, version, seed, index, name, keyframes_per_scene, sweeps_per_keyframe, objects_per_scene, lidar_noise)
+        _SceneJob(
+            root,
+            version,
+            seed,
+            index,
+            name,
+            keyframes_per_scene,
+            sweeps_per_keyframe,
+            objects_per_scene,
+            lidar_noise,
+        )
         for index, name in enumerate(names)
     ]
     if workers == 1:
         results = [_build_scene(job) for job in jobs]
     else:
         # Fresh interpreters ("spawn"): safe whatever the caller has imported (torch, threads).
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        ) as pool:
             results = list(pool.map(_build_scene, jobs))
     for tables in results:
         writer.extend(tables)
@@ -122,8 +136,8 @@ def _build_scene(job: _SceneJob) -> dict[str, list[dict]]:
     duration = (job.keyframes - 1) * KEYFRAME_INTERVAL_US / 1e6
     layout = sample_layout(rng, duration, job.objects, left_hand)
     start_us = FIRST_SCENE_START_US + job.index * SCENE_SPACING_US
-    log_token = _add_log(writer, job.index, vehicle, location, utc_offset, start_us)
-    scene = _SceneWriter(writer, _camera_renderers(), layout, job.name, job.index, log_token, start_us)
+    log = _add_log(writer, job.index, vehicle, location, utc_offset, start_us)
+    scene = _SceneWriter(writer, _camera_renderers(), layout, job.name, job.index, log, start_us)
     scene.write(job.keyframes, job.sweeps, np.random.default_rng([job.seed, job.index, 1]), job.lidar_noise)
     return writer.tables
 
@@ -154,24 +168,29 @@ def _check_target(root: Path, version: str) -> None:
         return
     present = sorted(p.name for p in root.iterdir() if (p / "scene.json").is_file())
     if present and version not in present:
-        raise FileExistsError(f"{root} already holds nuScenes version(s) {present}, not {version}; choose an empty folder")
-    raise FileExistsError(f"{root} is not empty (holds {present or 'other files'}); delete it or choose an empty folder")
+        raise FileExistsError(
+            f"{root} already holds nuScenes version(s) {present}, not {version}; choose an empty folder"
+        )
+    raise FileExistsError(
+        f"{root} is not empty (holds {present or 'other files'}); delete it or choose an empty folder"
+    )
 
 
-def _add_log(writer: DatasetWriter, index: int, vehicle: str, location: str, utc_offset: int, start_us: int) -> str:
+def _add_log(
+    writer: DatasetWriter, index: int, vehicle: str, location: str, utc_offset: int, start_us: int
+) -> dict:
+    """One log per scene, named like nuScenes logs after the vehicle and the local start time."""
     local = datetime.fromtimestamp(start_us / 1e6, tz=timezone(timedelta(hours=utc_offset)))
-    token = writer.token("log", index)
-    writer.add(
+    return writer.add(
         "log",
         {
-            "token": token,
+            "token": writer.token("log", index),
             "logfile": f"{vehicle}-{local:%Y-%m-%d-%H-%M-%S%z}",
             "vehicle": vehicle,
             "date_captured": f"{local:%Y-%m-%d}",
             "location": location,
         },
     )
-    return token
 
 
 class _SceneWriter:
@@ -184,7 +203,7 @@ class _SceneWriter:
         layout: SceneLayout,
         name: str,
         index: int,
-        log_token: str,
+        log: dict,
         start_us: int,
     ) -> None:
         self.writer = writer
@@ -193,30 +212,37 @@ class _SceneWriter:
         self.name = name
         self.index = index
         self.start_us = start_us
-        self.log_name = writer.tables["log"][-1]["logfile"]
-        self.log_token = log_token
+        self.log = log
         self.annotated = [i for i, obj in enumerate(layout.objects) if obj.category]
         self.reflectivity = np.array([REFLECTIVITY[obj.kind] for obj in layout.objects])
-        self.lidar_calibration = {"token": writer.token("calibrated_sensor", index, LIDAR_CHANNEL),
-                                  "sensor_token": writer.token("sensor", LIDAR_CHANNEL), **lidar_calibration()}
+        self.lidar_calibration = {
+            "token": writer.token("calibrated_sensor", index, LIDAR_CHANNEL),
+            "sensor_token": writer.token("sensor", LIDAR_CHANNEL),
+            **lidar_calibration(),
+        }
         writer.add("calibrated_sensor", self.lidar_calibration)
         for spec in CAMERA_SPECS:
             writer.add(
                 "calibrated_sensor",
-                {"token": writer.token("calibrated_sensor", index, spec.channel),
-                 "sensor_token": writer.token("sensor", spec.channel), **camera_calibration(spec)},
+                {
+                    "token": writer.token("calibrated_sensor", index, spec.channel),
+                    "sensor_token": writer.token("sensor", spec.channel),
+                    **camera_calibration(spec),
+                },
             )
 
     def write(self, num_keyframes: int, sweeps: int, rng: np.random.Generator, lidar_noise: float) -> None:
         w = self.writer
         samples = [w.token("sample", self.index, k) for k in range(num_keyframes)]
-        moving = "parked" if self.layout.ego.speed == 0 else ("slow" if self.layout.ego.speed < 4.5 else "driving")
+        moving = (
+            "parked" if self.layout.ego.speed == 0 else ("slow" if self.layout.ego.speed < 4.5 else "driving")
+        )
         road = "straight" if self.layout.road.curvature == 0 else "curved"
         w.add(
             "scene",
             {
                 "token": w.token("scene", self.index),
-                "log_token": self.log_token,
+                "log_token": self.log["token"],
                 "nbr_samples": num_keyframes,
                 "first_sample_token": samples[0],
                 "last_sample_token": samples[-1],
@@ -249,12 +275,14 @@ class _SceneWriter:
         }
         return self.writer.add("ego_pose", record)
 
-    def _sample_data(self, channel: str, timestamp: int, sample_token: str, key: bool, pose: dict, prev: str, next_: str) -> str:
+    def _sample_data(
+        self, channel: str, timestamp: int, sample_token: str, key: bool, pose: dict, prev: str, next_: str
+    ) -> str:
         """Add a sample_data record and return its file name."""
         w = self.writer
         folder = "samples" if key else "sweeps"
         extension = "pcd.bin" if channel == LIDAR_CHANNEL else "jpg"
-        filename = f"{folder}/{channel}/{self.log_name}__{channel}__{timestamp}.{extension}"
+        filename = f"{folder}/{channel}/{self.log['logfile']}__{channel}__{timestamp}.{extension}"
         camera = channel != LIDAR_CHANNEL
         w.add(
             "sample_data",
@@ -266,8 +294,8 @@ class _SceneWriter:
                 "timestamp": timestamp,
                 "fileformat": "jpg" if camera else "pcd",
                 "is_key_frame": key,
-                "height": 900 if camera else 0,
-                "width": 1600 if camera else 0,
+                "height": IMAGE_HEIGHT if camera else 0,
+                "width": IMAGE_WIDTH if camera else 0,
                 "filename": filename,
                 "prev": prev,
                 "next": next_,
@@ -278,7 +306,8 @@ class _SceneWriter:
     def _write_lidar(
         self, samples: list[str], sweeps: int, rng: np.random.Generator, noise: float
     ) -> list[list[tuple[int, str]]]:
-        """All LiDAR frames; returns per key frame and annotated object (points inside, visibility token)."""
+        """All LiDAR frames, key frames every `sweeps + 1` frames; returns per key frame and annotated
+        object (points inside, visibility token). A sweep belongs to the next key frame's sample."""
         w = self.writer
         period = sweeps + 1
         count = (len(samples) - 1) * period + 1
@@ -289,8 +318,13 @@ class _SceneWriter:
             key = j % period == 0
             pose = self._ego_pose(LIDAR_CHANNEL, timestamp)
             filename = self._sample_data(
-                LIDAR_CHANNEL, timestamp, samples[-(-j // period)], key, pose,
-                tokens[j - 1] if j > 0 else "", tokens[j + 1] if j + 1 < count else "",
+                LIDAR_CHANNEL,
+                timestamp,
+                samples[(j + period - 1) // period],
+                key,
+                pose,
+                tokens[j - 1] if j > 0 else "",
+                tokens[j + 1] if j + 1 < count else "",
             )
             scan = self._scan((timestamp - self.start_us) / 1e6, rng, noise)
             w.write_points(filename, scan.points)
@@ -303,19 +337,32 @@ class _SceneWriter:
         ego_xy, ego_yaw = self.layout.ego_pose(t)
         yaw = ego_yaw + LIDAR_YAW
         cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
-        position = ego_xy + np.array([cos * LIDAR_TRANSLATION[0] - sin * LIDAR_TRANSLATION[1],
-                                      sin * LIDAR_TRANSLATION[0] + cos * LIDAR_TRANSLATION[1]])
+        position = ego_xy + np.array(
+            [
+                cos * LIDAR_TRANSLATION[0] - sin * LIDAR_TRANSLATION[1],
+                sin * LIDAR_TRANSLATION[0] + cos * LIDAR_TRANSLATION[1],
+            ]
+        )
         to_sensor = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])  # row form: xy @ this
         centres, yaws = self.layout.boxes(t)
-        local = np.concatenate([(centres[:, :2] - position) @ to_sensor, centres[:, 2:] - LIDAR_TRANSLATION[2]], axis=1)
+        local = np.concatenate(
+            [(centres[:, :2] - position) @ to_sensor, centres[:, 2:] - LIDAR_TRANSLATION[2]], axis=1
+        )
 
         def ground_reflectivity(xy: np.ndarray) -> np.ndarray:
             global_xy = position + xy @ to_sensor.T
             return ground_surface(*self.layout.road.coords(global_xy))[1]
 
         return cast_lidar(
-            local, self.layout.sizes, yaws - yaw, self.layout.solid, self.reflectivity,
-            LIDAR_TRANSLATION[2], ground_reflectivity, rng, noise,
+            local,
+            self.layout.sizes,
+            yaws - yaw,
+            self.layout.solid,
+            self.reflectivity,
+            LIDAR_TRANSLATION[2],
+            ground_reflectivity,
+            rng,
+            noise,
         )
 
     def _keyframe_annotations(self, timestamp: int, pose: dict, scan: LidarScan) -> list[tuple[int, str]]:
@@ -326,33 +373,52 @@ class _SceneWriter:
         for i, points in zip(self.annotated, counts, strict=True):
             potential = scan.potential_rays[i]
             fraction = scan.visible_rays[i] / potential if potential > 0 else 0.0
-            visibility = "1" if fraction <= 0.4 else "2" if fraction <= 0.6 else "3" if fraction <= 0.8 else "4"
+            visibility = (
+                "1" if fraction <= 0.4 else "2" if fraction <= 0.6 else "3" if fraction <= 0.8 else "4"
+            )
             result.append((points, visibility))
         return result
 
     def _box(self, centre: np.ndarray, yaw: float, index: int) -> tuple[list, list, list]:
         """nuScenes translation, size (w, l, h) and rotation of a box."""
         length, width, height = self.layout.sizes[index]
-        return [float(v) for v in centre], [float(width), float(length), float(height)], yaw_quaternion(float(yaw))
+        return (
+            [float(v) for v in centre],
+            [float(width), float(length), float(height)],
+            yaw_quaternion(float(yaw)),
+        )
 
     def _write_cameras(self, samples: list[str]) -> None:
         w = self.writer
         solid = self.layout.solid
         for renderer in self.renderers:
             spec = renderer.spec
-            stamps = [self.start_us + k * KEYFRAME_INTERVAL_US + spec.timestamp_offset_us for k in range(len(samples))]
+            stamps = [
+                self.start_us + k * KEYFRAME_INTERVAL_US + spec.timestamp_offset_us
+                for k in range(len(samples))
+            ]
             tokens = [w.token("sample_data", self.index, spec.channel, t) for t in stamps]
             for k, timestamp in enumerate(stamps):
                 pose = self._ego_pose(spec.channel, timestamp)
                 filename = self._sample_data(
-                    spec.channel, timestamp, samples[k], True, pose,
-                    tokens[k - 1] if k > 0 else "", tokens[k + 1] if k + 1 < len(stamps) else "",
+                    spec.channel,
+                    timestamp,
+                    samples[k],
+                    True,
+                    pose,
+                    tokens[k - 1] if k > 0 else "",
+                    tokens[k + 1] if k + 1 < len(stamps) else "",
                 )
                 t = (timestamp - self.start_us) / 1e6
                 ego_xy, ego_yaw = self.layout.ego_pose(t)
                 centres, yaws = self.layout.boxes(t)
                 image = renderer.render(
-                    self.layout.road, ego_xy, ego_yaw, centres[solid], self.layout.sizes[solid], yaws[solid],
+                    self.layout.road,
+                    ego_xy,
+                    ego_yaw,
+                    centres[solid],
+                    self.layout.sizes[solid],
+                    yaws[solid],
                     self.layout.colours[solid],
                 )
                 w.write_image(filename, image)

@@ -1,7 +1,8 @@
 """A 32-beam spinning LiDAR, simulated by casting rays against the ground plane and the boxes.
 
 Everything here is in the LiDAR sensor frame; the ground is the plane z = -sensor_height. Each ray
-returns its nearest hit (vectorised slab test per box, over the azimuth columns the box covers).
+returns its nearest hit (vectorised slab test per box, over only the beams and azimuth columns that
+can reach the box).
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def _windows(
     last_beam = np.searchsorted(BEAM_ELEVATIONS, highest + 1e-9, side="right")  # exclusive
 
     cos, sin = np.cos(yaws)[:, None], np.sin(yaws)[:, None]
-    half_l, half_w = sizes[:, 0:1] / 2 * np.array([1, 1, -1, -1]), sizes[:, 1:2] / 2 * np.array([1, -1, 1, -1])
+    half_l, half_w = (
+        sizes[:, 0:1] / 2 * np.array([1, 1, -1, -1]),
+        sizes[:, 1:2] / 2 * np.array([1, -1, 1, -1]),
+    )
     corner_x = centres[:, 0:1] + cos * half_l - sin * half_w
     corner_y = centres[:, 1:2] + sin * half_l + cos * half_w
     middle = np.arctan2(centres[:, 1], centres[:, 0])
@@ -146,7 +150,9 @@ def _windows(
             if last <= AZIMUTH_STEPS:
                 windows.append([(beams, slice(first, last))])
             else:
-                windows.append([(beams, slice(first, AZIMUTH_STEPS)), (beams, slice(0, last - AZIMUTH_STEPS))])
+                windows.append(
+                    [(beams, slice(first, AZIMUTH_STEPS)), (beams, slice(0, last - AZIMUTH_STEPS))]
+                )
     return windows
 
 

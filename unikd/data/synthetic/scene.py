@@ -165,7 +165,6 @@ class SceneLayout:
     road: Road
     ego: Motion
     objects: list[SceneObject]
-    duration: float
 
     def __post_init__(self) -> None:
         motions = [obj.motion for obj in self.objects]
@@ -219,7 +218,9 @@ class _Track:
     def shift(self, t: float) -> float:
         return self.speed * t + 0.5 * self.accel * t * t
 
-    def place(self, half_extent: float, rng: np.random.Generator, target: float | None = None) -> float | None:
+    def place(
+        self, half_extent: float, rng: np.random.Generator, target: float | None = None
+    ) -> float | None:
         """Reserve an interval of the given half length; near `target` if given, else anywhere."""
         half = half_extent * self.stretch + self.gap / 2
         if target is None:
@@ -253,7 +254,7 @@ def sample_layout(
     objects = _scenery(rng, road, ego, duration, ego_side, tracks)
     _place_guaranteed(rng, ego, duration, tracks, objects)
     _fill(rng, num_objects, tracks, objects)
-    return SceneLayout(road, ego, objects, duration)
+    return SceneLayout(road, ego, objects)
 
 
 def _sample_ego(rng: np.random.Generator, duration: float, ego_side: float) -> Motion:
@@ -276,21 +277,22 @@ def _make_tracks(
         lateral_sign = ego_side if side == 0 else -ego_side
         direction = 1.0 if side == 0 else -1.0  # traffic on the ego side goes toward +s
         for name, offset in TRACK_OFFSETS.items():
-            accel = 0.0
-            if name.startswith("lane"):
-                if name == "lane_inner" and side == 0:
-                    speed, accel = ego.speed, ego.accel
-                else:
-                    speed = 0.0 if rng.random() < 0.2 else direction * float(rng.uniform(4.0, 14.0))
-                heading, gap = (0.0 if side == 0 else np.pi), 3.0
+            heading, accel = (0.0 if side == 0 else np.pi), 0.0  # facing the traffic of its side
+            if name == "lane_inner" and side == 0:  # the ego's lane moves with the ego
+                speed, accel, gap = ego.speed, ego.accel, 3.0
+            elif name.startswith("lane"):  # 1 in 5 lanes is stopped traffic
+                speed, gap = (0.0 if rng.random() < 0.2 else direction * float(rng.uniform(4.0, 14.0))), 3.0
             elif name == "bike":
-                speed, heading, gap = direction * float(rng.uniform(3.0, 6.0)), (0.0 if side == 0 else np.pi), 2.0
-            elif name.startswith("walk"):
-                walk_direction = 1.0 if name == "walk_near" else -1.0
-                speed = walk_direction * float(rng.uniform(1.0, 1.6))
-                heading, gap = (0.0 if walk_direction > 0 else np.pi), 0.6
-            else:
-                speed, heading, gap = 0.0, (0.0 if side == 0 else np.pi), 0.8
+                speed, gap = direction * float(rng.uniform(3.0, 6.0)), 2.0
+            elif name.startswith("walk"):  # people walk toward +s on the near strip, toward -s on the far one
+                walking = 1.0 if name == "walk_near" else -1.0
+                speed, heading, gap = (
+                    walking * float(rng.uniform(1.0, 1.6)),
+                    (0.0 if walking > 0 else np.pi),
+                    0.6,
+                )
+            else:  # static: parking strip, curb, yard
+                speed, gap = 0.0, 0.8
             track = _Track(
                 name=name,
                 lateral=lateral_sign * offset,
@@ -339,19 +341,29 @@ def _scenery(
             centre = s + length / 2 * stretch
             objects.append(
                 SceneObject(
-                    "building", (length, depth, height), Motion(centre, lateral, 0.0, 0.0), 0.0,
-                    object_colour("building", rng), "",
+                    "building",
+                    (length, depth, height),
+                    Motion(centre, lateral, 0.0, 0.0),
+                    0.0,
+                    object_colour("building", rng),
+                    "",
                 )
             )
             empty_lot = rng.random() < 0.15
-            s = centre + length / 2 * stretch + (rng.uniform(10.0, 25.0) if empty_lot else rng.uniform(3.0, 8.0))
+            s = (
+                centre
+                + length / 2 * stretch
+                + (rng.uniform(10.0, 25.0) if empty_lot else rng.uniform(3.0, 8.0))
+            )
         curb = tracks[("curb", side)]
         s = curb.s_range[0] + rng.uniform(0.0, 20.0)
         while s < curb.s_range[1]:
             placed = curb.place(0.15, rng, target=s)
             if placed is not None:
                 objects.append(
-                    SceneObject("pole", (0.3, 0.3, 7.5), curb.motion(placed), 0.0, object_colour("pole", rng), "")
+                    SceneObject(
+                        "pole", (0.3, 0.3, 7.5), curb.motion(placed), 0.0, object_colour("pole", rng), ""
+                    )
                 )
             s += rng.uniform(25.0, 35.0)
     return objects
@@ -388,7 +400,10 @@ def _place_guaranteed(
 
 
 def _fill(
-    rng: np.random.Generator, num_objects: int, tracks: dict[tuple[str, int], _Track], objects: list[SceneObject]
+    rng: np.random.Generator,
+    num_objects: int,
+    tracks: dict[tuple[str, int], _Track],
+    objects: list[SceneObject],
 ) -> None:
     """Add random objects on random tracks until there are `num_objects` annotations (or no room)."""
     names = list(TRACK_WEIGHTS)
@@ -408,7 +423,9 @@ def _fill(
             _add(rng, kind, track, None, objects)
 
 
-def _add(rng: np.random.Generator, kind: str, track: _Track, target: float | None, objects: list[SceneObject]) -> None:
+def _add(
+    rng: np.random.Generator, kind: str, track: _Track, target: float | None, objects: list[SceneObject]
+) -> None:
     """Size, orient and place one object of `kind` on `track`; skipped when the track is full."""
     (l_min, l_max), (w_min, w_max), (h_min, h_max) = SIZE_RANGES[kind]
     length, width, height = rng.uniform(l_min, l_max), rng.uniform(w_min, w_max), rng.uniform(h_min, h_max)
@@ -439,14 +456,22 @@ def _add(rng: np.random.Generator, kind: str, track: _Track, target: float | Non
     if s0 is not None:
         objects.append(
             SceneObject(
-                kind, (float(length), float(width), float(height)), track.motion(s0), float(yaw_offset),
-                object_colour(kind, rng), attribute,
+                kind,
+                (float(length), float(width), float(height)),
+                track.motion(s0),
+                float(yaw_offset),
+                object_colour(kind, rng),
+                attribute,
             )
         )
 
 
 def _add_bicycle_rack(
-    rng: np.random.Generator, track: _Track, target: float | None, objects: list[SceneObject], num_bicycles: int
+    rng: np.random.Generator,
+    track: _Track,
+    target: float | None,
+    objects: list[SceneObject],
+    num_bicycles: int,
 ) -> None:
     """A bicycle rack (annotation only) holding parked bicycles side by side."""
     spacing = 0.9
@@ -454,14 +479,32 @@ def _add_bicycle_rack(
     s0 = track.place(length / 2, rng, target)
     if s0 is None:
         return
-    objects.append(SceneObject("bicycle_rack", (length, 2.0, 1.0), track.motion(s0), track.heading, (0.0, 0.0, 0.0), "", solid=False))
+    objects.append(
+        SceneObject(
+            "bicycle_rack",
+            (length, 2.0, 1.0),
+            track.motion(s0),
+            track.heading,
+            (0.0, 0.0, 0.0),
+            "",
+            solid=False,
+        )
+    )
     for i in range(num_bicycles):
         (l_min, l_max), (w_min, w_max), (h_min, h_max) = SIZE_RANGES["bicycle"]
-        size = (float(rng.uniform(l_min, l_max)), float(rng.uniform(w_min, w_max)), float(rng.uniform(h_min, h_max)))
+        size = (
+            float(rng.uniform(l_min, l_max)),
+            float(rng.uniform(w_min, w_max)),
+            float(rng.uniform(h_min, h_max)),
+        )
         s = s0 + (i - (num_bicycles - 1) / 2) * spacing
         objects.append(
             SceneObject(
-                "bicycle", size, track.motion(s), track.heading + np.pi / 2, object_colour("bicycle", rng),
+                "bicycle",
+                size,
+                track.motion(s),
+                track.heading + np.pi / 2,
+                object_colour("bicycle", rng),
                 "cycle.without_rider",
             )
         )

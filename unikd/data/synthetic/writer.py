@@ -90,9 +90,15 @@ class DatasetWriter:
         for token, level in VISIBILITY_LEVELS:
             description = f"visibility of whole object is {level[1:]}%"
             self.add("visibility", {"token": token, "level": level, "description": description})
-        self.add("sensor", {"token": self.token("sensor", LIDAR_CHANNEL), "channel": LIDAR_CHANNEL, "modality": "lidar"})
+        self.add(
+            "sensor",
+            {"token": self.token("sensor", LIDAR_CHANNEL), "channel": LIDAR_CHANNEL, "modality": "lidar"},
+        )
         for spec in CAMERA_SPECS:
-            self.add("sensor", {"token": self.token("sensor", spec.channel), "channel": spec.channel, "modality": "camera"})
+            self.add(
+                "sensor",
+                {"token": self.token("sensor", spec.channel), "channel": spec.channel, "modality": "camera"},
+            )
 
     def token(self, *key: object) -> str:
         """A 32-hex-digit token, the same for the same key, version and seed."""
@@ -113,7 +119,9 @@ class DatasetWriter:
         (self.root / filename).write_bytes(np.ascontiguousarray(points, dtype=np.float32).tobytes())
 
     def write_image(self, filename: str, rgb: np.ndarray) -> None:
-        ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok, encoded = cv2.imencode(
+            ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        )
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {filename}")
         (self.root / filename).write_bytes(encoded.tobytes())
@@ -131,7 +139,15 @@ class DatasetWriter:
             token = self.token("map", location)
             filename = f"maps/{token}.png"
             (self.root / filename).write_bytes(encoded.tobytes())
-            self.add("map", {"token": token, "log_tokens": log_tokens, "category": "semantic_prior", "filename": filename})
+            self.add(
+                "map",
+                {
+                    "token": token,
+                    "log_tokens": log_tokens,
+                    "category": "semantic_prior",
+                    "filename": filename,
+                },
+            )
 
     def write_tables(self) -> None:
         for name, records in self.tables.items():
