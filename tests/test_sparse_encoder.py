@@ -68,7 +68,9 @@ def compare_with_dense(conv, in_channels, shape, batch_size=2, count=40, seed=0)
     dense_at_sites = dense_out[out_index[:, 0], :, out_index[:, 1], out_index[:, 2], out_index[:, 3]]
     assert torch.allclose(out.features, dense_at_sites, atol=1e-10)
     if not conv.subm:  # a regular sparse conv produces every site its dense twin reaches
-        assert torch.allclose(to_dense(out.features, out.indices, batch_size, out_shape), dense_out, atol=1e-10)
+        assert torch.allclose(
+            to_dense(out.features, out.indices, batch_size, out_shape), dense_out, atol=1e-10
+        )
     index = coords.long()
     dense_feat_grad = dense_in.grad[index[:, 0], :, index[:, 1], index[:, 2], index[:, 3]]
     assert torch.allclose(sparse_grads[0], dense_feat_grad, atol=1e-10)
@@ -131,7 +133,9 @@ def test_reference_config_shapes():
     assert encoder.bev_grid == BEVGrid.from_range(encoder.point_cloud_range, 0.6)
 
     points = [torch.randn(60, 5) * torch.tensor([20.0, 20.0, 1.0, 1.0, 1.0]) for _ in range(2)]
-    voxels, num_points, coords = voxelize_batch(points, encoder.voxel_size, encoder.point_cloud_range, 10, 1000)
+    voxels, num_points, coords = voxelize_batch(
+        points, encoder.voxel_size, encoder.point_cloud_range, 10, 1000
+    )
     encoder.eval()
     with torch.no_grad():
         bev = encoder(MeanVFE()(voxels, num_points), coords, batch_size=2)
@@ -165,7 +169,9 @@ def test_point_lights_its_bev_cell(config):
     x = grid.x_min + col * grid.cell_x + 0.5 * voxel_x
     y = grid.y_min + row * grid.cell_y + 0.5 * voxel_y
     points = [torch.tensor([[x, y, 0.5, 0.5, 0.0]]), torch.zeros(0, 5)]
-    voxels, num_points, coords = voxelize_batch(points, encoder.voxel_size, encoder.point_cloud_range, 10, 100)
+    voxels, num_points, coords = voxelize_batch(
+        points, encoder.voxel_size, encoder.point_cloud_range, 10, 100
+    )
     with torch.no_grad():
         bev = encoder(MeanVFE()(voxels, num_points), coords, batch_size=2)
     occupied = bev.abs().sum(dim=1) > 0
@@ -180,7 +186,9 @@ def test_small_config_trains_end_to_end():
     encoder = SparseEncoder(**SMALL)
     assert encoder.bev_shape == (64, 64) and encoder.out_channels == 64
     points = [torch.randn(1500, 5) * torch.tensor([15.0, 15.0, 1.0, 1.0, 1.0]) for _ in range(2)]
-    voxels, num_points, coords = voxelize_batch(points, encoder.voxel_size, encoder.point_cloud_range, 10, 20000)
+    voxels, num_points, coords = voxelize_batch(
+        points, encoder.voxel_size, encoder.point_cloud_range, 10, 20000
+    )
     bev = encoder(MeanVFE()(voxels, num_points), coords, batch_size=2)
     assert bev.shape == (2, 64, 64, 64)
     bev.square().mean().backward()

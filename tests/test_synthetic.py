@@ -22,6 +22,7 @@ from pyquaternion import Quaternion
 from unikd.data.classes import CAMERAS, CLASSES
 from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.data.synthetic.appearance import CLASS_COLOURS
+from unikd.data.synthetic.scene import Road
 
 VERSION = "v1.0-mini"
 TINY = {
@@ -241,6 +242,18 @@ def _digest(root: Path) -> dict[str, str]:
         for path in sorted(root.rglob("*"))
         if path.is_file()
     }
+
+
+@pytest.mark.parametrize("curvature", [0.0, 1 / 300, -1 / 450])
+def test_road_coordinates_round_trip(curvature: float) -> None:
+    road = Road(origin=(800.0, 300.0), heading=2.5, curvature=curvature)
+    rng = np.random.default_rng(0)
+    s, d = rng.uniform(-300, 300, 500), rng.uniform(-40, 40, 500)
+    xy, heading = road.pose(s, d)
+    np.testing.assert_allclose(road.coords(xy), (s, d), atol=1e-9)
+    step, _ = road.pose(s + 1e-3, d)  # the heading is the direction of travel along s
+    direction = np.arctan2(step[:, 1] - xy[:, 1], step[:, 0] - xy[:, 0])
+    np.testing.assert_allclose(np.angle(np.exp(1j * (direction - heading))), 0, atol=1e-4)
 
 
 def test_same_seed_gives_the_same_bytes(tmp_path: Path) -> None:

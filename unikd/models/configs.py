@@ -66,18 +66,18 @@ _SIZES: dict[str, dict] = {
         "neck": {"out_channels": (128, 128), "upsample_strides": (1, 2)},
         "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
     },
-    # A CPU setting for tests and demos: coarse voxels, narrow layers, small images.
+    # A CPU setting for tests and demos: 0.4 m voxels, 1.6 m BEV cells, narrow layers, small images.
     "small": {
         "point_cloud_range": SMALL_RANGE,
         "lidar": {
-            "voxel_size": (0.2, 0.2, 0.4),
+            "voxel_size": (0.4, 0.4, 0.5),
             "max_points_per_voxel": 5,
-            "max_voxels": 60000,
+            "max_voxels": 40000,
             "sparse_encoder": {
                 "base_channels": 16,
-                "encoder_channels": ((16, 32), (32, 64), (64, 64)),
+                "encoder_channels": ((16, 32), (32, 64), (64,)),
                 "downsample_paddings": (1, (0, 1, 1)),
-                "output_channels": 32,
+                "output_channels": 64,
             },
         },
         "camera": {
@@ -89,14 +89,14 @@ _SIZES: dict[str, dict] = {
             "context_channels": 32,
             "depth_bins": (1.0, 60.0, 1.0),
             "bev_cell": 0.8,
-            "bev_downsample": 1,
+            "bev_downsample": 2,
         },
         "depth_loss_weight": 3.0,
-        "bev_cell": 0.8,
+        "bev_cell": 1.6,
         "fuser_channels": 64,
         "backbone": {"out_channels": (64, 128), "layer_nums": (2, 2), "layer_strides": (1, 2)},
         "neck": {"out_channels": (64, 64), "upsample_strides": (1, 2)},
-        "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
+        "head": {"shared_channels": 32, "head_conv": 32, "score_threshold": 0.1, "post_max_size": 83},
         "image_aug": ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23),
     },
 }

@@ -111,16 +111,16 @@ class Road:
 
     def coords(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Global xy [..., 2] -> road coordinates (s, d)."""
+        cos, sin = np.cos(self.heading), np.sin(self.heading)
         if self.curvature == 0.0:
             rel = np.asarray(xy) - np.asarray(self.origin)
-            cos, sin = np.cos(self.heading), np.sin(self.heading)
             return rel[..., 0] * cos + rel[..., 1] * sin, -rel[..., 0] * sin + rel[..., 1] * cos
         rel = np.asarray(xy) - self._centre()
-        radius = np.hypot(rel[..., 0], rel[..., 1])
+        # In a frame turned by the start heading, the angle travelled along the arc is direct.
+        along, across = rel[..., 0] * cos + rel[..., 1] * sin, -rel[..., 0] * sin + rel[..., 1] * cos
         sign = np.sign(self.curvature)
-        heading = np.arctan2(sign * rel[..., 0], -sign * rel[..., 1])
-        turned = (heading - self.heading + np.pi) % (2 * np.pi) - np.pi
-        return turned / self.curvature, 1.0 / self.curvature - sign * radius
+        turned = np.arctan2(sign * along, -sign * across)
+        return turned / self.curvature, 1.0 / self.curvature - sign * np.hypot(along, across)
 
     def _centre(self) -> np.ndarray:
         normal = np.array([-np.sin(self.heading), np.cos(self.heading)])

@@ -105,10 +105,7 @@ class SparseEncoder(nn.Module):
                 padding = _triple(downsample_paddings[i])
                 out_channels = layers[-1]
                 blocks += [
-                    spconv.SparseConv3d(
-                        channels, out_channels, 3, stride=2, padding=padding, bias=False,
-                        indice_key=f"spconv{i + 1}",
-                    ),
+                    spconv.SparseConv3d(channels, out_channels, 3, stride=2, padding=padding, bias=False),
                     _norm(out_channels),
                     nn.ReLU(),
                 ]
@@ -117,8 +114,7 @@ class SparseEncoder(nn.Module):
             stages.append(spconv.SparseSequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.conv_out = spconv.SparseSequential(
-            spconv.SparseConv3d(channels, output_channels, (3, 1, 1), stride=(2, 1, 1), bias=False,
-                                indice_key="spconv_down2"),
+            spconv.SparseConv3d(channels, output_channels, (3, 1, 1), stride=(2, 1, 1), bias=False),
             _norm(output_channels),
             nn.ReLU(),
         )
@@ -173,7 +169,7 @@ class SparseEncoder(nn.Module):
         x = self.conv_out(x)
 
         channels, depth, height, width = self.output_shape
-        dense = x.features.new_zeros((batch_size, depth, height, width, channels))
+        dense = x.features.new_zeros((batch_size, channels, depth, height, width))
         index = x.indices.long()
-        dense[index[:, 0], index[:, 1], index[:, 2], index[:, 3]] = x.features
-        return dense.permute(0, 4, 1, 2, 3).reshape(batch_size, channels * depth, height, width)
+        dense[index[:, 0], :, index[:, 1], index[:, 2], index[:, 3]] = x.features
+        return dense.view(batch_size, channels * depth, height, width)
