@@ -2,7 +2,11 @@
 
     python tools/create_data.py synthetic --root data/nuscenes-synthetic [--version v1.0-mini] [--seed 0]
 
+    python tools/create_data.py infos --root data/nuscenes [--version v1.0-trainval] [--max-sweeps 10]
+
 `synthetic` writes a synthetic dataset in the nuScenes format (see unikd.data.synthetic).
+`infos` caches the per-sample records of every split next to a database (see unikd.data.infos),
+so that runs start without building them through the devkit.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from unikd.data.infos import SPLITS_BY_VERSION, write_infos  # noqa: E402
 from unikd.data.synthetic import generate_synthetic_nuscenes  # noqa: E402
 from unikd.data.synthetic.generate import VERSIONS  # noqa: E402
 
@@ -44,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=min(4, os.cpu_count() or 1),
         help="processes building scenes in parallel",
     )
+    infos = commands.add_parser("infos", help="cache the per-sample records of a nuScenes database")
+    infos.add_argument("--root", required=True, help="nuScenes data root")
+    infos.add_argument("--version", default="v1.0-mini", choices=sorted(SPLITS_BY_VERSION))
+    infos.add_argument("--max-sweeps", type=int, default=10, help="sweeps per sample, key frame included")
     return parser
 
 
@@ -64,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
             workers=args.workers,
         )
         print(f"wrote {args.version} to {root} in {time.perf_counter() - start:.1f} s")
+    elif args.command == "infos":
+        for path in write_infos(args.root, args.version, args.max_sweeps):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
