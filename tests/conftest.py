@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,12 @@ SYNTHETIC_MINI = {
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a synthetic v1.0-mini nuScenes dataset, built once per test session."""
     return generate_synthetic_nuscenes(tmp_path_factory.mktemp("synthetic") / "nuscenes", **SYNTHETIC_MINI)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the prepared ground truth of test datasets out of the user's cache folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()

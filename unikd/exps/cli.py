@@ -62,8 +62,11 @@ def accelerator_and_devices(gpus: int | None, devices: int | None) -> tuple[str,
 
 
 def make_run_dir(output_root: str, exp_name: str) -> Path:
-    """outputs/<exp_name>/<timestamp>/ with a `latest` link beside it (created once, shared by DDP ranks)."""
-    if os.environ.get(RUN_DIR_ENV):
+    """outputs/<exp_name>/<timestamp>/ with a `latest` link beside it.
+
+    The launching process creates it; the DDP processes Lightning starts (LOCAL_RANK > 0) inherit it.
+    """
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     exp_root = Path(output_root) / exp_name
     run_dir = exp_root / datetime.now().strftime("%Y%m%d-%H%M%S-%f")

@@ -1,0 +1,374 @@
+"""Distillation experiments: the distiller's terms, DistillExp's teacher handling and checkpoints, and
+every pairing file training on the synthetic nuScenes at the small configuration."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from unikd.data.collate import collate_batch
+from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, detector_shapes, voxel_grid
+from unikd.distill.recorder import FeatureRecorder
+from unikd.exps.distill_exp import (
+    DISTILLER_STATE_KEY,
+    DistillExp,
+    benchmark_distill_step,
+    load_detector_weights,
+    load_exp_class,
+)
+from unikd.models.bevfusion import BEVFusion, SparseFeatures
+from unikd.models.configs import model_config
+
+EXP_DIR = Path(__file__).resolve().parents[1] / "exps" / "nuscenes" / "BEVFusion"
+PAIRINGS = {  # file stem -> (student experiment file stem, teacher experiment file stem)
+    "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar": ("camera", "lidar"),
+    "BEVFusion_nuscenes_centerhead_camera_exp_distill_fusion": ("camera", "fusion"),
+    "BEVFusion_nuscenes_centerhead_lidar_exp_distill_camera": ("lidar", "camera"),
+    "BEVFusion_nuscenes_centerhead_lidar_exp_distill_fusion": ("lidar", "fusion"),
+    "BEVFusion_nuscenes_centerhead_fusion_exp_distill_lidar": ("fusion", "lidar"),
+    "BEVFusion_nuscenes_centerhead_lidarsmall_exp_distill_lidar": ("lidar", "lidar"),
+}
+LIDARSMALL = "BEVFusion_nuscenes_centerhead_lidarsmall_exp_distill_lidar"
+SMALL = {"model_size": "small", "num_workers": 0}
+
+
+def exp_class(stem: str) -> type:
+    return load_exp_class(EXP_DIR / f"{stem}.py")
+
+
+def plain_class(modality: str) -> type:
+    return exp_class(f"BEVFusion_nuscenes_centerhead_{modality}_exp")
+
+
+def make_distill_exp(
+    stem: str, root: Path | str = "unused", teacher_ckpt: str | None = None, **options
+) -> DistillExp:
+    """A pairing at the small configuration; a random teacher unless a checkpoint is given."""
+    exp_options = {
+        **SMALL,
+        "teacher_model_size": "small",
+        "allow_random_teacher": teacher_ckpt is None,
+        **options,
+    }
+    return exp_class(stem)(data_root=str(root), exp_options=exp_options, teacher_ckpt=teacher_ckpt)
+
+
+def training_batches(exp: DistillExp, count: int) -> list[dict]:
+    dataset = exp.dataset(exp.train_split, training=True)
+    return [collate_batch([dataset[i]]) for i in range(count)]
+
+
+def output_shapes(outputs: dict) -> dict:
+    """The shapes `detector_shapes` predicts, read off a forward's outputs (batch size 1)."""
+    shapes = {}
+    for name, value in outputs.items():
+        if isinstance(value, SparseFeatures):
+            shapes[name] = (value.features.shape[1],)
+        elif name == "backbone":
+            shapes[name] = [tuple(level.shape[1:]) for level in value]
+        elif name == "head":
+            shapes[name] = tuple(value[0]["heatmap"].shape[-2:])
+        elif name in ("middle_encoder", "camera_bev", "bev", "neck"):
+            shapes[name] = tuple(value.shape[1:])
+    return shapes
+
+
+def fake_outputs(model: BEVFusion, grad: bool) -> dict:
+    """Random outputs with the shapes of `model`'s named outputs (batch size 1), without running it."""
+    shapes = detector_shapes(model)
+    dense = {
+        name: shape
+        for name, shape in shapes.items()
+        if name in ("middle_encoder", "camera_bev", "bev", "neck")
+    }
+    outputs = {name: torch.randn(1, *shape, requires_grad=grad) for name, shape in dense.items()}
+    outputs["backbone"] = [torch.randn(1, *shape, requires_grad=grad) for shape in shapes["backbone"]]
+    if "voxel_encoder" in shapes:
+        grid = voxel_grid(model)
+        count = 500
+        coords = torch.stack(
+            [
+                torch.zeros(count, dtype=torch.long),
+                torch.randint(0, 4, (count,)),
+                torch.randint(0, grid.height, (count,)),
+                torch.randint(0, grid.width, (count,)),
+            ],
+            dim=1,
+        )
+        outputs["voxel_encoder"] = SparseFeatures(
+            torch.randn(count, shapes["voxel_encoder"][0], requires_grad=grad), coords
+        )
+    outputs["head"] = [
+        {
+            name: torch.randn(1, channels, *shapes["head"], requires_grad=grad)
+            for name, channels in {"heatmap": len(task), **model.head.common_heads}.items()
+        }
+        for task in model.head.tasks
+    ]
+    return outputs
+
+
+BOXES = [
+    torch.tensor(
+        [[5.0, -10.0, 0.0, 4.0, 2.0, 1.5, 0.3, 0.0, 0.0], [-20.0, 7.0, 0.0, 0.8, 0.7, 1.7, 1.3, 0.0, 0.0]]
+    )
+]
+ALL_KINDS = {
+    **UNIDISTILL_TERMS,
+    "fitnet": {"loss": "fitnet", "feature": "neck"},
+    "masked": {"loss": "masked", "feature": "bev"},
+    "attention": {"loss": "attention", "feature": "neck"},
+    "heatmap_kd": {"loss": "heatmap_kd", "feature": "head", "temperature": 2.0},
+}
+
+
+# ----------------------------------------------------------------------------- distiller (no data)
+@pytest.mark.parametrize(
+    ("student_size", "teacher_size"),
+    [("small", "small"), ("student", "nuscenes")],
+    ids=["same-resolution", "student<-nuscenes"],
+)
+def test_every_term_kind_is_finite_and_trains_its_adapters(student_size: str, teacher_size: str) -> None:
+    torch.manual_seed(0)
+    student = BEVFusion(model_config(student_size, ("lidar",)))
+    teacher = BEVFusion(model_config(teacher_size, ("lidar",)))
+    distiller = Distiller(ALL_KINDS, {name: 1.0 for name in ALL_KINDS}, student, teacher)
+    student_out, teacher_out = fake_outputs(student, grad=True), fake_outputs(teacher, grad=False)
+    losses = distiller(student_out, teacher_out, {"gt_boxes": BOXES})
+    assert set(losses) == {f"distill/{name}" for name in ALL_KINDS}
+    for name, value in losses.items():
+        assert value.ndim == 0 and torch.isfinite(value) and value > 0, name
+    sum(losses.values()).backward()
+    assert student_out["bev"].grad.abs().sum() > 0 and student_out["neck"].grad.abs().sum() > 0
+    adapters = [p for name, p in distiller.named_parameters() if "adapter" in name or "projector" in name]
+    assert adapters and all(p.grad is not None for p in adapters)
+    if student_size != teacher_size:  # 135 x 135 student cells onto the 180 x 180 teacher grid
+        assert distiller.terms["response"].resize.size == (180, 180)
+
+
+def test_distiller_rejects_what_it_cannot_align() -> None:
+    camera = BEVFusion(model_config("small", ("camera",)))
+    lidar = BEVFusion(model_config("small", ("lidar",)))
+    with pytest.raises(KeyError, match="infonce"):
+        Distiller(UNIDISTILL_TERMS, {"feature": 1.0, "infnce": 1.0}, camera, lidar)
+    with pytest.raises(KeyError, match="voxel_encoder.*student"):
+        Distiller(UNIDISTILL_TERMS, {"infonce": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="different regions"):
+        Distiller(UNIDISTILL_TERMS, {"feature": 1.0}, BEVFusion(model_config("student", ("lidar",))), lidar)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        Distiller({"x": {"loss": "kl", "feature": "bev"}}, {"x": 1.0}, camera, lidar)
+    assert not Distiller(UNIDISTILL_TERMS, {"feature": 0.0}, camera, lidar).terms  # weight 0: term off
+
+
+# ----------------------------------------------------------------------------- DistillExp (no data)
+def test_load_exp_class_imports_each_file_once(tmp_path: Path) -> None:
+    assert plain_class("lidar") is plain_class("lidar")
+    assert issubclass(exp_class(LIDARSMALL), plain_class("lidar"))
+    with pytest.raises(FileNotFoundError, match="missing_exp.py"):
+        load_exp_class(tmp_path / "missing_exp.py")
+
+
+def test_distill_exp_options_state_dict_and_teacher_mode() -> None:
+    exp = make_distill_exp(
+        "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar",
+        **{"distill_weights.feature": 50.0, "distill_weights.relation": 0.0},
+    )
+    assert isinstance(exp, plain_class("camera"))
+    assert exp.distiller.weights == {"feature": 50.0, "response": 10.0}
+    assert type(exp).distill_weights == {
+        "feature": 100.0,
+        "relation": 40.0,
+        "response": 10.0,
+    }  # class untouched
+    plain = plain_class("camera")(exp_options=SMALL)
+    assert set(exp.state_dict()) == set(plain.state_dict())
+    exp.train()
+    assert exp.model.training and exp.distiller.training and not exp.teacher.training
+    assert not any(module.training for module in exp.teacher.modules())
+    trainable = {id(p) for p in exp.trainable_parameters()}
+    assert not any(id(p) in trainable for p in exp.teacher.parameters())
+    assert all(id(p) in trainable for p in exp.distiller.parameters())
+
+
+def test_training_without_teacher_checkpoint_is_an_error() -> None:
+    exp = exp_class(LIDARSMALL)(exp_options={**SMALL, "teacher_model_size": "small"})
+    with pytest.raises(RuntimeError, match="--teacher_ckpt"):
+        exp.training_losses({})
+
+
+def test_teacher_checkpoint_loading_is_strict(tmp_path: Path) -> None:
+    teacher_exp = plain_class("lidar")(exp_options=SMALL)
+    state = {f"model.{key}": value for key, value in teacher_exp.model.state_dict().items()}
+    good = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": state, "epoch": 3}, good)
+    exp = make_distill_exp(LIDARSMALL, teacher_ckpt=str(good))
+    for key, value in teacher_exp.model.state_dict().items():
+        assert torch.equal(exp.teacher.state_dict()[key], value), key
+
+    plain = tmp_path / "detector.pth"  # a plain state dict of the detector loads too
+    torch.save(teacher_exp.model.state_dict(), plain)
+    load_detector_weights(BEVFusion(model_config("small", ("lidar",))), plain)
+
+    some_key = "model.head.shared_conv.0.weight"
+    broken = {
+        "missing": {k: v for k, v in state.items() if k != some_key},
+        "unexpected": {**state, "model.extra.weight": torch.zeros(3)},
+        "mis-shaped": {**state, some_key: torch.zeros(2, 2)},
+    }
+    expected = {
+        "missing": "head.shared_conv.0.weight",
+        "unexpected": "extra.weight",
+        "mis-shaped": r"\(2, 2\)",
+    }
+    for case, bad_state in broken.items():
+        path = tmp_path / f"{case}.ckpt"
+        torch.save({"state_dict": bad_state}, path)
+        with pytest.raises(RuntimeError, match=f"{case}.*{expected[case]}"):
+            make_distill_exp(LIDARSMALL, teacher_ckpt=str(path))
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        make_distill_exp(LIDARSMALL, teacher_ckpt=str(tmp_path / "nowhere.ckpt"))
+
+
+# ----------------------------------------------------------------------------- on the synthetic dataset
+@pytest.mark.parametrize("stem", sorted(PAIRINGS))
+def test_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> None:
+    torch.manual_seed(0)
+    exp = make_distill_exp(stem, synthetic_root)
+    student_modality, teacher_modality = PAIRINGS[stem]
+    assert isinstance(exp, plain_class(student_modality)) and exp.teacher_exp_class is plain_class(
+        teacher_modality
+    )
+    optimizer = torch.optim.AdamW(exp.trainable_parameters(), lr=1e-3)
+    exp.train()
+    for batch in training_batches(exp, 2):
+        with FeatureRecorder(exp, ["model", "teacher"]) as recorder:
+            losses = exp.training_losses(batch)
+        assert {f"distill/{name}" for name in exp.distill_weights} <= set(losses)
+        assert all(torch.isfinite(value) for value in losses.values()), {
+            k: v.item() for k, v in losses.items()
+        }
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    for network in ("model", "teacher"):  # the shapes adapters were sized from are the real ones
+        predicted = detector_shapes(getattr(exp, network))
+        assert output_shapes(recorder[network]) == {
+            k: v for k, v in predicted.items() if k in recorder[network]
+        }
+
+
+def test_infonce_has_real_negatives_at_batch_size_one(synthetic_root: Path) -> None:
+    torch.manual_seed(0)
+    exp = make_distill_exp(LIDARSMALL, synthetic_root)
+    exp.train()
+    term = exp.distiller.terms["infonce"]
+    values = []
+    for batch in training_batches(exp, 2):
+        assert len(batch["gt_boxes"]) == 1
+        exp.zero_grad()
+        student = exp.model(batch)
+        with torch.no_grad():
+            teacher = exp.teacher(batch)
+        loss = term(student, teacher, batch)
+        loss.backward()
+        values.append(loss.item())
+        grads = [p.grad for p in exp.model.middle_encoder.parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0
+    # one positive among the boxes and background samples (and later the queue): far from the constant 0
+    # of a single-key InfoNCE, and it changes with the sample.
+    assert values[0] > 1.0 and values[0] != values[1]
+    assert int(term.loss.queue.count) > 0
+
+
+class TeacherModeProbe(pl.Callback):
+    def __init__(self) -> None:
+        self.teacher_modes: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.teacher_modes.append(any(m.training for m in pl_module.teacher.modules()))
+
+
+def tiny_trainer(tmp_path: Path, max_steps: int, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        default_root_dir=str(tmp_path),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    exp = make_distill_exp(LIDARSMALL, synthetic_root)
+    teacher_before = {k: v.clone() for k, v in exp.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in exp.model.state_dict().items()}
+    probe = TeacherModeProbe()
+    trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[probe])
+    trainer.fit(exp)
+    assert trainer.global_step == 3 and probe.teacher_modes == [False, False, False]
+    for key, value in exp.teacher.state_dict().items():  # parameters and BatchNorm statistics
+        assert torch.equal(value, teacher_before[key]), key
+    changed = [k for k, v in exp.model.state_dict().items() if not torch.equal(v, student_before[k])]
+    assert any(k.endswith("weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
+
+    ckpt = tmp_path / "distilled.ckpt"
+    trainer.save_checkpoint(ckpt)
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert (
+        all(key.startswith("model.") for key in checkpoint["state_dict"])
+        and DISTILLER_STATE_KEY in checkpoint
+    )
+
+    # The plain student experiment loads it strictly and evaluates it (decode + metric), as `-e` does.
+    student = plain_class("lidar")(
+        data_root=str(synthetic_root), output_dir=str(tmp_path / "eval"), exp_options=SMALL
+    )
+    student.load_state_dict(checkpoint["state_dict"], strict=True)
+    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=2).validate(student, ckpt_path=str(ckpt))
+    assert math.isfinite(student.last_metrics["nd_score"])
+
+    # A distillation run resumes from it: student, distiller (adapters, projectors, queue) and optimizer.
+    resumed = make_distill_exp(LIDARSMALL, synthetic_root)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    for key, value in exp.distiller.state_dict().items():
+        assert torch.equal(resumed.distiller.state_dict()[key], value), key
+    trainer = tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0)
+    trainer.fit(make_distill_exp(LIDARSMALL, synthetic_root), ckpt_path=str(ckpt))
+    assert trainer.global_step == 4
+    with pytest.raises(KeyError, match=DISTILLER_STATE_KEY):
+        resumed.on_load_checkpoint({"state_dict": checkpoint["state_dict"]})
+
+    # The distilled small LiDAR student is a valid small LiDAR teacher checkpoint (Lightning format).
+    teacher_from_ckpt = make_distill_exp(LIDARSMALL, teacher_ckpt=str(ckpt))
+    for key, value in teacher_from_ckpt.teacher.state_dict().items():
+        assert torch.equal(value, checkpoint["state_dict"][f"model.{key}"]), key
+
+
+@pytest.mark.slow
+def test_benchmark_distill_step(synthetic_root: Path) -> None:
+    exp = make_distill_exp(LIDARSMALL, synthetic_root)
+    result = benchmark_distill_step(exp, repeats=1)
+    assert set(result) == {
+        "distill_s",
+        "student_s",
+        "teacher_s",
+        "ratio",
+        "distill_peak_bytes",
+        "student_peak_bytes",
+    }
+    assert result["ratio"] > 0 and result["distill_peak_bytes"] >= result["student_peak_bytes"] > 0
+    assert not exp.teacher.training

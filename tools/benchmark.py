@@ -1,0 +1,1121 @@
+"""Speed and memory measurements of unikd (the only place where the project measures them).
+
+    python tools/benchmark.py [--only NAME ...] [--data_root DIR] [--quick] [--device cpu|cuda] [--json out.json]
+
+Entries: voxelize, data_loading, lidar_train_step, bev_pool, camera_train_step, metric, distill_step.
+Each entry prints a RATIO against a reference measured in the same run (its meaning is printed with
+it), next to the absolute figures, and the run starts by printing the machine (CPU model, cores,
+torch version and threads, GPU name, load average).
+
+Method:
+- Times are `time.perf_counter` wall times, the median of a few repeats after a warm-up
+  (CUDA is synchronised before and after each timed call). Where two things are compared,
+  their repeats are interleaved so that a load change on a shared machine hits both alike.
+- Every case of an entry runs in a fresh Python subprocess, so that one case's allocations
+  never hide another's.
+- CPU peak memory: `resource.getrusage(RUSAGE_SELF).ru_maxrss` (the process's resident high
+  water mark) after the measured call, minus the resident size just before it (read from
+  /proc/self/statm after `gc.collect()` and glibc `malloc_trim(0)`). This sees every allocation,
+  torch's included (tracemalloc does not see torch's). The high water mark only moves up: when
+  the call did not raise it above the process's earlier peak, the figure is an upper bound
+  (printed with "<=").
+- CUDA peak memory: `torch.cuda.max_memory_allocated` minus the memory allocated before the call.
+- Entries that need data use --data_root (a nuScenes root: real, or synthetic from
+  tools/create_data.py); without it a small synthetic nuScenes-format dataset is built in a
+  temporary folder first (timed and printed) and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from unikd.data.infos import SPLITS_BY_VERSION  # noqa: E402
+
+MIB = 1024 * 1024
+
+# The synthetic dataset built when --data_root is not given: one train scene (the distillation
+# experiment reads the train split) and val scenes whose key frames are the metric's 100 samples.
+# Two sweeps between key frames, so that key frames from the fourth on have 9 earlier sweeps.
+SYNTHETIC = {
+    "version": "v1.0-trainval",
+    "seed": 0,
+    "train_scenes": 1,
+    "val_scenes": 10,
+    "keyframes_per_scene": 10,
+    "sweeps_per_keyframe": 2,
+    "objects_per_scene": 30,
+}
+SYNTHETIC_QUICK = {**SYNTHETIC, "val_scenes": 3, "keyframes_per_scene": 5}
+# The metric's larger set: val scenes of 40 key frames (as in nuScenes), no sweeps (the metric reads none).
+METRIC_KEYFRAMES_PER_SCENE = 40
+METRIC_MAX_VAL_SCENES = 150  # nuScenes has 150 val scenes
+
+# Distillation pairings timed by `distill_step` (experiment files), at the small model size.
+DISTILL_PAIRS = {
+    "camera_from_lidar": "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar.py",
+    "lidar_from_camera": "BEVFusion_nuscenes_centerhead_lidar_exp_distill_camera.py",
+}
+
+
+# ------------------------------------------------------------------------------------ context
+@dataclass
+class Context:
+    """What a case needs to know about the run."""
+
+    device: torch.device
+    quick: bool
+    data_root: Path | None
+    version: str | None
+    synthetic: bool  # data_root is the dataset this run built
+    metric_samples: int
+
+    def repeats(self, default: int, quick: int) -> int:
+        return quick if self.quick else default
+
+    @property
+    def train_split(self) -> str:
+        return SPLITS_BY_VERSION[self.require_version()][0]
+
+    @property
+    def eval_split(self) -> str:
+        return SPLITS_BY_VERSION[self.require_version()][-1]
+
+    def require_version(self) -> str:
+        if self.data_root is None or self.version is None:
+            raise RuntimeError(
+                "this entry needs a dataset (--data_root, or the synthetic one the run builds)"
+            )
+        return self.version
+
+
+@dataclass
+class Entry:
+    """A benchmark: a function of (context, case) per case; each case runs in its own subprocess."""
+
+    run: Callable[[Context, str], dict]
+    cases: Callable[[bool], list[str]]  # quick -> case names
+    needs_data: bool
+    description: str
+
+
+# ------------------------------------------------------------------------------------ measuring
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds of each call per repeat: `warmup` untimed rounds, then `repeats` rounds of every call in turn."""
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+        synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def max_rss_bytes() -> int:
+    """The process's resident high water mark (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand glibc's free heap back to the OS, so that RSS counts live data."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory(call: Callable[[], object], device: torch.device) -> dict[str, Any]:
+    """Peak memory of one call above what the process held just before it (module doc)."""
+    if device.type == "cuda":
+        synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        call()
+        synchronize(device)
+        return {"peak_bytes": torch.cuda.max_memory_allocated(device) - start, "upper_bound": False}
+    release_free_memory()
+    rss_before = current_rss_bytes()
+    high_water_before = max_rss_bytes()
+    call()
+    high_water_after = max_rss_bytes()
+    return {
+        "peak_bytes": high_water_after - rss_before,
+        "upper_bound": high_water_after <= high_water_before,
+    }
+
+
+def memory_method(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated above the start"
+    return "ru_maxrss after the call minus RSS before it (fresh subprocess)"
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """Tensors of a batch (nested in dicts and lists) on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: to_device(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_device(item, device) for item in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------ data helpers
+def make_dataset(
+    ctx: Context,
+    split: str,
+    point_cloud_range: tuple[float, ...],
+    num_sweeps: int,
+    use_camera: bool,
+    training: bool,
+    image_aug: Any = None,
+):
+    from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
+    from unikd.data.transforms import BEVAugConfig
+
+    return NuScenesDetectionDataset(
+        data_root=ctx.data_root,
+        version=ctx.require_version(),
+        split=split,
+        point_cloud_range=point_cloud_range,
+        num_sweeps=num_sweeps,
+        use_camera=use_camera,
+        training=training,
+        bev_aug=BEVAugConfig() if training else None,
+        image_aug=image_aug,
+        seed=0,
+    )
+
+
+def most_swept(dataset, count: int) -> list[int]:
+    """Indices of the `count` samples with the most sweeps (ties: the first ones)."""
+    order = sorted(range(len(dataset)), key=lambda i: -len(dataset.infos[i]["sweeps"]))
+    return order[:count]
+
+
+def training_batch(
+    ctx: Context,
+    size: str,
+    modalities: tuple[str, ...],
+    batch_size: int,
+    num_sweeps: int,
+) -> dict:
+    """A collated training batch (augmentation on) of the eval split's samples with the most sweeps."""
+    from unikd.data.collate import collate_batch
+    from unikd.models.configs import model_config
+
+    config = model_config(size, modalities)
+    dataset = make_dataset(
+        ctx,
+        ctx.eval_split,
+        config["point_cloud_range"],
+        num_sweeps=num_sweeps,
+        use_camera="camera" in modalities,
+        training=True,
+        image_aug=config.get("image_aug"),
+    )
+    return collate_batch([dataset[i] for i in most_swept(dataset, batch_size)])
+
+
+# ------------------------------------------------------------------------------------ 1. voxelize
+def reference_voxelize(
+    points: np.ndarray,
+    voxel_size: tuple[float, float, float],
+    point_cloud_range: tuple[float, ...],
+    max_points: int,
+    max_voxels: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Naive voxelization: a Python loop over the points filling a dict voxel -> point indices.
+
+    Same contract as `unikd.ops.voxelize.voxelize` (voxels in order of first point, first
+    `max_points` points each), but indices are computed in float64.
+    """
+    from unikd.ops.voxelize import grid_size
+
+    nx, ny, nz = grid_size(voxel_size, point_cloud_range)
+    x0, y0, z0 = point_cloud_range[:3]
+    vx, vy, vz = voxel_size
+    members: dict[tuple[int, int, int], list[int]] = {}
+    for i, (x, y, z) in enumerate(points[:, :3].tolist()):
+        ix = math.floor((x - x0) / vx)
+        iy = math.floor((y - y0) / vy)
+        iz = math.floor((z - z0) / vz)
+        if not (0 <= ix < nx and 0 <= iy < ny and 0 <= iz < nz):
+            continue
+        key = (iz, iy, ix)
+        voxel = members.get(key)
+        if voxel is None:
+            if len(members) >= max_voxels:
+                continue
+            voxel = members[key] = []
+        if len(voxel) < max_points:
+            voxel.append(i)
+    voxels = np.zeros((len(members), max_points, points.shape[1]), dtype=np.float32)
+    counts = np.zeros(len(members), dtype=np.int64)
+    for v, indices in enumerate(members.values()):
+        voxels[v, : len(indices)] = points[indices]
+        counts[v] = len(indices)
+    coords = np.array(list(members), dtype=np.int32).reshape(-1, 3)
+    return voxels, counts, coords
+
+
+def sweep_stack(ctx: Context, num_sweeps: int = 10) -> tuple[np.ndarray, int]:
+    """The [N, 5] sweep stack (key LiDAR frame, unfiltered) of the sample with the most sweeps, and its sweep count."""
+    from unikd.models.configs import NUSCENES_RANGE
+
+    dataset = make_dataset(ctx, ctx.eval_split, NUSCENES_RANGE, num_sweeps, use_camera=False, training=False)
+    info = dataset.infos[most_swept(dataset, 1)[0]]
+    return dataset.load_sweeps(info), 1 + min(len(info["sweeps"]), num_sweeps - 1)
+
+
+def bench_voxelize(ctx: Context, case: str) -> dict:
+    from unikd.models.configs import model_config
+    from unikd.ops.voxelize import voxelize
+
+    config = model_config("nuscenes", ("lidar",))
+    lidar = config["lidar"]
+    settings = (
+        lidar["voxel_size"],
+        config["point_cloud_range"],
+        lidar["max_points_per_voxel"],
+        lidar["max_voxels"],
+    )
+    stack, sweeps = sweep_stack(ctx)
+    points = torch.from_numpy(stack).to(ctx.device)
+    rng = np.random.default_rng(0)
+    subsample = np.sort(
+        rng.choice(len(stack), size=min(len(stack), ctx.repeats(30000, 10000)), replace=False)
+    )
+    sub_np = np.ascontiguousarray(stack[subsample])
+    sub_points = torch.from_numpy(sub_np).to(ctx.device)
+
+    memory = peak_memory(lambda: voxelize(points, *settings), ctx.device)
+    times = time_interleaved(
+        {
+            "ours": lambda: voxelize(points, *settings),
+            "ours_subsample": lambda: voxelize(sub_points, *settings),
+            "reference_subsample": lambda: reference_voxelize(sub_np, *settings),
+        },
+        repeats=ctx.repeats(5, 3),
+        device=ctx.device,
+    )
+    ours_s, ours_sub_s, ref_sub_s = (
+        median(times[k]) for k in ("ours", "ours_subsample", "reference_subsample")
+    )
+    scale = len(stack) / len(sub_np)
+    ref_scaled_s = ref_sub_s * scale
+
+    voxels, _, coords = voxelize(points, *settings)
+    _, _, ref_coords = reference_voxelize(sub_np, *settings)
+    _, _, sub_coords = voxelize(sub_points, *settings)
+    ours_keys = {tuple(c) for c in sub_coords.cpu().tolist()}
+    ref_keys = {tuple(c) for c in ref_coords.tolist()}
+    agreement = len(ours_keys & ref_keys) / max(len(ours_keys | ref_keys), 1)
+    return {
+        "ratio": ref_scaled_s / ours_s,
+        "ratio_meaning": "naive reference (scaled to N) / ours: speed-up",
+        "figures": {
+            "points": len(stack),
+            "sweeps": sweeps,
+            "voxels": int(voxels.shape[0]),
+            "ours_s": ours_s,
+            "reference_scaled_s": ref_scaled_s,
+            "reference_subsample_points": len(sub_np),
+            "reference_subsample_s": ref_sub_s,
+            "ours_subsample_s": ours_sub_s,
+            "subsample_speedup": ref_sub_s / ours_sub_s,
+            "subsample_voxel_agreement": agreement,
+            "ours_peak_bytes": memory["peak_bytes"],
+            "ours_peak_upper_bound": memory["upper_bound"],
+        },
+        "notes": [
+            "input: the 10-sweep stack of one sample of the dataset (key LiDAR frame); nuScenes settings "
+            "(0.075 x 0.075 x 0.2 m voxels, range [-54,-54,-5,54,54,3], 10 points/voxel, 120000 voxels)",
+            "reference: per-point Python loop accumulating a dict voxel -> point indices, then a per-voxel "
+            f"fill; timed on a random {len(sub_np)}-point subsample (input order kept) and scaled linearly "
+            f"by N/n = {scale:.2f} (an estimate: its cost is per point); the subsample ratio is exact",
+            "subsample_voxel_agreement: |voxel sets intersect| / |union| of ours and the reference on the "
+            "subsample (the reference floors in float64, ours in float32)",
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------ 2. data loading
+def bench_data_loading(ctx: Context, case: str) -> dict:
+    from torch.utils.data import DataLoader, Subset
+
+    from unikd.data.collate import collate_batch
+    from unikd.models.configs import model_config
+
+    use_camera = case == "lidar+camera"
+    config = model_config("nuscenes", ("lidar", "camera"))
+    dataset = make_dataset(
+        ctx,
+        ctx.eval_split,
+        config["point_cloud_range"],
+        num_sweeps=10,
+        use_camera=use_camera,
+        training=True,
+        image_aug=config["image_aug"] if use_camera else None,
+    )
+    count = min(len(dataset), ctx.repeats(32, 8) if not use_camera else ctx.repeats(24, 8))
+    subset = Subset(dataset, most_swept(dataset, count))
+    batch_size = 2
+
+    def one_pass(workers: int) -> Callable[[], object]:
+        def run() -> int:
+            loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, collate_fn=collate_batch)
+            return sum(len(batch["sample_token"]) for batch in loader)
+
+        return run
+
+    times = time_interleaved(
+        {"workers_0": one_pass(0), "workers_2": one_pass(2)},
+        repeats=ctx.repeats(2, 1),
+        device=torch.device("cpu"),
+    )
+    rate0, rate2 = (count / median(times[k]) for k in ("workers_0", "workers_2"))
+    sweeps = [1 + min(len(dataset.infos[i]["sweeps"]), 9) for i in subset.indices]
+    points = [len(dataset[i]["points"]) for i in subset.indices[:4]]
+    return {
+        "ratio": rate2 / rate0,
+        "ratio_meaning": "samples/s with 2 workers / with 0 workers",
+        "figures": {
+            "samples": count,
+            "batch_size": batch_size,
+            "workers_0_samples_per_sec": rate0,
+            "workers_2_samples_per_sec": rate2,
+            "mean_sweeps": float(np.mean(sweeps)),
+            "mean_points_in_range": float(np.mean(points)),
+        },
+        "notes": [
+            "training mode (BEV augmentation on), nuScenes range, num_sweeps 10"
+            + (
+                ", six 1600x900 JPEGs per sample through the nuScenes image_aug (256x704)"
+                if use_camera
+                else ""
+            ),
+            "a pass is a whole DataLoader pass over the samples, worker start included; median of passes after "
+            "one warm-up pass of each",
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------ 3/5. train steps
+def bench_train_step(ctx: Context, size: str, modalities: tuple[str, ...], repeats: int) -> dict:
+    from unikd.models.bevfusion import BEVFusion
+    from unikd.models.configs import model_config
+
+    torch.manual_seed(0)
+    model = BEVFusion(model_config(size, modalities)).to(ctx.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    num_sweeps = 10 if "lidar" in modalities else 1  # a camera model reads the key frame's points only
+    batch = to_device(training_batch(ctx, size, modalities, batch_size=1, num_sweeps=num_sweeps), ctx.device)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        outputs = model(batch)
+        sum(model.loss(outputs, batch).values()).backward()
+        optimizer.step()
+
+    # The memory runs are the warm-ups (forward first: a step's peak is the larger one).
+    forward_memory = peak_memory(forward, ctx.device)
+    step_memory = peak_memory(step, ctx.device)
+    times = time_interleaved({"forward": forward, "step": step}, repeats=repeats, device=ctx.device, warmup=0)
+    forward_s, step_s = median(times["forward"]), median(times["step"])
+    return {
+        "ratio": step_s / forward_s,
+        "ratio_meaning": "train step (forward + loss + backward + AdamW) / no-grad forward",
+        "figures": {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "points": int(batch["points"][0].shape[0]),
+            "step_s": step_s,
+            "forward_s": forward_s,
+            "step_peak_bytes": step_memory["peak_bytes"],
+            "step_peak_upper_bound": step_memory["upper_bound"],
+            "forward_peak_bytes": forward_memory["peak_bytes"],
+            "forward_peak_upper_bound": forward_memory["upper_bound"],
+            "repeats": repeats,
+        },
+        "notes": [
+            f"model_config({size!r}, {modalities}), batch 1 (the sample with the most sweeps, training "
+            "augmentation), model in train mode for both; step peak: the first step (AdamW state allocated)",
+        ],
+    }
+
+
+def bench_lidar_train_step(ctx: Context, case: str) -> dict:
+    repeats = 2 if case == "nuscenes" else ctx.repeats(5, 3)
+    result = bench_train_step(ctx, case, ("lidar",), repeats)
+    if case == "nuscenes":
+        result["notes"].append("1 warm-up (the memory run) + 2 repeats")
+    return result
+
+
+def bench_camera_train_step(ctx: Context, case: str) -> dict:
+    return bench_train_step(ctx, case, ("camera",), ctx.repeats(5, 3))
+
+
+# ------------------------------------------------------------------------------------ 4. bev_pool
+def reference_bev_pool(
+    features: np.ndarray, cells: np.ndarray, grad_out: np.ndarray, out: np.ndarray, grad: np.ndarray
+) -> None:
+    """Naive sum pooling and its backward: one Python step per point (out, grad written in place)."""
+    out.fill(0.0)
+    for p in range(len(cells)):
+        out[cells[p]] += features[p]
+    for p in range(len(cells)):
+        grad[p] = grad_out[cells[p]]
+
+
+def frustum_cells(ctx: Context, size: str) -> tuple[torch.Tensor, dict]:
+    """BEV cell index of every frustum point inside the splat grid, from one sample's camera matrices."""
+    from unikd.data.collate import collate_batch
+    from unikd.models.camera.lss import LSSViewTransform
+    from unikd.models.camera.resnet import STAGE_STRIDES
+    from unikd.models.configs import model_config
+
+    config = model_config(size, ("camera",))
+    camera = config["camera"]
+    stride = STAGE_STRIDES[camera["out_indices"][0]]
+    transform = LSSViewTransform(
+        in_channels=8,
+        context_channels=camera["context_channels"],
+        feature_stride=stride,
+        depth_bins=camera["depth_bins"],
+        point_cloud_range=config["point_cloud_range"],
+        bev_cell=camera["bev_cell"],
+        bev_downsample=camera["bev_downsample"],
+    )
+    dataset = make_dataset(
+        ctx,
+        ctx.eval_split,
+        config["point_cloud_range"],
+        1,
+        use_camera=True,
+        training=False,
+        image_aug=config["image_aug"],
+    )
+    batch = collate_batch([dataset[0]])
+    height, width = config["image_aug"].final_size
+    feature_size = (height // stride, width // stride)
+    _, cells = transform.geometry(
+        batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"], feature_size
+    )
+    grid = transform.splat_grid
+    frustum = (batch["imgs"].shape[1], transform.num_bins, *feature_size)
+    shape = {
+        "frustum": "x".join(str(n) for n in frustum),
+        "frustum_points": int(np.prod(frustum)),
+        "channels": camera["context_channels"],
+        "height": grid.height,
+        "width": grid.width,
+    }
+    return cells, shape
+
+
+def bench_bev_pool(ctx: Context, case: str) -> dict:
+    from unikd.ops.bev_pool import bev_pool
+
+    cells, shape = frustum_cells(ctx, case)
+    height, width, channels = shape["height"], shape["width"], shape["channels"]
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(len(cells), channels, generator=generator).to(ctx.device).requires_grad_(True)
+    grad_out = torch.randn(1, channels, height, width, generator=generator).to(ctx.device)
+    cells = cells.to(ctx.device)
+
+    def ours() -> None:
+        bev_pool(features, cells, 1, height, width).backward(grad_out)
+        features.grad = None
+
+    rng = np.random.default_rng(0)
+    n = min(len(cells), ctx.repeats(20000, 5000))
+    pick = np.sort(rng.choice(len(cells), size=n, replace=False))
+    sub_features = features.detach()[pick].cpu().numpy()
+    sub_cells = cells[pick].cpu().numpy()
+    flat_grad_out = grad_out[0].permute(1, 2, 0).reshape(-1, channels).cpu().numpy()
+    ref_out = np.zeros((height * width, channels), dtype=np.float32)
+    ref_grad = np.zeros_like(sub_features)
+
+    def reference() -> None:
+        reference_bev_pool(sub_features, sub_cells, flat_grad_out, ref_out, ref_grad)
+
+    sub_torch = torch.from_numpy(sub_features).to(ctx.device).requires_grad_(True)
+    sub_cells_torch = torch.from_numpy(sub_cells).to(ctx.device)
+
+    def ours_subsample() -> None:
+        bev_pool(sub_torch, sub_cells_torch, 1, height, width).backward(grad_out)
+        sub_torch.grad = None
+
+    memory = peak_memory(ours, ctx.device)
+    times = time_interleaved(
+        {"ours": ours, "ours_subsample": ours_subsample, "reference_subsample": reference},
+        repeats=ctx.repeats(5, 3),
+        device=ctx.device,
+    )
+    ours_s, ours_sub_s, ref_sub_s = (
+        median(times[k]) for k in ("ours", "ours_subsample", "reference_subsample")
+    )
+    scale = len(cells) / n
+    ref_scaled_s = ref_sub_s * scale
+
+    # The reference is the same sum and gather: check it on the subsample.
+    out = bev_pool(sub_torch, sub_cells_torch, 1, height, width)
+    out.backward(grad_out)
+    flat_out = out.detach()[0].permute(1, 2, 0).reshape(-1, channels).cpu().numpy()
+    matches = np.allclose(flat_out, ref_out, atol=1e-4) and np.allclose(
+        sub_torch.grad.cpu().numpy(), ref_grad
+    )
+    return {
+        "ratio": ref_scaled_s / ours_s,
+        "ratio_meaning": "naive reference (scaled to P) / ours, forward + backward: speed-up",
+        "figures": {
+            "frustum": shape["frustum"],
+            "points_in_grid": len(cells),
+            "channels": channels,
+            "grid": f"{height}x{width}",
+            "ours_s": ours_s,
+            "reference_scaled_s": ref_scaled_s,
+            "reference_subsample_points": n,
+            "reference_subsample_s": ref_sub_s,
+            "ours_subsample_s": ours_sub_s,
+            "subsample_speedup": ref_sub_s / ours_sub_s,
+            "reference_matches": bool(matches),
+            "ours_peak_bytes": memory["peak_bytes"],
+            "ours_peak_upper_bound": memory["upper_bound"],
+        },
+        "notes": [
+            f"points: the frustum ({shape['frustum']} = Ncam x depth bins x feature H x W) of one sample's "
+            "camera matrices, kept where inside the splat grid and z range; random normal features, batch 1",
+            f"reference: numpy, one Python step per point for the sum and one for the gradient gather "
+            f"(outputs preallocated); timed on a random {n}-point subsample and scaled linearly by "
+            f"P/n = {scale:.1f} (an estimate); the subsample ratio is exact",
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------ 6. metric
+def jittered_predictions(nusc: Any, eval_set: str, seed: int) -> tuple[list[dict], int]:
+    """Prediction records made from the devkit's ground truth: 85% of the boxes jittered, plus up
+    to 10 false positives per sample (copies of its boxes moved ~10 m), random scores. Returns the
+    records and the number of ground-truth boxes."""
+    from nuscenes.eval.common.loaders import load_gt
+    from nuscenes.eval.detection.data_classes import DetectionBox
+
+    from unikd.data.classes import CLASSES
+
+    gt = load_gt(nusc, eval_set, DetectionBox, verbose=False)
+    rng = np.random.default_rng(seed)
+    records = []
+    gt_boxes = 0
+    for token in gt.sample_tokens:
+        boxes = gt[token]
+        gt_boxes += len(boxes)
+        translation = np.array([b.translation for b in boxes], dtype=np.float64).reshape(-1, 3)
+        size = np.array([b.size for b in boxes], dtype=np.float64).reshape(-1, 3)
+        rotation = np.array([b.rotation for b in boxes], dtype=np.float64).reshape(-1, 4)
+        velocity = np.nan_to_num(np.array([b.velocity for b in boxes], dtype=np.float64).reshape(-1, 2))
+        label = np.array([CLASSES.index(b.detection_name) for b in boxes], dtype=np.int64)
+        keep = rng.random(len(boxes)) < 0.85
+        false = rng.integers(len(boxes), size=min(10, len(boxes)))
+        index = np.concatenate([np.nonzero(keep)[0], false])
+        n = len(index)
+        translation = translation[index] + rng.normal(0, 0.3, (n, 3))
+        translation[len(index) - len(false) :, :2] += rng.normal(0, 10.0, (len(false), 2))
+        half_yaw = rng.normal(0, 0.2, n) / 2
+        c, s = np.cos(half_yaw), np.sin(half_yaw)
+        w, x, y, z = rotation[index].T
+        rotation_out = np.stack([c * w - s * z, c * x - s * y, c * y + s * x, c * z + s * w], axis=1)
+        records.append(
+            {
+                "sample_token": token,
+                "translation": translation,
+                "size": size[index] * np.exp(rng.normal(0, 0.1, (n, 3))),
+                "rotation": rotation_out,
+                "velocity": velocity[index] + rng.normal(0, 0.5, (n, 2)),
+                "label": label[index],
+                "score": rng.uniform(0.05, 1.0, n),
+            }
+        )
+    return records, gt_boxes
+
+
+def metric_set(root: Path, version: str, eval_set: str, seed: int) -> dict:
+    from nuscenes import NuScenes
+
+    nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
+    records, gt_boxes = jittered_predictions(nusc, eval_set, seed)
+    return {
+        "root": root,
+        "version": version,
+        "eval_set": eval_set,
+        "records": records,
+        "samples": len(records),
+        "gt_boxes": gt_boxes,
+        "predicted_boxes": sum(len(r["score"]) for r in records),
+    }
+
+
+def run_metric(data: dict, repeats: int) -> dict:
+    from unikd.evaluation.benchmark import benchmark_metric
+
+    runs = [
+        benchmark_metric(data["root"], data["version"], data["eval_set"], data["records"])
+        for _ in range(repeats)
+    ]
+    return {
+        "samples": data["samples"],
+        "gt_boxes_per_sample": data["gt_boxes"] / data["samples"],
+        "predicted_boxes_per_sample": data["predicted_boxes"] / data["samples"],
+        "ours_s": median([r["ours_s"] for r in runs]),
+        "devkit_s": median([r["devkit_s"] for r in runs]),
+        "max_abs_diff": max(r["max_abs_diff"] for r in runs),
+    }
+
+
+def bench_metric(ctx: Context, case: str) -> dict:
+    from unikd.data.synthetic import generate_synthetic_nuscenes
+
+    base = metric_set(ctx.data_root, ctx.require_version(), ctx.eval_split, seed=0)
+    run_metric(base, repeats=1)  # warm-up
+    small = run_metric(base, repeats=ctx.repeats(2, 1))
+    figures: dict[str, Any] = {
+        f"{key}@{small['samples']}": value for key, value in small.items() if key != "samples"
+    }
+    notes = [
+        "unikd.evaluation.benchmark.benchmark_metric: ours = load the prepared ground truth + update + "
+        "compute; devkit = write the submission JSON + DetectionEval + evaluate; NuScenes object and "
+        "ground-truth preparation untimed",
+        "predictions: the devkit's ground truth, 85% of boxes kept and jittered (0.3 m, 10% size, 0.2 rad, "
+        "0.5 m/s), up to 10 false positives per sample, random scores",
+        f"{small['samples']}-sample set: one warm-up call, then the median of {ctx.repeats(2, 1)}",
+    ]
+    result: dict[str, Any] = {
+        "ratio": small["devkit_s"] / small["ours_s"],
+        "ratio_meaning": f"devkit DetectionEval / ours at {small['samples']} samples: speed-up",
+        "figures": figures,
+        "notes": notes,
+    }
+    if not ctx.synthetic or ctx.quick:
+        notes.append("larger set: not built (" + ("--quick" if ctx.quick else "--data_root given") + ")")
+        return result
+
+    scenes = min(METRIC_MAX_VAL_SCENES, math.ceil(ctx.metric_samples / METRIC_KEYFRAMES_PER_SCENE))
+    with tempfile.TemporaryDirectory(prefix="unikd-bench-metric-") as tmp:
+        root = Path(tmp) / "nuscenes"
+        start = time.perf_counter()
+        generate_synthetic_nuscenes(
+            root,
+            "v1.0-trainval",
+            seed=1,
+            train_scenes=0,
+            val_scenes=scenes,
+            keyframes_per_scene=METRIC_KEYFRAMES_PER_SCENE,
+            sweeps_per_keyframe=0,
+            objects_per_scene=SYNTHETIC["objects_per_scene"],
+            workers=2,
+        )
+        build_s = time.perf_counter() - start
+        large = run_metric(metric_set(root, "v1.0-trainval", "val", seed=1), repeats=1)
+    n = large["samples"]
+    figures.update({f"{key}@{n}": value for key, value in large.items() if key != "samples"})
+    figures[f"build_s@{n}"] = build_s
+    figures[f"ratio@{n}"] = large["devkit_s"] / large["ours_s"]
+    figures["ours_time_growth"] = large["ours_s"] / small["ours_s"]
+    figures["devkit_time_growth"] = large["devkit_s"] / small["devkit_s"]
+    figures["sample_growth"] = n / small["samples"]
+    notes.append(
+        f"{n}-sample set: synthetic v1.0-trainval, {scenes} val scenes x {METRIC_KEYFRAMES_PER_SCENE} key "
+        f"frames, built in a temporary folder ({build_s:.0f} s, untimed otherwise), one call; 5,000+ "
+        "samples take too long to build for a default run (--metric_samples N builds more)"
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------------ 7. distillation
+def bench_distill_step(ctx: Context, case: str) -> dict:
+    import unikd.exps.distill_exp as distill_exp
+
+    if not hasattr(distill_exp, "benchmark_distill_step"):
+        return {"skipped": "unikd.exps.distill_exp has no benchmark_distill_step yet"}
+    exp_class = distill_exp.load_exp_class(REPO / "exps" / "nuscenes" / "BEVFusion" / DISTILL_PAIRS[case])
+    torch.manual_seed(0)
+    exp = exp_class(
+        batch_size_per_device=1,
+        data_root=str(ctx.data_root),
+        exp_options={
+            "model_size": "small",
+            "teacher_model_size": "small",
+            "version": ctx.require_version(),
+            "allow_random_teacher": True,
+        },
+    ).to(ctx.device)
+    repeats = ctx.repeats(3, 2)
+    result: dict[str, float] = {}
+
+    def call() -> None:
+        result.update(distill_exp.benchmark_distill_step(exp, repeats=repeats))
+
+    memory = peak_memory(call, ctx.device)
+    return {
+        "ratio": result["ratio"],
+        "ratio_meaning": "distill step / (student step + teacher no-grad forward)",
+        "figures": {
+            "distill_s": result["distill_s"],
+            "student_s": result["student_s"],
+            "teacher_s": result["teacher_s"],
+            "distill_peak_bytes": result["distill_peak_bytes"],
+            "student_peak_bytes": result["student_peak_bytes"],
+            "call_peak_bytes": memory["peak_bytes"],
+            "call_peak_upper_bound": memory["upper_bound"],
+        },
+        "notes": [
+            f"{exp_class.__name__} with student and teacher at the small size (random teacher), batch 1 of "
+            f"the train split; unikd.exps.distill_exp.benchmark_distill_step(repeats={repeats}): steps are "
+            "forward + losses + backward (no optimizer), median after a warm-up",
+            "distill/student_peak_bytes: that function's peaks (on CPU: running sum of the torch profiler's "
+            "allocations and frees); call_peak_bytes: this script's measure around the whole call",
+        ],
+    }
+
+
+ENTRIES: dict[str, Entry] = {
+    "voxelize": Entry(bench_voxelize, lambda quick: ["nuscenes"], True, "unikd.ops.voxelize.voxelize"),
+    "data_loading": Entry(
+        bench_data_loading, lambda quick: ["lidar", "lidar+camera"], True, "dataset + DataLoader + collate"
+    ),
+    "lidar_train_step": Entry(
+        bench_lidar_train_step,
+        lambda quick: ["small"] if quick else ["small", "nuscenes"],
+        True,
+        "BEVFusion LiDAR training step",
+    ),
+    "bev_pool": Entry(
+        bench_bev_pool, lambda quick: ["small", "nuscenes"], True, "unikd.ops.bev_pool.bev_pool"
+    ),
+    "camera_train_step": Entry(
+        bench_camera_train_step, lambda quick: ["small"], True, "BEVFusion camera training step"
+    ),
+    "metric": Entry(bench_metric, lambda quick: ["synthetic"], True, "nuScenes metric: ours vs the devkit"),
+    "distill_step": Entry(
+        bench_distill_step,
+        lambda quick: ["camera_from_lidar"] if quick else list(DISTILL_PAIRS),
+        True,
+        "distillation training step",
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------ reporting
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "load_average": os.getloadavg(),
+    }
+    try:
+        from importlib.metadata import distributions
+
+        info["spconv"] = [
+            f"{d.metadata['Name']} {d.version}" for d in distributions() if "spconv" in d.metadata["Name"]
+        ]
+    except Exception:  # noqa: BLE001 - information only
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def format_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if key.endswith("_bytes") or "_bytes@" in key:
+        return f"{value / MIB:.1f} MiB"
+    if key.endswith("_s") or "_s@" in key:
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def format_figures(figures: dict[str, Any]) -> str:
+    """`key=value` pairs; a peak marked as an upper bound gets '<='."""
+    parts = []
+    for key, value in figures.items():
+        if key.endswith("_upper_bound"):
+            continue
+        bound = figures.get(key.removesuffix("_bytes") + "_upper_bound", False)
+        parts.append(f"{key}={'<=' if bound else ''}{format_value(key, value)}")
+    return ", ".join(parts)
+
+
+def print_case(name: str, case: str, result: dict) -> None:
+    label = f"[{name}/{case}]"
+    if "skipped" in result or "error" in result:
+        print(
+            f"{label} {'SKIPPED' if 'skipped' in result else 'ERROR'}: {result.get('skipped') or result.get('error')}"
+        )
+        return
+    print(f"{label} ratio {result['ratio']:.3g} ({result['ratio_meaning']})")
+    print(f"{label} {format_figures(result['figures'])}")
+    for note in result.get("notes", []):
+        print(f"{label}   - {note}")
+    load = ", ".join(f"{x:.2f}" for x in result["load_average_before"])
+    print(f"{label} load average before: {load}; case wall time {result['wall_s']:.1f} s")
+
+
+def summary_table(results: list[dict]) -> str:
+    lines = ["| entry | case | ratio | ratio is | absolute figures |", "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        if "ratio" not in r:
+            reason = r.get("skipped") or r.get("error")
+            lines.append(
+                f"| {r['entry']} | {r['case']} | - | {'skipped' if 'skipped' in r else 'error'}: {reason} | |"
+            )
+            continue
+        lines.append(
+            f"| {r['entry']} | {r['case']} | {r['ratio']:.3g} | {r['ratio_meaning']} | {format_figures(r['figures'])} |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ running
+def resolve_version(data_root: Path, version: str | None) -> str:
+    if version is not None:
+        return version
+    for candidate in ("v1.0-trainval", "v1.0-mini"):
+        if (data_root / candidate).is_dir():
+            return candidate
+    raise FileNotFoundError(f"{data_root} holds neither v1.0-trainval/ nor v1.0-mini/; pass --version")
+
+
+def build_synthetic(root: Path, quick: bool) -> float:
+    from unikd.data.synthetic import generate_synthetic_nuscenes
+
+    settings = SYNTHETIC_QUICK if quick else SYNTHETIC
+    start = time.perf_counter()
+    generate_synthetic_nuscenes(root, **settings, workers=2)
+    return time.perf_counter() - start
+
+
+def run_case(
+    args: argparse.Namespace,
+    name: str,
+    case: str,
+    data_root: Path | None,
+    version: str | None,
+    synthetic: bool,
+    tmp: Path,
+) -> dict:
+    """Run one case in a fresh interpreter and read back its result."""
+    result_path = tmp / f"{name}-{case}.json".replace("+", "_")
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_child",
+        f"{name}:{case}",
+        "--_result",
+        str(result_path),
+        "--device",
+        args.device,
+        "--metric_samples",
+        str(args.metric_samples),
+    ]
+    if args.quick:
+        command.append("--quick")
+    if args.threads is not None:
+        command += ["--threads", str(args.threads)]
+    if data_root is not None:
+        command += ["--data_root", str(data_root), "--version", str(version)]
+    if synthetic:
+        command.append("--_synthetic")
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    completed = subprocess.run(command, check=False)
+    wall_s = time.perf_counter() - start
+    if completed.returncode != 0 or not result_path.is_file():
+        result: dict = {
+            "error": f"the case's process exited with code {completed.returncode} (its output is above)"
+        }
+    else:
+        result = json.loads(result_path.read_text())
+    result.update(
+        {
+            "entry": name,
+            "case": case,
+            "wall_s": wall_s,
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+        }
+    )
+    return result
+
+
+def run_child(args: argparse.Namespace) -> None:
+    name, case = args._child.split(":", 1)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ctx = Context(
+        device=torch.device(args.device),
+        quick=args.quick,
+        data_root=Path(args.data_root) if args.data_root else None,
+        version=args.version,
+        synthetic=args._synthetic,
+        metric_samples=args.metric_samples,
+    )
+    result = ENTRIES[name].run(ctx, case)
+    Path(args._result).write_text(json.dumps(result, indent=1, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=sorted(ENTRIES), help="entries to run (default: all)")
+    parser.add_argument(
+        "--data_root", help="nuScenes root (default: build a small synthetic one in a temp folder)"
+    )
+    parser.add_argument("--version", default=None, help="nuScenes version under --data_root (default: auto)")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats, smaller sets, no nuScenes-size train step"
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--json", help="also write every result to this JSON file")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads in every case (default: torch's default); on a shared, loaded machine "
+        "1 avoids measuring OpenMP threads waiting for each other",
+    )
+    parser.add_argument(
+        "--metric_samples",
+        type=int,
+        default=320,
+        help="samples of the metric's larger synthetic set (built by the run; default 320, nuScenes val: 6019)",
+    )
+    parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_result", help=argparse.SUPPRESS)
+    parser.add_argument("--_synthetic", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args._child:
+        run_child(args)
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available")
+    names = args.only or list(ENTRIES)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    command = "python tools/benchmark.py " + " ".join(sys.argv[1:])
+    machine = machine_info(torch.device(args.device))
+    print(f"command: {command.strip()}")
+    for key, value in machine.items():
+        print(f"{key}: {value}")
+    start = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="unikd-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        data_root = Path(args.data_root) if args.data_root else None
+        version = resolve_version(data_root, args.version) if data_root else None
+        synthetic = False
+        if data_root is None and any(ENTRIES[name].needs_data for name in names):
+            data_root, version, synthetic = tmp / "nuscenes", SYNTHETIC["version"], True
+            settings = SYNTHETIC_QUICK if args.quick else SYNTHETIC
+            print(f"building the synthetic dataset ({settings}) in {data_root} ...", flush=True)
+            build_s = build_synthetic(data_root, args.quick)
+            print(f"synthetic dataset built in {build_s:.1f} s", flush=True)
+            machine["synthetic_dataset"] = {**settings, "build_s": round(build_s, 1)}
+        for name in names:
+            for case in ENTRIES[name].cases(args.quick):
+                print(f"--- {name}/{case}", flush=True)
+                result = run_case(args, name, case, data_root, version, synthetic, tmp)
+                print_case(name, case, result)
+                results.append(result)
+    machine["load_average_end"] = os.getloadavg()
+    machine["total_s"] = round(time.perf_counter() - start, 1)
+    print()
+    print(summary_table(results))
+    print(f"\ntotal {machine['total_s']:.0f} s; load average at the end: {machine['load_average_end']}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {"command": command.strip(), "machine": machine, "results": results}, indent=1, default=str
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
