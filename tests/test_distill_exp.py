@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, detector_shapes, voxel_grid
@@ -293,13 +294,13 @@ class TeacherModeProbe(pl.Callback):
 
 
 def tiny_trainer(tmp_path: Path, max_steps: int, **kwargs) -> pl.Trainer:
+    kwargs.setdefault("enable_checkpointing", False)
     return pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_steps=max_steps,
         default_root_dir=str(tmp_path),
         logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -316,7 +317,10 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
     teacher_before = {k: v.clone() for k, v in exp.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in exp.model.state_dict().items()}
     probe = TeacherModeProbe()
-    trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0, callbacks=[probe])
+    saver = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2, save_top_k=-1)
+    trainer = tiny_trainer(
+        tmp_path, max_steps=3, limit_val_batches=0, callbacks=[probe, saver], enable_checkpointing=True
+    )
     trainer.fit(exp)
     assert trainer.global_step == 3 and probe.teacher_modes == [False, False, False]
     for key, value in exp.teacher.state_dict().items():  # parameters and BatchNorm statistics
@@ -340,17 +344,18 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
     tiny_trainer(tmp_path, max_steps=1, limit_val_batches=2).validate(student, ckpt_path=str(ckpt))
     assert math.isfinite(student.last_metrics["nd_score"])
 
-    # A distillation run resumes from it: student, distiller (adapters, projectors, queue) and optimizer.
+    # A distillation run resumes: student, distiller (adapters, projectors, queue) and optimizer.
     resumed = make_distill_exp(LIDARSMALL, synthetic_root)
     resumed.on_load_checkpoint(checkpoint)
     resumed.load_state_dict(checkpoint["state_dict"])
     for key, value in exp.distiller.state_dict().items():
         assert torch.equal(resumed.distiller.state_dict()[key], value), key
-    trainer = tiny_trainer(tmp_path, max_steps=4, limit_val_batches=0)
-    trainer.fit(make_distill_exp(LIDARSMALL, synthetic_root), ckpt_path=str(ckpt))
-    assert trainer.global_step == 4
     with pytest.raises(KeyError, match=DISTILLER_STATE_KEY):
         resumed.on_load_checkpoint({"state_dict": checkpoint["state_dict"]})
+    (step2,) = (tmp_path / "checkpoints").glob("*step=2.ckpt")
+    trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer.fit(make_distill_exp(LIDARSMALL, synthetic_root), ckpt_path=str(step2))
+    assert trainer.global_step == 3
 
     # The distilled small LiDAR student is a valid small LiDAR teacher checkpoint (Lightning format).
     teacher_from_ckpt = make_distill_exp(LIDARSMALL, teacher_ckpt=str(ckpt))
