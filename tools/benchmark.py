@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -53,6 +53,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from unikd.data.infos import SPLITS_BY_VERSION  # noqa: E402
+
+if TYPE_CHECKING:
+    from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 
 MIB = 1024 * 1024
 
@@ -94,10 +97,6 @@ class Context:
 
     def repeats(self, default: int, quick: int) -> int:
         return quick if self.quick else default
-
-    @property
-    def train_split(self) -> str:
-        return SPLITS_BY_VERSION[self.require_version()][0]
 
     @property
     def eval_split(self) -> str:
@@ -217,7 +216,7 @@ def make_dataset(
     use_camera: bool,
     training: bool,
     image_aug: Any = None,
-):
+) -> NuScenesDetectionDataset:
     from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
     from unikd.data.transforms import BEVAugConfig
 
@@ -235,7 +234,7 @@ def make_dataset(
     )
 
 
-def most_swept(dataset, count: int) -> list[int]:
+def most_swept(dataset: NuScenesDetectionDataset, count: int) -> list[int]:
     """Indices of the `count` samples with the most sweeps (ties: the first ones)."""
     order = sorted(range(len(dataset)), key=lambda i: -len(dataset.infos[i]["sweeps"]))
     return order[:count]
@@ -880,6 +879,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "load_average": os.getloadavg(),
+        "peak_memory": memory_method(device),
     }
     try:
         from importlib.metadata import distributions
@@ -1100,7 +1100,7 @@ def main() -> None:
             machine["synthetic_dataset"] = {**settings, "build_s": round(build_s, 1)}
         for name in names:
             for case in ENTRIES[name].cases(args.quick):
-                print(f"--- {name}/{case}", flush=True)
+                print(f"--- {name}/{case}: {ENTRIES[name].description}", flush=True)
                 result = run_case(args, name, case, data_root, version, synthetic, tmp)
                 print_case(name, case, result)
                 results.append(result)

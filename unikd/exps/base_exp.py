@@ -33,6 +33,14 @@ def prediction_records(detections: list[dict], batch: dict) -> list[dict]:
     return records
 
 
+def one_cycle_factor(step: int, total_steps: int, warmup: float = 0.4, start: float = 0.1, end: float = 1e-3) -> float:
+    """Learning-rate factor: cosine rise from `start` to 1 over the warmup fraction, cosine fall to `end`."""
+    progress = min(step / total_steps, 1.0)
+    if progress < warmup:
+        return start + (1 - start) * (1 - math.cos(math.pi * progress / warmup)) / 2
+    return end + (1 - end) * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))) / 2
+
+
 class UnpaddedDistributedSampler(DistributedSampler):
     """Evaluation shards without the padding duplicates, so every sample is evaluated once."""
 
@@ -178,12 +186,10 @@ class BaseExp(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # The length is read from the trainer at every (re)start and is not saved with the scheduler,
+        # so a run resumed with a larger --max_epochs stretches the schedule instead of failing.
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        if not math.isfinite(total_steps):
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.lr, total_steps=total_steps, pct_start=0.4, div_factor=10, final_div_factor=100
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def trainable_parameters(self):

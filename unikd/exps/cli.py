@@ -87,6 +87,8 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
         parser.error("-e/-p need --ckpt_path (or --allow_untrained to evaluate random weights)")
     if args.ckpt_path and not Path(args.ckpt_path).is_file():
         parser.error(f"--ckpt_path {args.ckpt_path} does not exist")
+    if args.ckpt_path:  # resolve `latest/...` now: this run re-points `latest` at itself
+        args.ckpt_path = str(Path(args.ckpt_path).resolve())
 
     pl.seed_everything(args.seed, workers=True)
     options = parse_options(args.exp_options)

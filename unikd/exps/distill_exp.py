@@ -43,6 +43,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch import nn
 
 from unikd.data.collate import collate_batch
+from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
 from unikd.distill.recorder import FeatureRecorder
 from unikd.exps.base_exp import BaseExp
@@ -149,7 +150,7 @@ class DistillExp(BaseExp):
         self.teacher.eval()
         return self
 
-    def dataset(self, split: str, training: bool):
+    def dataset(self, split: str, training: bool) -> NuScenesDetectionDataset:
         """The student's dataset; training batches also carry the images a camera teacher needs."""
         dataset = super().dataset(split, training)
         if training and "camera" in self.teacher_exp_class.modalities:
@@ -206,16 +207,20 @@ class DistillExp(BaseExp):
 
 
 # --------------------------------------------------------------------------------- benchmark
-def _median_seconds(step: Callable[[], None], repeats: int) -> float:
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _timed_rounds(
+    steps: Mapping[str, Callable[[], None]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each step over `repeats` rounds (steps interleaved, so load changes hit all alike) after a warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(repeats + 1):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if round_index > 0:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def _peak_bytes(step: Callable[[], None], device: torch.device) -> int:
@@ -246,10 +251,10 @@ def _peak_bytes(step: Callable[[], None], device: torch.device) -> int:
 def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: int = 3) -> dict[str, float]:
     """Cost of one distillation training step against the student step plus the teacher's forward.
 
-    A step is forward, losses and backward (no optimizer update), timed as the median of `repeats`
-    after a warm-up, on the first training samples when `batch` is None. Returns the seconds of each
-    part, `ratio` = distill / (student + teacher) and the peak memory (bytes) of the distillation and
-    student steps: CUDA's max_memory_allocated above the start, or on CPU the peak of the running
+    A step is forward, losses and backward (no optimizer update), on the first training samples when
+    `batch` is None. The three parts run interleaved for `repeats` rounds after a warm-up round.
+    Returns the median seconds of each part, `ratio` = the median over rounds of
+    distill / (student + teacher), and the peak memory (bytes) of the distillation and student steps: CUDA's max_memory_allocated above the start, or on CPU the peak of the running
     sum of tensor allocations and frees recorded by the torch profiler during the step.
     """
     if batch is None:
@@ -270,10 +275,13 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
         with torch.no_grad():
             exp.teacher(batch)
 
-    steps = {"distill": distill_step, "student": student_step, "teacher": teacher_forward}
-    seconds = {name: _median_seconds(step, repeats) for name, step in steps.items()}
-    result = {f"{name}_s": value for name, value in seconds.items()}
-    result["ratio"] = seconds["distill"] / (seconds["student"] + seconds["teacher"])
+    times = _timed_rounds(
+        {"distill": distill_step, "student": student_step, "teacher": teacher_forward}, repeats, exp.device
+    )
+    result = {f"{name}_s": statistics.median(values) for name, values in times.items()}
+    result["ratio"] = statistics.median(
+        d / (s + t) for d, s, t in zip(times["distill"], times["student"], times["teacher"], strict=True)
+    )
     result["distill_peak_bytes"] = _peak_bytes(distill_step, exp.device)
     result["student_peak_bytes"] = _peak_bytes(student_step, exp.device)
     exp.zero_grad(set_to_none=True)
