@@ -10,13 +10,7 @@ from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.detection.data_classes import DetectionConfig
 from nuscenes.eval.detection.evaluate import DetectionEval
 
-
-def load_nuscenes(source: NuScenes | tuple[str, str], verbose: bool = False) -> NuScenes:
-    """A NuScenes object as given, or built from (version, dataroot)."""
-    if isinstance(source, NuScenes):
-        return source
-    version, dataroot = source
-    return NuScenes(version=version, dataroot=str(dataroot), verbose=verbose)
+from unikd.data.infos import load_nuscenes
 
 
 def evaluate_with_devkit(
@@ -31,8 +25,11 @@ def evaluate_with_devkit(
 
     The devkit also writes metrics_summary.json and metrics_details.json into output_dir.
     """
+    if not isinstance(source, NuScenes):
+        version, dataroot = source
+        source = load_nuscenes(dataroot, version)
     evaluation = DetectionEval(
-        load_nuscenes(source, verbose),
+        source,
         config=config_factory(config) if isinstance(config, str) else config,
         result_path=str(submission_path),
         eval_set=eval_set,

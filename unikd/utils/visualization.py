@@ -5,24 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from unikd.data.classes import CLASSES
-
-
-def box_corners_xy(boxes: np.ndarray) -> np.ndarray:
-    """[M, 4, 2] BEV corners of [M, >=7] boxes: front-left, rear-left, rear-right, front-right."""
-    cos, sin = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])
-    half_l, half_w = boxes[:, 3] / 2, boxes[:, 4] / 2
-    local = np.stack(
-        [np.stack([half_l, half_w], 1), np.stack([-half_l, half_w], 1), np.stack([-half_l, -half_w], 1), np.stack([half_l, -half_w], 1)],
-        axis=1,
-    )
-    rotation = np.stack([np.stack([cos, -sin], 1), np.stack([sin, cos], 1)], axis=1)  # [M, 2, 2]
-    return np.einsum("mij,mkj->mki", rotation, local) + boxes[:, None, :2]
+from unikd.ops.boxes import bev_corners
 
 
 def draw_boxes(ax, boxes: np.ndarray, color: str, linewidth: float = 1.0) -> None:
-    for corners, box in zip(box_corners_xy(boxes), boxes, strict=True):
+    corners_of_boxes = bev_corners(torch.from_numpy(boxes)).numpy()  # front-left, rear-left, rear-right, front-right
+    for corners, box in zip(corners_of_boxes, boxes, strict=True):
         closed = np.vstack([corners, corners[:1]])
         ax.plot(closed[:, 0], closed[:, 1], color=color, linewidth=linewidth)
         front = (corners[0] + corners[3]) / 2  # heading tick from the centre to the front edge
