@@ -20,10 +20,10 @@ from unikd.distill.losses import (
     RelationDistillLoss,
     ResponseDistillLoss,
     crd_nce_loss,
-    gaussian_box_mask,
     info_nce,
 )
 from unikd.distill.losses.infonce import pool_sparse
+from unikd.models.heads import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.gaussian import gaussian_radius
 
@@ -123,13 +123,13 @@ def test_relation_loss_matches_naive_loop():
 
 
 def test_gaussian_mask_lights_the_right_cell():
-    mask = gaussian_box_mask(BOXES, GRID)
+    mask = gaussian_gt_mask(BOXES, GRID)
     # box (2.3, 5.1): col floor(10.3) = 10, row floor(9.1 / 1.333) = 6
     assert mask[0, 6, 10] == 1.0 and mask[0, 10, 6] < 1.0
     assert torch.allclose(mask, naive_mask(BOXES, 12, 16), atol=1e-6)
     large = [torch.tensor([[1.1, 3.9, 0.0, 10.0, 6.0, 2.0, 0.3, 0.0, 0.0]])]  # 20 x 9 cells: radius 3 > min 2
     assert torch.allclose(
-        gaussian_box_mask(large, GRID.resized(24, 32)), naive_mask(large, 24, 32), atol=1e-6
+        gaussian_gt_mask(large, GRID.resized(24, 32)), naive_mask(large, 24, 32), atol=1e-6
     )
 
 

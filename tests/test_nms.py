@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from unikd.ops.boxes import bev_corners, bev_keypoints
+from unikd.ops.boxes import bev_corners
 from unikd.ops.nms import circle_nms
 
 
@@ -58,23 +58,3 @@ def test_bev_corners_order_and_rotation() -> None:
     box = torch.tensor([[10.0, -5.0, 0.0, 4.0, 2.0, 1.5, math.pi / 2, 0.0, 0.0]])
     expected = torch.tensor([[[9.0, -3.0], [9.0, -7.0], [11.0, -7.0], [11.0, -3.0]]])
     torch.testing.assert_close(bev_corners(box), expected, atol=1e-5, rtol=0)
-
-
-def test_bev_keypoints() -> None:
-    box = torch.tensor([[1.0, 2.0, 0.0, 4.0, 2.0, 1.5, 0.0, 0.0, 0.0]])
-    expected = torch.tensor(
-        [
-            [
-                [1.0, 2.0],
-                [3.0, 3.0],
-                [-1.0, 3.0],
-                [-1.0, 1.0],
-                [3.0, 1.0],
-                [1.0, 3.0],
-                [-1.0, 2.0],
-                [1.0, 1.0],
-                [3.0, 2.0],
-            ]
-        ]
-    )
-    torch.testing.assert_close(bev_keypoints(box), expected)

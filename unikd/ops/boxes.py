@@ -18,11 +18,3 @@ def bev_corners(boxes: torch.Tensor) -> torch.Tensor:
     x = boxes[:, 0:1] + cos * local_x - sin * local_y
     y = boxes[:, 1:2] + sin * local_x + cos * local_y
     return torch.stack([x, y], dim=-1)
-
-
-def bev_keypoints(boxes: torch.Tensor) -> torch.Tensor:
-    """The 9 BEV key points [M, 9, 2] of boxes [M, >=7]: centre, the 4 `bev_corners`, then the
-    4 edge midpoints (left, rear, right, front: between consecutive corners)."""
-    corners = bev_corners(boxes)
-    midpoints = (corners + corners.roll(-1, dims=1)) / 2
-    return torch.cat([boxes[:, None, 0:2], corners, midpoints], dim=1)

@@ -10,7 +10,6 @@ from unikd.distill.losses.masked import (
     GaussianMaskedFeatureLoss,
     LearnedMaskDistillLoss,
     MaskGenerator,
-    gaussian_box_mask,
 )
 from unikd.distill.losses.projector import Projector
 from unikd.distill.losses.relation import RelationDistillLoss
@@ -32,6 +31,5 @@ __all__ = [
     "ResponseDistillLoss",
     "attention_map",
     "crd_nce_loss",
-    "gaussian_box_mask",
     "info_nce",
 ]

@@ -24,36 +24,8 @@ import torch
 from torch import nn
 
 from unikd.distill.adapters import build_adapter
+from unikd.models.heads.center_targets import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
-from unikd.ops.gaussian import draw_gaussian, gaussian_radius
-
-
-def gaussian_box_mask(
-    gt_boxes: Sequence[torch.Tensor],
-    grid: BEVGrid,
-    min_overlap: float = 0.7,
-    min_radius: int = 2,
-    device: torch.device | None = None,
-) -> torch.Tensor:
-    """Class-agnostic Gaussian GT mask [B, grid.height, grid.width], peak 1 at each box centre.
-
-    As CenterPoint's heatmap targets: the centre cell is (col, row) = floor of the centre's cell
-    coordinates (col from x, row from y); radius = max(min_radius, int(gaussian_radius(l / cell_x,
-    w / cell_y, min_overlap))) in cells (min_radius 2 as CenterHead); sigma = (2r+1)/6; boxes
-    combine by max. Boxes whose centre lies outside the grid are skipped. The mask lives on
-    `device` (default: the boxes' device).
-    """
-    device = device or (gt_boxes[0].device if len(gt_boxes) else None)
-    mask = torch.zeros(len(gt_boxes), grid.height, grid.width, device=device)
-    for b, boxes in enumerate(gt_boxes):
-        cells = grid.metric_to_cell(boxes[:, :2]).floor().long().tolist()
-        sizes = boxes[:, 3:5].tolist()
-        for (col, row), (length, width) in zip(cells, sizes, strict=True):
-            if not (0 <= col < grid.width and 0 <= row < grid.height):
-                continue
-            radius = gaussian_radius(length / grid.cell_x, width / grid.cell_y, min_overlap)
-            draw_gaussian(mask[b], col, row, max(min_radius, int(radius)))
-    return mask
 
 
 class GaussianMaskedFeatureLoss(nn.Module):
@@ -74,8 +46,8 @@ class GaussianMaskedFeatureLoss(nn.Module):
         if student.shape != teacher.shape:
             raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
         height, width = student.shape[-2:]
-        mask = gaussian_box_mask(
-            gt_boxes, grid.resized(height, width), self.min_overlap, self.min_radius, student.device
+        mask = gaussian_gt_mask(
+            [boxes.to(student.device) for boxes in gt_boxes], grid.resized(height, width), self.min_overlap, self.min_radius
         )
         error = (student - teacher.detach()).pow(2).mean(dim=1)
         return (mask * error).sum() / (mask.sum() + 1e-4)

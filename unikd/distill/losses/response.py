@@ -2,7 +2,7 @@
 
 With P = max over all classes (all tasks) of sigmoid(heatmap_logit / T), T = 2 for both networks,
 R = the regression maps of all tasks concatenated (reg, height, dim, rot, vel; 10 per task) and
-M = `gaussian_box_mask` (min_overlap 0.7, min_radius 2) at the head's resolution:
+M = `gaussian_gt_mask` (unikd.models.heads) (min_overlap 0.7, min_radius 2) at the head's resolution:
 
     L_cls = sum_{b,h,w} M |P_T - P_S| / (sum M + 1e-4)
     L_reg = sum_{b,h,w} M mean_c |R_T - R_S|_c / (sum M + 1e-4)
@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from unikd.distill.losses.masked import gaussian_box_mask
+from unikd.models.heads.center_targets import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
 
 REGRESSION_KEYS = ("reg", "height", "dim", "rot", "vel")
@@ -59,8 +59,8 @@ class ResponseDistillLoss(nn.Module):
                 f"regression {tuple(reg_s.shape)} vs {tuple(reg_t.shape)}"
             )
         height, width = heat_s.shape[-2:]
-        mask = gaussian_box_mask(
-            gt_boxes, grid.resized(height, width), self.min_overlap, self.min_radius, heat_s.device
+        mask = gaussian_gt_mask(
+            [boxes.to(heat_s.device) for boxes in gt_boxes], grid.resized(height, width), self.min_overlap, self.min_radius
         ).to(heat_s.dtype)
         normalizer = mask.sum() + 1e-4
         cls = (mask * (heat_s - heat_t).abs()).sum() / normalizer
