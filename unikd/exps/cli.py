@@ -126,7 +126,14 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
         default_root_dir=str(run_dir),
         logger=[TensorBoardLogger(str(run_dir), name="tensorboard"), CSVLogger(str(run_dir), name="csv")],
         callbacks=[
-            ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=-1, every_n_epochs=1),
+            # every epoch, whether or not it validates, so that a crash loses at most one epoch
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"),
+                save_last=True,
+                save_top_k=-1,
+                every_n_epochs=1,
+                save_on_train_epoch_end=True,
+            ),
             LearningRateMonitor(logging_interval="step"),
         ],
         gradient_clip_val=exp.grad_clip,
