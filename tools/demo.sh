@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=${ROOT:-data/synthetic}
-EPOCHS=${EPOCHS:-12}
+EPOCHS=${EPOCHS:-8}
 EXP=exps/nuscenes/BEVFusion/BEVFusion_nuscenes_centerhead_lidar_exp.py
 NAME=$(basename "$EXP" .py)
 
