@@ -209,17 +209,18 @@ class DistillExp(BaseExp):
 # --------------------------------------------------------------------------------- benchmark
 def _timed_rounds(
     steps: Mapping[str, Callable[[], None]], repeats: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Seconds of each step over `repeats` rounds (steps interleaved, so load changes hit all alike) after a warm-up round."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
+) -> dict[str, list[tuple[float, float]]]:
+    """(wall, process CPU) seconds of each step over `repeats` rounds after a warm-up round; the steps
+    run interleaved so that a change of machine load hits all of them alike."""
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
     for round_index in range(repeats + 1):
         for name, step in steps.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if round_index > 0:
-                times[name].append(time.perf_counter() - start)
+                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
     return times
 
 
@@ -253,9 +254,12 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
 
     A step is forward, losses and backward (no optimizer update), on the first training samples when
     `batch` is None. The three parts run interleaved for `repeats` rounds after a warm-up round.
-    Returns the median seconds of each part, `ratio` = the median over rounds of
-    distill / (student + teacher), and the peak memory (bytes) of the distillation and student steps: CUDA's max_memory_allocated above the start, or on CPU the peak of the running
-    sum of tensor allocations and frees recorded by the torch profiler during the step.
+    Returns the median wall seconds of each part (`distill_s`, `student_s`, `teacher_s`), `ratio` = the
+    median over rounds of distill / (student + teacher), the same from process CPU time (`*_cpu_s`,
+    `cpu_ratio`: on CPU it is robust to other processes' load; on GPU it only counts host work), and
+    the peak memory (bytes) of the distillation and student steps: CUDA's max_memory_allocated above
+    the start, or on CPU the peak of the running sum of tensor allocations and frees that the torch
+    profiler records during the step.
     """
     if batch is None:
         dataset = exp.dataset(exp.train_split, training=True)
@@ -278,10 +282,12 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
     times = _timed_rounds(
         {"distill": distill_step, "student": student_step, "teacher": teacher_forward}, repeats, exp.device
     )
-    result = {f"{name}_s": statistics.median(values) for name, values in times.items()}
-    result["ratio"] = statistics.median(
-        d / (s + t) for d, s, t in zip(times["distill"], times["student"], times["teacher"], strict=True)
-    )
+    result = {}
+    for clock, prefix in ((0, ""), (1, "cpu_")):
+        for name, values in times.items():
+            result[f"{name}_{prefix}s"] = statistics.median(value[clock] for value in values)
+        rounds = zip(times["distill"], times["student"], times["teacher"], strict=True)
+        result[f"{prefix}ratio"] = statistics.median(d[clock] / (s[clock] + t[clock]) for d, s, t in rounds)
     result["distill_peak_bytes"] = _peak_bytes(distill_step, exp.device)
     result["student_peak_bytes"] = _peak_bytes(student_step, exp.device)
     exp.zero_grad(set_to_none=True)
