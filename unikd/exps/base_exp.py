@@ -204,7 +204,8 @@ class BaseExp(pl.LightningModule):
 
             gt = prepare_ground_truth((self.version, self.data_root), self.val_split)
             # --limit_val_batches evaluates a subset on purpose; otherwise every sample must be predicted.
-            whole_split = self.trainer.limit_val_batches == 1.0
+            limit = self.trainer.limit_val_batches  # an int counts batches: 1 means one batch
+            whole_split = isinstance(limit, float) and limit == 1.0
             self._metric = NuScenesDetectionMetric(gt, require_all_samples=whole_split).to(self.device)
         return self._metric
 
