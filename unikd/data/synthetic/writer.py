@@ -9,23 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from unikd.data.infos import NUSCENES_TABLES
 from unikd.data.synthetic.calibration import CAMERA_SPECS, LIDAR_CHANNEL
 
-TABLE_NAMES = (
-    "attribute",
-    "calibrated_sensor",
-    "category",
-    "ego_pose",
-    "instance",
-    "log",
-    "map",
-    "sample",
-    "sample_annotation",
-    "sample_data",
-    "scene",
-    "sensor",
-    "visibility",
-)
 ATTRIBUTES = (
     "vehicle.moving",
     "vehicle.stopped",
@@ -74,7 +60,7 @@ class DatasetWriter:
         self.root = root
         self.version = version
         self._namespace = f"unikd-synthetic/{version}/{seed}"
-        self.tables: dict[str, list[dict]] = {name: [] for name in TABLE_NAMES}
+        self.tables: dict[str, list[dict]] = {name: [] for name in NUSCENES_TABLES}
 
     def start(self) -> None:
         """Make the folders and add the tables that do not depend on the scenes."""
