@@ -29,7 +29,6 @@ comes from `--teacher_ckpt` again.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import statistics
 import sys
@@ -129,9 +128,6 @@ class DistillExp(BaseExp):
         exp_options: dict[str, Any] | None = None,
         teacher_ckpt: str | None = None,
     ) -> None:
-        # Instance copies, so that --exp_options (dotted paths into these dicts) never edits the class's.
-        self.distill_terms = copy.deepcopy(type(self).distill_terms)
-        self.distill_weights = dict(type(self).distill_weights)
         super().__init__(batch_size_per_device, data_root, seed, output_dir, exp_options)
         if self.teacher_exp_class is None:
             raise TypeError(f"{type(self).__name__} must set teacher_exp_class")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import copy
 from typing import Any
 
 
@@ -28,6 +29,8 @@ def apply_options(target: object, options: dict[str, Any]) -> None:
     """Set each dotted path on `target`; an unknown attribute or key is an error, never a new field."""
     for path, value in options.items():
         *parents, leaf = path.split(".")
+        if parents:
+            _own_copy(target, parents[0])
         node: Any = target
         walked = []
         for name in parents:
@@ -41,6 +44,12 @@ def apply_options(target: object, options: dict[str, Any]) -> None:
             if not hasattr(node, leaf):
                 raise AttributeError(f"--exp_options {path}: {type(node).__name__} has no attribute {leaf!r}")
             setattr(node, leaf, value)
+
+
+def _own_copy(target: object, name: str) -> None:
+    """Give `target` its own deep copy of a class-level attribute before a dotted path edits inside it."""
+    if not isinstance(target, dict) and hasattr(target, name) and name not in vars(target):
+        setattr(target, name, copy.deepcopy(getattr(target, name)))
 
 
 def _child(node: Any, name: str, walked: list[str]) -> Any:
