@@ -82,3 +82,15 @@ def test_mismatched_lidar_grid_is_an_error() -> None:
     config["bev_cell"] = 0.8
     with pytest.raises(ValueError, match="does not match the decoder grid"):
         BEVFusion(config)
+
+
+def test_student_config_runs_on_its_odd_sized_grid(synthetic_root: Path) -> None:
+    """The 0.1 m student: 1080 voxels -> 135 BEV cells, whose stride-2 level (68) is cropped back to 135."""
+    _, batch = batch_for(synthetic_root, ("lidar",))
+    model = BEVFusion(model_config("student", ("lidar",))).eval()
+    with torch.no_grad():
+        outputs = model(batch)
+    assert outputs["bev"].shape[-2:] == outputs["neck"].shape[-2:] == (135, 135)
+    assert outputs["head"][0]["heatmap"].shape[-2:] == (135, 135)
+    assert [tuple(level.shape[-2:]) for level in outputs["backbone"]] == [(135, 135), (68, 68)]
+    assert len(model.decode(outputs)) == 1

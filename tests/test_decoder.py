@@ -36,22 +36,30 @@ def uniform_positive_(module: nn.Module) -> None:
     module.eval()
 
 
-@pytest.mark.parametrize("row, col", [(21, 38), (30, 17)])
-def test_feature_keeps_its_location(row, col):
+@pytest.mark.parametrize(
+    "height, width, row, col",
+    [(48, 64, 21, 38), (48, 64, 30, 17), (47, 63, 40, 54), (47, 63, 6, 50)],
+    ids=["even-a", "even-b", "odd-a", "odd-b"],
+)
+def test_feature_keeps_its_location(height, width, row, col):
+    """Also on an odd grid, where the upsampled stride-2 level is cropped back to the first level's size."""
     backbone = SECOND(in_channels=4, out_channels=(4, 8), layer_nums=(5, 5), layer_strides=(1, 2))
     neck = SECONDFPN(in_channels=(4, 8), out_channels=(3, 5), upsample_strides=(1, 2))
     uniform_positive_(backbone)
     uniform_positive_(neck)
-    x = torch.zeros(1, 4, 48, 64)  # H != W and row != col: a transpose would move the peak
+    x = torch.zeros(1, 4, height, width)  # H != W and row != col: a transpose would move the peak
     x[0, :, row, col] = 1.0
     with torch.no_grad():
         out = neck(backbone(x))
+    assert out.shape == (1, 8, height, width)
     full_res, half_res = out[0, :3].sum(dim=0), out[0, 3:].sum(dim=0)
-    assert divmod(int(full_res.argmax()), 64) == (row, col)
+    assert divmod(int(full_res.argmax()), width) == (row, col)
     # The stride-2 level is blocky after upsampling: the input cell must be among its maxima.
     assert half_res[row, col] == pytest.approx(float(half_res.max()))
     rows, cols = torch.nonzero(half_res >= half_res.max() * (1 - 1e-6), as_tuple=True)
     assert abs(rows.float().mean() - row) <= 1 and abs(cols.float().mean() - col) <= 1
+    if row % 2 == 0 and col % 2 == 0:  # stride-2 cell (row/2, col/2) is centred on the input cell
+        assert set(rows.tolist()) == {row, row + 1} and set(cols.tolist()) == {col, col + 1}
 
 
 def test_errors():
@@ -61,7 +69,8 @@ def test_errors():
         SECOND()(torch.zeros(1, 64, 8, 8))
     backbone = SECOND(in_channels=4, out_channels=(4, 4), layer_nums=(0, 0))
     neck = SECONDFPN(in_channels=(4, 4), out_channels=(2, 2))
+    assert neck(backbone(torch.zeros(1, 4, 9, 7))).shape == (1, 4, 9, 7)  # 9 -> 5 -> 10, cropped to 9
     with pytest.raises(ValueError, match="do not align"):
-        neck(backbone(torch.zeros(1, 4, 9, 8)))
+        neck([torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 2, 2)])
     with pytest.raises(ValueError, match="levels"):
         neck([torch.zeros(1, 4, 8, 8)])

@@ -124,6 +124,8 @@ ALL_KINDS = {
     "masked": {"loss": "masked", "feature": "bev"},
     "attention": {"loss": "attention", "feature": "neck"},
     "heatmap_kd": {"loss": "heatmap_kd", "feature": "head", "temperature": 2.0},
+    "crd": {"loss": "crd", "feature": "neck", "num_negatives": 8},
+    "learned_mask": {"loss": "learned_mask", "feature": "neck", "num_queries": 2, "mask_learning_until_epoch": 1},
 }
 
 
@@ -137,18 +139,29 @@ def test_every_term_kind_is_finite_and_trains_its_adapters(student_size: str, te
     torch.manual_seed(0)
     student = BEVFusion(model_config(student_size, ("lidar",)))
     teacher = BEVFusion(model_config(teacher_size, ("lidar",)))
-    distiller = Distiller(ALL_KINDS, {name: 1.0 for name in ALL_KINDS}, student, teacher)
+    teacher.requires_grad_(False).eval()
+    distiller = Distiller(ALL_KINDS, {name: 1.0 for name in ALL_KINDS}, student, teacher, num_train_samples=20)
     student_out, teacher_out = fake_outputs(student, grad=True), fake_outputs(teacher, grad=False)
-    losses = distiller(student_out, teacher_out, {"gt_boxes": BOXES})
-    assert set(losses) == {f"distill/{name}" for name in ALL_KINDS}
+    batch = {"gt_boxes": BOXES, "gt_labels": [torch.tensor([0, 8])], "index": torch.tensor([3])}
+    losses = distiller(student_out, teacher_out, batch)
+    assert set(losses) == {f"distill/{name}" for name in ALL_KINDS} | {"distill/learned_mask/mask_learning"}
     for name, value in losses.items():
         assert value.ndim == 0 and torch.isfinite(value) and value > 0, name
     sum(losses.values()).backward()
     assert student_out["bev"].grad.abs().sum() > 0 and student_out["neck"].grad.abs().sum() > 0
     adapters = [p for name, p in distiller.named_parameters() if "adapter" in name or "projector" in name]
     assert adapters and all(p.grad is not None for p in adapters)
+    assert distiller.terms["crd"].loss.embed_student.weight.grad.abs().sum() > 0
+    # The masks learn through the frozen teacher head, which itself gets no gradient.
+    queries = distiller.terms["learned_mask"].loss.generator.queries
+    assert queries.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(name.startswith("terms.learned_mask.teacher") for name in distiller.state_dict())
     if student_size != teacher_size:  # 135 x 135 student cells onto the 180 x 180 teacher grid
         assert distiller.terms["response"].resize.size == (180, 180)
+    distiller.set_epoch(1)  # mask learning stops at `mask_learning_until_epoch`
+    assert "distill/learned_mask/mask_learning" not in distiller(student_out, teacher_out, batch)
+    assert not queries.requires_grad
 
 
 def test_distiller_rejects_what_it_cannot_align() -> None:
@@ -163,6 +176,10 @@ def test_distiller_rejects_what_it_cannot_align() -> None:
     with pytest.raises(ValueError, match="loss must be one of"):
         Distiller({"x": {"loss": "kl", "feature": "bev"}}, {"x": 1.0}, camera, lidar)
     assert not Distiller(UNIDISTILL_TERMS, {"feature": 0.0}, camera, lidar).terms  # weight 0: term off
+    with pytest.raises(ValueError, match="num_train_samples"):
+        Distiller({"crd": {"loss": "crd", "feature": "bev"}}, {"crd": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="input is 'neck'"):
+        Distiller({"mask": {"loss": "learned_mask", "feature": "bev"}}, {"mask": 1.0}, camera, lidar)
 
 
 # ----------------------------------------------------------------------------- DistillExp (no data)
@@ -242,6 +259,11 @@ def test_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> No
     student_modality, teacher_modality = PAIRINGS[stem]
     assert isinstance(exp, plain_class(student_modality))
     assert exp.teacher_exp_class is plain_class(teacher_modality)
+    # Training batches carry what either network reads; evaluation batches only what the student reads.
+    modalities = {"lidar": ("lidar",), "camera": ("camera",), "fusion": ("lidar", "camera")}
+    uses_camera = {name: "camera" in modalities[name] for name in (student_modality, teacher_modality)}
+    assert ("imgs" in exp.dataset(exp.train_split, training=True)[0]) == any(uses_camera.values())
+    assert ("imgs" in exp.dataset(exp.val_split, training=False)[0]) == uses_camera[student_modality]
     teacher_before = {key: value.clone() for key, value in exp.teacher.state_dict().items()}
     optimizer = torch.optim.AdamW(exp.trainable_parameters(), lr=1e-3)
     exp.train()
@@ -373,3 +395,30 @@ def test_benchmark_distill_step(synthetic_root: Path) -> None:
         and result["distill_peak_bytes"] >= result["student_peak_bytes"] > 0
     )
     assert not exp.teacher.training
+
+
+@pytest.mark.slow
+def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: Path) -> None:
+    """CRD's banks span the training set; learned masks stop learning at their epoch (Lightning's hook)."""
+    torch.manual_seed(0)
+    terms = {
+        "crd": {"loss": "crd", "feature": "neck", "num_negatives": 16},
+        "mask": {"loss": "learned_mask", "feature": "neck", "num_queries": 2, "mask_learning_until_epoch": 1},
+    }
+    exp = make_distill_exp(
+        "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar",
+        synthetic_root,
+        distill_terms=terms,
+        distill_weights={"crd": 1.0, "mask": 1.0},
+    )
+    num_train = len(exp.dataset(exp.train_split, training=True))
+    assert exp.distiller.terms["crd"].loss.memory_student.shape[0] == num_train
+    bank_before = exp.distiller.terms["crd"].loss.memory_student.clone()
+    queries = exp.distiller.terms["mask"].loss.generator.queries
+    queries_before = queries.detach().clone()
+    trainer = tiny_trainer(tmp_path, max_steps=2, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
+    trainer.fit(exp)
+    assert trainer.current_epoch == 2 and not queries.requires_grad
+    assert not torch.equal(queries.detach(), queries_before)  # learned during epoch 0
+    changed_rows = (exp.distiller.terms["crd"].loss.memory_student != bank_before).any(dim=1)
+    assert int(changed_rows.sum()) == 2 * exp.batch_size_per_device  # one bank row per trained sample

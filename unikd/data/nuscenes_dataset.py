@@ -55,7 +55,9 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
 class NuScenesDetectionDataset(Dataset):
     """Key frames of a nuScenes split with their sweeps, camera images and GT boxes.
 
-    Every item is in the key frame's LIDAR_TOP frame after the BEV augmentation (`bda`).
+    Every item is in the key frame's LIDAR_TOP frame after the BEV augmentation (`bda`). Points are
+    always loaded (the LiDAR branch, a camera model's depth supervision, the BEV pictures); images
+    only with `use_camera`.
     """
 
     def __init__(
@@ -65,7 +67,6 @@ class NuScenesDetectionDataset(Dataset):
         split: str,
         point_cloud_range: tuple[float, ...],
         num_sweeps: int = 10,
-        use_lidar: bool = True,
         use_camera: bool = False,
         training: bool = False,
         bev_aug: BEVAugConfig | None = None,
@@ -77,7 +78,6 @@ class NuScenesDetectionDataset(Dataset):
         self.split = split
         self.point_cloud_range = tuple(point_cloud_range)
         self.num_sweeps = num_sweeps
-        self.use_lidar = use_lidar
         self.use_camera = use_camera
         self.training = training
         self.bev_aug = bev_aug if training else None

@@ -11,7 +11,8 @@ student from a LiDAR teacher):
     weights = {"feature": 100.0, "relation": 40.0, "response": 10.0}
 
 `Distiller(terms, weights, student, teacher)(student_outputs, teacher_outputs, batch)` returns
-{"distill/<name>": weight * loss}. Shapes come from the detectors' configurations
+{"distill/<name>": weight * loss} (a term with a second objective adds "distill/<name>/<part>").
+Shapes come from the detectors' configurations
 (`detector_shapes`), so every adapter and projector exists at construction and trains with the
 student. Student and teacher may differ in modality, width and BEV resolution, but their BEV grids
 must cover the same metric region. The kinds:
@@ -25,11 +26,17 @@ must cover the same metric region. The kinds:
 - fitnet:     hint MSE through its own adapter (`FitNetLoss`; option `override`);
 - masked:     Gaussian-foreground-masked MSE (`GaussianMaskedFeatureLoss`) after `build_adapter`;
 - attention:  attention transfer (`AttentionTransferLoss`); student resized when resolutions differ;
-- heatmap_kd: temperature heatmap KD (`HeatmapKDLoss`) on all tasks' heatmaps, resized likewise.
+- heatmap_kd: temperature heatmap KD (`HeatmapKDLoss`) on all tasks' heatmaps, resized likewise;
+- crd:        CRD (`CRDLoss`) on a dense output, memory banks keyed by `batch["index"]` over the
+              `num_train_samples` the Distiller is given (option `num_negatives`, default 4096);
+- learned_mask: learned-mask distillation (`LearnedMaskDistillLoss`) on the head's input (`neck`);
+              while masks learn, "distill/<name>/mask_learning" is the teacher head's detection loss
+              on each masked teacher feature plus the Dice diversity (option `mask_learning_until_epoch`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,10 +47,12 @@ from torch import nn
 from unikd.distill.adapters import Resize, build_adapter
 from unikd.distill.losses import (
     AttentionTransferLoss,
+    CRDLoss,
     FeatureDistillLoss,
     FitNetLoss,
     GaussianMaskedFeatureLoss,
     HeatmapKDLoss,
+    LearnedMaskDistillLoss,
     MultiLevelInfoNCE,
     RelationDistillLoss,
     ResponseDistillLoss,
@@ -244,7 +253,72 @@ class HeatmapKDTerm(Term):
         return self.loss(self.resize(concat_heatmaps(student)), concat_heatmaps(teacher))
 
 
-TERM_KINDS = ("feature", "relation", "response", "infonce", "fitnet", "masked", "attention", "heatmap_kd")
+class CRDTerm(Term):
+    def __init__(
+        self,
+        feature: str,
+        grid: BEVGrid,
+        student_shape: tuple,
+        teacher_shape: tuple,
+        num_train_samples: int | None,
+        **options: Any,
+    ) -> None:
+        super().__init__(feature, grid)
+        if num_train_samples is None:
+            raise ValueError(
+                "a 'crd' term needs the Distiller's num_train_samples (its memory banks are per sample)"
+            )
+        self.loss = CRDLoss(student_shape[0], teacher_shape[0], num_train_samples, **options)
+
+    def compute(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.loss(student, teacher, batch["index"].to(student.device))
+
+
+def head_detection_loss(head: nn.Module, feature: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The sum of a CenterHead's detection losses on `feature` (its input) for the batch's boxes."""
+    return sum(head.loss(head(feature), batch["gt_boxes"], batch["gt_labels"]).values())
+
+
+class LearnedMaskTerm(Term):
+    """The teacher's head is held as a plain callable, so its weights stay out of the distiller's state."""
+
+    def __init__(
+        self,
+        feature: str,
+        grid: BEVGrid,
+        student_shape: tuple,
+        teacher_shape: tuple,
+        teacher_head: nn.Module,
+        **options: Any,
+    ) -> None:
+        super().__init__(feature, grid)
+        self.loss = LearnedMaskDistillLoss(student_shape, teacher_shape, **options)
+        self.teacher_head_loss = functools.partial(head_detection_loss, teacher_head)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loss.set_epoch(epoch)
+
+    def compute(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> Any:
+        parts = {"": self.loss(student, teacher)}
+        if self.training and self.loss.learning_masks:
+            parts["mask_learning"] = self.loss.mask_learning_loss(
+                teacher, lambda masked: self.teacher_head_loss(masked, batch)
+            )
+        return parts
+
+
+TERM_KINDS = (
+    "feature",
+    "relation",
+    "response",
+    "infonce",
+    "fitnet",
+    "masked",
+    "attention",
+    "heatmap_kd",
+    "crd",
+    "learned_mask",
+)
 _DENSE_KINDS = {
     "feature": FeatureTerm,
     "fitnet": FitNetTerm,
@@ -254,7 +328,13 @@ _DENSE_KINDS = {
 _HEAD_KINDS = {"response": ResponseTerm, "heatmap_kd": HeatmapKDTerm}
 
 
-def build_term(name: str, spec: Mapping[str, Any], student: nn.Module, teacher: nn.Module) -> Term:
+def build_term(
+    name: str,
+    spec: Mapping[str, Any],
+    student: nn.Module,
+    teacher: nn.Module,
+    num_train_samples: int | None = None,
+) -> Term:
     """The term `name` of a spec entry, with adapters sized from both detectors' shapes."""
     options = dict(spec)
     kind, feature = options.pop("loss", None), options.pop("feature", None)
@@ -294,11 +374,22 @@ def build_term(name: str, spec: Mapping[str, Any], student: nn.Module, teacher: 
         )
     if kind == "relation":
         return RelationTerm(feature, grid, **options)
+    if kind == "crd":
+        return CRDTerm(feature, grid, s_shape, t_shape, num_train_samples, **options)
+    if kind == "learned_mask":
+        if feature != "neck":
+            raise ValueError(
+                f"distill term {name!r} (learned_mask) learns its masks through the teacher's head, whose input is 'neck'; got {feature!r}"
+            )
+        return LearnedMaskTerm(feature, grid, s_shape, t_shape, teacher.head, **options)
     return _DENSE_KINDS[kind](feature, grid, s_shape, t_shape, **options)
 
 
 class Distiller(nn.Module):
-    """The weighted distillation terms of a spec (module doc): student <- teacher."""
+    """The weighted distillation terms of a spec (module doc): student <- teacher.
+
+    `num_train_samples` (the training set's size) is needed by terms that keep per-sample state (crd).
+    """
 
     def __init__(
         self,
@@ -306,6 +397,7 @@ class Distiller(nn.Module):
         weights: Mapping[str, float],
         student: nn.Module,
         teacher: nn.Module,
+        num_train_samples: int | None = None,
     ) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(terms))
@@ -321,14 +413,26 @@ class Distiller(nn.Module):
             )
         self.weights = {name: float(weight) for name, weight in weights.items() if weight != 0}
         self.terms = nn.ModuleDict(
-            {name: build_term(name, terms[name], student, teacher) for name in self.weights}
+            {
+                name: build_term(name, terms[name], student, teacher, num_train_samples)
+                for name in self.weights
+            }
         )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell the terms that change with the epoch (learned masks stop learning) which one starts."""
+        for term in self.terms.values():
+            if hasattr(term, "set_epoch"):
+                term.set_epoch(epoch)
 
     def forward(
         self, student: Mapping[str, Any], teacher: Mapping[str, Any], batch: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
-        """{"distill/<name>": weight * term} from the two detectors' named outputs and the batch."""
-        return {
-            f"distill/{name}": self.weights[name] * term(student, teacher, batch)
-            for name, term in self.terms.items()
-        }
+        """{"distill/<name>[/<part>]": weight * term} from the two detectors' named outputs and the batch."""
+        losses = {}
+        for name, term in self.terms.items():
+            value = term(student, teacher, batch)
+            parts = value if isinstance(value, dict) else {"": value}
+            for part, loss in parts.items():
+                losses["/".join(filter(None, ("distill", name, part)))] = self.weights[name] * loss
+        return losses

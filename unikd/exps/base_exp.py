@@ -113,6 +113,10 @@ class BaseExp(pl.LightningModule):
         return BEVFusion(copy.deepcopy(self.model_config))
 
     # ----------------------------------------------------------------------------- data
+    def data_modalities(self, training: bool) -> tuple[str, ...]:
+        """The sensors a dataset of this experiment reads (a distillation adds its teacher's for training)."""
+        return self.modalities
+
     def dataset(self, split: str, training: bool) -> NuScenesDetectionDataset:
         key = f"{split}:{training}"
         if key not in self._datasets:
@@ -122,8 +126,7 @@ class BaseExp(pl.LightningModule):
                 split=split,
                 point_cloud_range=self.model_config["point_cloud_range"],
                 num_sweeps=self.num_sweeps,
-                use_lidar="lidar" in self.modalities,
-                use_camera="camera" in self.modalities,
+                use_camera="camera" in self.data_modalities(training),
                 training=training,
                 bev_aug=self.bev_aug,
                 image_aug=self.image_aug or self.model_config.get("image_aug"),

@@ -42,7 +42,6 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch import nn
 
 from unikd.data.collate import collate_batch
-from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
 from unikd.distill.recorder import FeatureRecorder
 from unikd.exps.base_exp import BaseExp
@@ -138,7 +137,16 @@ class DistillExp(BaseExp):
         self.teacher.requires_grad_(False).eval()
         if "camera" not in self.modalities and self.image_aug is None:
             self.image_aug = self.teacher.config.get("image_aug")
-        self.distiller = Distiller(self.distill_terms, self.distill_weights, self.model, self.teacher)
+        self.distiller = Distiller(
+            self.distill_terms, self.distill_weights, self.model, self.teacher, self.num_train_samples_if_needed()
+        )
+
+    def num_train_samples_if_needed(self) -> int | None:
+        """The training set's size when a term keeps per-sample state (crd), else None (no data read)."""
+        on = [name for name, weight in self.distill_weights.items() if weight]
+        if any(self.distill_terms.get(name, {}).get("loss") == "crd" for name in on):
+            return len(self.dataset(self.train_split, training=True))
+        return None
 
     def train(self, mode: bool = True) -> DistillExp:
         """Set the student and distiller's mode; the teacher stays in eval mode (BN running statistics)."""
@@ -146,12 +154,16 @@ class DistillExp(BaseExp):
         self.teacher.eval()
         return self
 
-    def dataset(self, split: str, training: bool) -> NuScenesDetectionDataset:
-        """The student's dataset; training batches also carry the images a camera teacher needs."""
-        dataset = super().dataset(split, training)
-        if training and "camera" in self.teacher_exp_class.modalities:
-            dataset.use_camera = True
-        return dataset
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.distiller.set_epoch(self.current_epoch)
+
+    def data_modalities(self, training: bool) -> tuple[str, ...]:
+        """Training batches also carry what the teacher reads (e.g. the images of a camera teacher)."""
+        student = super().data_modalities(training)
+        if not training:
+            return student
+        return student + tuple(m for m in self.teacher_exp_class.modalities if m not in student)
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """The student experiment's losses plus {"distill/<name>": weighted term}."""

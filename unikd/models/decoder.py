@@ -71,6 +71,10 @@ class SECONDFPN(nn.Module):
     Level i goes through a (transposed) convolution by `upsample_strides[i]` + BN + ReLU: a stride s > 1
     is a transposed conv with kernel s and stride s, s == 1 a 1x1 conv, s < 1 a conv with kernel and
     stride round(1 / s). `out_channels` here is the concatenated channel count.
+
+    When the first level's size is not divisible by a level's stride (e.g. 135 cells: stride 2 gives 68,
+    upsampled to 136), the upsampled map is cropped at its far (bottom, right) edge, which keeps every
+    cell where it was (module doc); a larger disagreement is an error.
     """
 
     def __init__(
@@ -104,16 +108,20 @@ class SECONDFPN(nn.Module):
                 )
             )
         self.blocks = nn.ModuleList(blocks)
+        self.upsample_strides = tuple(upsample_strides)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-level maps (e.g. SECOND's outputs) -> [B, out_channels, H, W] at the first level's size."""
         if len(features) != len(self.blocks):
             raise ValueError(f"SECONDFPN expects {len(self.blocks)} levels, got {len(features)}")
         outputs = [block(x) for block, x in zip(self.blocks, features, strict=True)]
-        shapes = [tuple(out.shape[2:]) for out in outputs]
-        if len(set(shapes)) != 1:
-            raise ValueError(
-                f"levels do not align after up/downsampling: input sizes "
-                f"{[tuple(x.shape[2:]) for x in features]} -> {shapes}; use a BEV size divisible by the strides"
-            )
+        height, width = outputs[0].shape[2:]
+        for level, (out, stride) in enumerate(zip(outputs, self.upsample_strides, strict=True)):
+            excess_h, excess_w = out.shape[2] - height, out.shape[3] - width
+            if not (0 <= excess_h < max(stride, 1) and 0 <= excess_w < max(stride, 1)):
+                raise ValueError(
+                    f"levels do not align after up/downsampling: input sizes "
+                    f"{[tuple(x.shape[2:]) for x in features]} -> {[tuple(o.shape[2:]) for o in outputs]}"
+                )
+            outputs[level] = out[:, :, :height, :width]
         return torch.cat(outputs, dim=1)
