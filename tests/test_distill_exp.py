@@ -422,3 +422,28 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
     assert not torch.equal(queries.detach(), queries_before)  # learned during epoch 0
     changed_rows = (exp.distiller.terms["crd"].loss.memory_student != bank_before).any(dim=1)
     assert int(changed_rows.sum()) == 2 * exp.batch_size_per_device  # one bank row per trained sample
+
+
+def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> None:
+    """A term on a module path (no named output): hooks record it in both networks."""
+    torch.manual_seed(0)
+    path, shape = "backbone.stages.0", (64, 64, 64)  # the small config's first SECOND stage
+    terms = {"hint": {"loss": "fitnet", "feature": path, "shapes": {"student": shape, "teacher": shape}}}
+    exp = make_distill_exp(LIDARSMALL, synthetic_root, distill_terms=terms, distill_weights={"hint": 2.0})
+    assert exp.distiller.module_paths == [path]
+    exp.train()
+    (batch,) = training_batches(exp, 1)
+    with FeatureRecorder(exp, ["model", "teacher"]) as recorder:
+        losses = exp.training_losses(batch)
+    # The recorded stage output is the first backbone level of each network's named outputs.
+    term = exp.distiller.terms["hint"]
+    expected = 2.0 * term.loss(recorder["model"]["backbone"][0], recorder["teacher"]["backbone"][0])
+    torch.testing.assert_close(losses["distill/hint"], expected)
+    losses["distill/hint"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in exp.model.backbone.stages[0].parameters())
+    with pytest.raises(KeyError, match="not a module path of the student"):
+        make_distill_exp(
+            LIDARSMALL, distill_terms={"hint": {**terms["hint"], "feature": "backbone.nowhere"}}, distill_weights={"hint": 1.0}
+        )
+    with pytest.raises(KeyError, match="needs the term's 'shapes'"):
+        make_distill_exp(LIDARSMALL, distill_terms={"hint": {"loss": "fitnet", "feature": path}}, distill_weights={"hint": 1.0})

@@ -1,7 +1,8 @@
 """The distiller: distillation terms built from a declarative spec, computed from both networks' outputs.
 
 A spec maps a term name to a dict: `loss` (one of TERM_KINDS), `feature` (the named detector output
-it reads: a string, or a list of names for "infonce"), and the loss's own options. Weights say which
+it reads: a string, or a list of names for "infonce"; or a module path with `shapes`, see
+`build_term`), and the loss's own options. Weights say which
 terms are on: a term is built only when its weight is non-zero. For example (UniDistill, camera
 student from a LiDAR teacher):
 
@@ -129,7 +130,10 @@ def concat_heatmaps(head: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
 
 
 class Term(nn.Module):
-    """One distillation term on named outputs; subclasses define `compute`."""
+    """One distillation term on named outputs; subclasses define `compute`. `module_path` is set when
+    the feature is a submodule's output that the experiment records with forward hooks."""
+
+    module_path: str | None = None
 
     def __init__(self, feature: str | list[str], grid: BEVGrid) -> None:
         super().__init__()
@@ -335,20 +339,40 @@ def build_term(
     teacher: nn.Module,
     num_train_samples: int | None = None,
 ) -> Term:
-    """The term `name` of a spec entry, with adapters sized from both detectors' shapes."""
+    """The term `name` of a spec entry, with adapters sized from both detectors' shapes.
+
+    A single-feature term may read a submodule's output instead of a named one: `feature` is then the
+    module path (in both networks) and the option `shapes` gives {"student": (C, H, W), "teacher": ...}.
+    """
     options = dict(spec)
     kind, feature = options.pop("loss", None), options.pop("feature", None)
     if kind not in TERM_KINDS:
         raise ValueError(f"distill term {name!r}: loss must be one of {TERM_KINDS}, got {kind!r}")
+    module_shapes = options.pop("shapes", None)
     student_shapes, teacher_shapes = detector_shapes(student), detector_shapes(teacher)
     features = feature if kind == "infonce" else [feature]
     if not isinstance(features, (list, tuple)) or not features:
         raise ValueError(f"distill term {name!r} ({kind}): 'feature' must name outputs, got {feature!r}")
+    if module_shapes is not None:
+        if kind == "infonce" or set(module_shapes) != {"student", "teacher"}:
+            raise ValueError(
+                f"distill term {name!r}: 'shapes' is {{'student': (C, H, W), 'teacher': (C, H, W)}} of the "
+                f"module path a single-feature term reads, got {module_shapes!r} for a {kind} term"
+            )
+        if feature in student_shapes or feature in teacher_shapes:
+            raise ValueError(f"distill term {name!r}: {feature!r} is a named output; 'shapes' is for module paths")
+        for network, model in (("student", student), ("teacher", teacher)):
+            if feature not in dict(model.named_modules()):
+                raise KeyError(f"distill term {name!r}: {feature!r} is not a module path of the {network}")
+        student_shapes[feature] = tuple(module_shapes["student"])
+        teacher_shapes[feature] = tuple(module_shapes["teacher"])
     for level in features:
         for network, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
             if level not in shapes:
                 raise KeyError(
-                    f"distill term {name!r} reads {level!r}, which the {network} does not output; it has {sorted(shapes)}"
+                    f"distill term {name!r} reads {level!r}, which the {network} does not output; it has "
+                    f"{sorted(shapes)} (a module path needs the term's 'shapes': "
+                    "{'student': (C, H, W), 'teacher': (C, H, W)})"
                 )
     grid = teacher.grid
     if kind == "infonce":
@@ -418,6 +442,14 @@ class Distiller(nn.Module):
                 for name in self.weights
             }
         )
+        for name, term in self.terms.items():
+            if "shapes" in terms[name]:
+                term.module_path = terms[name]["feature"]
+
+    @property
+    def module_paths(self) -> list[str]:
+        """Submodule outputs the terms read beside the named outputs (recorded in both networks by hooks)."""
+        return sorted({term.module_path for term in self.terms.values() if term.module_path is not None})
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the terms that change with the epoch (learned masks stop learning) which one starts."""

@@ -172,11 +172,13 @@ class DistillExp(BaseExp):
                 f"{type(self).__name__} distills from a {self.teacher_exp_class.__name__} teacher: "
                 "pass --teacher_ckpt with that experiment's checkpoint"
             )
-        with FeatureRecorder(self, ["model"]) as recorder:
+        paths = self.distiller.module_paths  # submodule outputs some terms read, beside the named ones
+        with FeatureRecorder(self, ["model", *(f"model.{path}" for path in paths)]) as recorder:
             losses = super().training_losses(batch)
-        with torch.no_grad():
-            teacher_outputs = self.teacher(batch)
-        losses.update(self.distiller(recorder["model"], teacher_outputs, batch))
+        student_outputs = {**recorder["model"], **{path: recorder[f"model.{path}"] for path in paths}}
+        with torch.no_grad(), FeatureRecorder(self.teacher, paths) as teacher_recorder:
+            teacher_outputs = {**self.teacher(batch), **teacher_recorder.outputs}
+        losses.update(self.distiller(student_outputs, teacher_outputs, batch))
         return losses
 
     # ----------------------------------------------------------------------------- checkpoints
