@@ -130,10 +130,7 @@ def concat_heatmaps(head: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
 
 
 class Term(nn.Module):
-    """One distillation term on named outputs; subclasses define `compute`. `module_path` is set when
-    the feature is a submodule's output that the experiment records with forward hooks."""
-
-    module_path: str | None = None
+    """One distillation term on named outputs; subclasses define `compute`."""
 
     def __init__(self, feature: str | list[str], grid: BEVGrid) -> None:
         super().__init__()
@@ -442,14 +439,8 @@ class Distiller(nn.Module):
                 for name in self.weights
             }
         )
-        for name, term in self.terms.items():
-            if "shapes" in terms[name]:
-                term.module_path = terms[name]["feature"]
-
-    @property
-    def module_paths(self) -> list[str]:
-        """Submodule outputs the terms read beside the named outputs (recorded in both networks by hooks)."""
-        return sorted({term.module_path for term in self.terms.values() if term.module_path is not None})
+        # Submodule outputs the terms read beside the named outputs (recorded in both networks by hooks).
+        self.module_paths = sorted({terms[name]["feature"] for name in self.weights if "shapes" in terms[name]})
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the terms that change with the epoch (learned masks stop learning) which one starts."""
