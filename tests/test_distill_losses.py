@@ -97,7 +97,7 @@ def test_feature_loss_matches_naive_loop():
                 .mean()
                 for x, y in box_points(box)
             ]
-            total += sum(diffs) / 9
+            total += float(sum(diffs)) / 9
     assert loss.item() == pytest.approx(total / (3 + 1e-4), rel=1e-9)
     loss.backward()
     assert student.grad.abs().sum() > 0 and teacher.grad is None

@@ -10,13 +10,15 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from unikd.data.collate import collate_batch
 from unikd.data.infos import SPLITS_BY_VERSION
 from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
+from unikd.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
 from unikd.data.transforms import BEVAugConfig, apply_bda_to_boxes
 from unikd.evaluation.predictions import make_prediction
+from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata
 from unikd.exps.options import apply_options
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
@@ -41,16 +43,6 @@ def one_cycle_factor(step: int, total_steps: int, warmup: float = 0.4, start: fl
     return end + (1 - end) * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))) / 2
 
 
-class UnpaddedDistributedSampler(DistributedSampler):
-    """Evaluation shards without the padding duplicates, so every sample is evaluated once."""
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
-
-
 class BaseExp(pl.LightningModule):
     """An experiment file subclasses this and states only what differs.
 
@@ -70,6 +62,7 @@ class BaseExp(pl.LightningModule):
     grad_clip: float = 35.0
     num_workers: int = 2
     eval_backend: str = "metric"  # "metric" (fast, identical) or "devkit" (official)
+    eval_backends: tuple[str, ...] = ("metric", "devkit")
     num_visualizations: int = 4
     cli_arguments: tuple[str, ...] = ()  # extra CLI arguments passed to __init__ (e.g. teacher_ckpt)
 
@@ -92,10 +85,25 @@ class BaseExp(pl.LightningModule):
         apply_options(self, options)
         self.model_config = model_config(self.model_size, self.modalities)
         apply_options(self, model_options)
+        self.check_settings()
         self.model = self.build_model()
         self.val_records: list[dict] = []
+        self.predict_records: list[dict] = []
+        self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded for -e / -p
+        self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
         self._datasets: dict[str, NuScenesDetectionDataset] = {}
         self._metric = None
+
+    def check_settings(self) -> None:
+        """Settings that would otherwise fail late, checked when the experiment is built."""
+        if self.version not in SPLITS_BY_VERSION:
+            raise ValueError(f"unknown nuScenes version {self.version!r}; expected one of {sorted(SPLITS_BY_VERSION)}")
+        if self.eval_backend not in self.eval_backends:
+            raise ValueError(f"eval_backend must be one of {self.eval_backends}, got {self.eval_backend!r}")
+        if self.batch_size_per_device < 1:
+            raise ValueError(f"batch size per device must be at least 1, got {self.batch_size_per_device}")
+        if self.num_sweeps < 1:
+            raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {self.num_sweeps}")
 
     @property
     def exp_name(self) -> str:
@@ -143,11 +151,22 @@ class BaseExp(pl.LightningModule):
             num_workers=self.num_workers,
             collate_fn=collate_batch,
             pin_memory=torch.cuda.is_available(),
-            drop_last=shuffle,
+            drop_last=shuffle,  # training
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.train_split, training=True), shuffle=True)
+        """Batches in an order fixed by (seed, epoch), sharded over the ranks; a resumed run starts where
+        the checkpoint left off, so it sees the same batches as an uninterrupted one."""
+        dataset = self.dataset(self.train_split, training=True)
+        epoch = self.current_epoch
+        dataset.set_epoch(epoch)  # the loader's workers copy the dataset before on_train_epoch_start
+        sampler = EpochShuffleSampler(
+            len(dataset), self.seed, self.batch_size_per_device, self.global_rank, self.trainer.world_size
+        )
+        sampler.set_epoch(epoch)
+        if self._resume_position is not None:
+            sampler.resume(*self._resume_position)
+        return self._loader(dataset, shuffle=True, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         dataset = self.dataset(self.val_split, training=False)
@@ -159,8 +178,36 @@ class BaseExp(pl.LightningModule):
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    def setup(self, stage: str) -> None:
+        """Open the datasets (their start-up checks) and prepare the metric's ground truth that this stage
+        will read, so that bad data fails before any training time is spent."""
+        if stage == "fit":
+            self.dataset(self.train_split, training=True)
+        self.dataset(self.val_split, training=False)
+        if stage in ("fit", "validate") and self.eval_backend == "metric":
+            self.metric()
+
     def on_train_epoch_start(self) -> None:
         self.dataset(self.train_split, training=True).set_epoch(self.current_epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[METADATA_KEY] = checkpoint_metadata(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Remember the checkpoint's epoch (names -e's outputs) and, for a run resumed part-way into an
+        epoch, how many of its batches were done."""
+        self.checkpoint_epoch = checkpoint.get("epoch")
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress is not None and self.checkpoint_epoch is not None:
+            done = 0 if progress["is_last_batch"] else progress["current"]["processed"]
+            self._resume_position = (self.checkpoint_epoch, done)
+
+    @property
+    def epoch_label(self) -> int:
+        """The epoch that outputs are named after: the training epoch, or the loaded checkpoint's for -e."""
+        if self.trainer.state.fn != "fit" and self.checkpoint_epoch is not None:
+            return self.checkpoint_epoch
+        return self.current_epoch
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict) -> dict:
@@ -247,31 +294,38 @@ class BaseExp(pl.LightningModule):
             from unikd.evaluation import format_metrics, write_metrics_summary
 
             print(format_metrics(summary))
-            path = self.run_dir() / "eval" / f"metrics_summary_epoch{self.current_epoch}.json"
+            path = self.run_dir() / "eval" / f"metrics_summary_epoch{self.epoch_label}.json"
             write_metrics_summary(summary, path, meta={"backend": self.eval_backend, "split": self.val_split})
             print(f"metrics written to {path}")
 
-    def gathered_records(self) -> list[dict] | None:
-        """All ranks' prediction records on rank 0 (None elsewhere)."""
+    def gathered_records(self, records: list[dict]) -> list[dict] | None:
+        """All ranks' `records` on rank 0 (None elsewhere)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return self.val_records
+            return records
         gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, self.val_records)
+        torch.distributed.all_gather_object(gathered, records)
         return [r for part in gathered for r in part] if self.trainer.is_global_zero else None
 
     def devkit_metrics(self) -> dict | None:
         from unikd.evaluation.devkit_eval import evaluate_with_devkit
         from unikd.evaluation.submission import write_submission
 
-        records = self.gathered_records()
+        records = self.gathered_records(self.val_records)
         if records is None:
             return None
-        out_dir = self.run_dir() / "eval" / f"devkit_epoch{self.current_epoch}"
+        out_dir = self.run_dir() / "eval" / f"devkit_epoch{self.epoch_label}"
         path = write_submission(records, out_dir / "submission.json", use_lidar="lidar" in self.modalities, use_camera="camera" in self.modalities)
         return evaluate_with_devkit((self.version, self.data_root), path, self.val_split, out_dir)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        return prediction_records(self.detect(batch), batch)
+    def on_predict_epoch_start(self) -> None:
+        self.predict_records = []
+
+    def predict_step(self, batch: dict, batch_idx: int) -> None:
+        self.predict_records.extend(prediction_records(self.detect(batch), batch))
+
+    def on_predict_epoch_end(self) -> None:
+        """Every rank's records gathered on rank 0 (elsewhere the list is emptied)."""
+        self.predict_records = self.gathered_records(self.predict_records) or []
 
     def run_dir(self) -> Path:
         if self.output_dir is not None:
@@ -281,5 +335,5 @@ class BaseExp(pl.LightningModule):
     def save_visualization(self, batch: dict, detections: list[dict], batch_idx: int) -> None:
         from unikd.utils.visualization import save_bev_prediction
 
-        out = self.run_dir() / "vis" / f"epoch{self.current_epoch}_{batch_idx}.png"
+        out = self.run_dir() / "vis" / f"epoch{self.epoch_label}_{batch_idx}.png"
         save_bev_prediction(batch, detections, self.model_config["point_cloud_range"], out)

@@ -1,141 +1,224 @@
-"""The command line every experiment file runs: train, evaluate (-e) or predict (-p)."""
+"""The command line every experiment file runs: train, evaluate (-e) or predict (-p).
+
+Everything that can be checked without training is checked before the trainer starts: the
+arguments, the experiment's options, the checkpoints (read and matched against the model), the
+datasets and the ground truth (in `BaseExp.setup`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+from unikd.exps.checkpoints import AtomicCheckpointIO, CheckpointError, check_state_dict, read_checkpoint
+from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
 from unikd.exps.options import parse_options
+from unikd.exps.run_dir import discard_if_empty, is_launch_rank_zero, point_latest, resolve_run_dir
 
-RUN_DIR_ENV = "UNIKD_RUN_DIR"  # shared by the DDP processes Lightning starts
+CPU_PRECISIONS = ("32", "32-true")  # the CPU build of spconv computes in float32 only
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
+def batches_or_fraction(text: str) -> int | float:
+    """A whole number counts batches ('1' is one batch); a number with a decimal point is a fraction
+    of the epoch in [0, 1] ('1.0' is all of it), as Lightning reads ints and floats."""
+    try:
+        value: int | float = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of batches or a fraction, got {text!r}") from None
+    if value < 0 or (isinstance(value, float) and value > 1):
+        raise argparse.ArgumentTypeError(f"expected a batch count >= 0 or a fraction in [0, 1], got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train (default), evaluate (-e) or predict (-p) an experiment.")
-    parser.add_argument("-b", "--batch_size", type=int, default=1, help="batch size per device")
-    parser.add_argument("--gpus", type=int, default=None, help="number of GPUs (DDP when > 1); 0 = CPU")
-    parser.add_argument("--devices", type=int, default=None, help="processes on CPU (gloo DDP when > 1)")
-    parser.add_argument("-e", "--evaluate", action="store_true", help="evaluate --ckpt_path on the validation split")
-    parser.add_argument("-p", "--predict", action="store_true", help="write a nuScenes submission JSON")
+    parser.add_argument("-b", "--batch_size", type=positive_int, default=1, help="batch size per device")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs per node (DDP when > 1); 0 = CPU")
+    parser.add_argument("--devices", type=positive_int, default=None, help="processes per node on CPU (gloo DDP)")
+    parser.add_argument("--num_nodes", type=positive_int, default=1, help="machines (multi-node DDP, see README)")
+    parser.add_argument("--sync_batchnorm", action="store_true", help="SyncBatchNorm over all devices")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-e", "--evaluate", action="store_true", help="evaluate --ckpt_path on the validation split")
+    mode.add_argument("-p", "--predict", action="store_true", help="write a nuScenes submission JSON")
     parser.add_argument("--ckpt_path", default=None, help="checkpoint to resume training from or to evaluate")
     parser.add_argument("--allow_untrained", action="store_true", help="let -e/-p run without --ckpt_path")
-    parser.add_argument("--max_epochs", type=int, default=None)
+    parser.add_argument("--max_epochs", type=positive_int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_root", default="data/nuscenes")
     parser.add_argument("--version", default=None, help="nuScenes version, e.g. v1.0-mini or v1.0-trainval")
     parser.add_argument("--output_root", default="outputs")
+    parser.add_argument("--run_name", default=None, help="run folder name (the same on every node of a run)")
     parser.add_argument("--teacher_ckpt", default=None, help="teacher checkpoint (distillation experiments)")
     parser.add_argument("--eval_backend", choices=("metric", "devkit"), default=None)
     parser.add_argument("--exp_options", nargs="+", default=[], metavar="KEY=VALUE", help="override experiment attributes")
+    parser.add_argument(
+        "--checkpoint_every_n_steps", type=positive_int, default=None, help="also save last.ckpt every N steps"
+    )
     trainer = parser.add_argument_group("Lightning Trainer options")
-    trainer.add_argument("--precision", default=None, help="e.g. 32, 16-mixed, bf16-mixed")
-    trainer.add_argument("--limit_train_batches", type=float, default=None)
-    trainer.add_argument("--limit_val_batches", type=float, default=None)
-    trainer.add_argument("--check_val_every_n_epoch", type=int, default=None)
-    trainer.add_argument("--log_every_n_steps", type=int, default=10)
-    trainer.add_argument("--accumulate_grad_batches", type=int, default=1)
+    trainer.add_argument("--precision", default=None, help="e.g. 32, 16-mixed, bf16-mixed (GPU only but 32)")
+    trainer.add_argument("--limit_train_batches", type=batches_or_fraction, default=None, help="batches (int) or fraction")
+    trainer.add_argument("--limit_val_batches", type=batches_or_fraction, default=None, help="batches (int) or fraction")
+    trainer.add_argument("--check_val_every_n_epoch", type=positive_int, default=None)
+    trainer.add_argument("--log_every_n_steps", type=positive_int, default=10)
+    trainer.add_argument("--accumulate_grad_batches", type=positive_int, default=1)
     trainer.add_argument("--no_progress_bar", action="store_true")
     return parser
 
 
-def accelerator_and_devices(gpus: int | None, devices: int | None) -> tuple[str, int, str]:
-    """(accelerator, devices, strategy): CUDA when asked for and present, else CPU processes."""
+def accelerator_and_devices(gpus: int | None, devices: int | None) -> tuple[str, int]:
+    """(accelerator, devices per node): CUDA when asked for and present, else CPU processes."""
     if gpus and torch.cuda.is_available():
-        count = gpus
-        accelerator = "gpu"
-    else:
-        if gpus:
-            print(f"--gpus {gpus} asked for, but CUDA is not available: running on CPU", file=sys.stderr)
-        count = devices or 1
-        accelerator = "cpu"
-    strategy = "ddp" if count > 1 else "auto"
-    return accelerator, count, strategy
+        return "gpu", gpus
+    if gpus:
+        print(f"--gpus {gpus} asked for, but CUDA is not available: running on CPU", file=sys.stderr)
+    return "cpu", devices or 1
 
 
-def make_run_dir(output_root: str, exp_name: str) -> Path:
-    """outputs/<exp_name>/<timestamp>/ with a `latest` link beside it.
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, exp_class: type, accelerator: str) -> None:
+    """Argument errors that need no experiment: each names the argument and what was expected."""
+    training = not (args.evaluate or args.predict)
+    if not training and not args.ckpt_path and not args.allow_untrained:
+        parser.error("-e/-p need --ckpt_path (or --allow_untrained to evaluate random weights)")
+    teacher_kind = "teacher_ckpt" in exp_class.cli_arguments
+    if args.teacher_ckpt and not teacher_kind:
+        parser.error(f"--teacher_ckpt is for distillation experiments; {exp_class.__name__} has no teacher")
+    if teacher_kind and training and not args.teacher_ckpt and not exp_class.allow_random_teacher:
+        teacher = exp_class.teacher_exp_class.__name__
+        parser.error(f"{exp_class.__name__} distils from a {teacher} teacher: pass --teacher_ckpt with its checkpoint")
+    for flag in ("ckpt_path", "teacher_ckpt"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            parser.error(f"--{flag} {path} does not exist or is not a file")
+    output_root = Path(args.output_root)
+    if output_root.exists() and not output_root.is_dir():
+        parser.error(f"--output_root {output_root} is a file; expected a folder for the run outputs")
+    if accelerator == "cpu" and args.precision is not None and str(args.precision) not in CPU_PRECISIONS:
+        parser.error(
+            f"--precision {args.precision} needs a GPU: on CPU Lightning turns 16-mixed into bf16, which the CPU "
+            "build of spconv does not compute; use --precision 32 on CPU"
+        )
+    if args.predict and args.eval_backend:
+        parser.error("--eval_backend is for training and -e; -p writes a submission")
 
-    The launching process creates it; the DDP processes Lightning starts (LOCAL_RANK > 0) inherit it.
-    """
-    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    exp_root = Path(output_root) / exp_name
-    run_dir = exp_root / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    run_dir.mkdir(parents=True)
-    latest = exp_root / "latest"
-    tmp = exp_root / f".latest-{os.getpid()}"
-    tmp.symlink_to(run_dir.name)
-    tmp.replace(latest)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
+
+def check_resume_checkpoint(exp: pl.LightningModule, path: str) -> None:
+    """Read --ckpt_path and match it against the experiment before the trainer starts."""
+    checkpoint = read_checkpoint(path, "--ckpt_path")
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} has no 'state_dict': not a checkpoint written by an experiment")
+    check_state_dict(
+        checkpoint["state_dict"],
+        exp.state_dict(),
+        path,
+        f"{type(exp).__name__} (model_size={exp.model_size})",
+        checkpoint,
+        hint=lambda meta: f"use {meta['experiment']}.py --exp_options model_size={meta['model_size']}",
+    )
 
 
 def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModule:
-    """Parse the command line, build the experiment and run it. Returns the experiment."""
+    """Parse the command line, check it, build the experiment and run it. Returns the experiment."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.evaluate or args.predict) and not args.ckpt_path and not args.allow_untrained:
-        parser.error("-e/-p need --ckpt_path (or --allow_untrained to evaluate random weights)")
-    if args.ckpt_path and not Path(args.ckpt_path).is_file():
-        parser.error(f"--ckpt_path {args.ckpt_path} does not exist")
-    if args.ckpt_path:  # resolve `latest/...` now: this run re-points `latest` at itself
+    accelerator, devices = accelerator_and_devices(args.gpus, args.devices)
+    check_arguments(parser, args, exp_class, accelerator)
+    if args.ckpt_path:  # resolve `latest/...` now: this run may re-point `latest` at itself
         args.ckpt_path = str(Path(args.ckpt_path).resolve())
 
     pl.seed_everything(args.seed, workers=True)
     options = parse_options(args.exp_options)
-    if args.max_epochs is not None:
-        options["max_epochs"] = args.max_epochs
-    if args.version is not None:
-        options["version"] = args.version
-    if args.eval_backend is not None:
-        options["eval_backend"] = args.eval_backend
+    for key in ("max_epochs", "version", "eval_backend"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
     exp_kwargs = {key: getattr(args, key) for key in exp_class.cli_arguments}
-    if args.teacher_ckpt and "teacher_ckpt" not in exp_kwargs:
-        parser.error(f"--teacher_ckpt is for distillation experiments; {exp_class.__name__} has no teacher")
-    run_dir = make_run_dir(args.output_root, exp_class.__name__)
     exp = exp_class(
         batch_size_per_device=args.batch_size,
         data_root=args.data_root,
         seed=args.seed,
-        output_dir=str(run_dir),
         exp_options=options,
         **exp_kwargs,
     )
-    (run_dir / "config.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args)}, indent=2, default=str))
+    if args.ckpt_path:
+        check_resume_checkpoint(exp, args.ckpt_path)
 
-    accelerator, devices, strategy = accelerator_and_devices(args.gpus, args.devices)
+    run_dir = resolve_run_dir(args.output_root, exp_class.__name__, args.run_name)
+    exp.output_dir = run_dir
+    owner = is_launch_rank_zero()
+    if owner:
+        (run_dir / "config.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args)}, indent=2, default=str))
+    try:
+        run(exp, args, run_dir, accelerator, devices)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        raise
+    except BaseException:
+        if owner and discard_if_empty(run_dir):
+            print(f"run folder {run_dir} removed: the run failed before writing any result", file=sys.stderr)
+        raise
+    if owner and (args.evaluate or args.predict):
+        point_latest(run_dir)
+    return exp
+
+
+def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accelerator: str, devices: int) -> None:
+    """Build the Trainer and train, evaluate or predict."""
+    checkpoint_dir = run_dir / "checkpoints"
+    callbacks = [
+        # every epoch, whether or not it validates, so that a crash loses at most one epoch
+        ModelCheckpoint(
+            dirpath=str(checkpoint_dir), save_last=True, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if args.checkpoint_every_n_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoint_dir),
+                filename="step-{step}",
+                save_last=True,
+                save_top_k=1,
+                monitor="step",
+                mode="max",
+                every_n_train_steps=args.checkpoint_every_n_steps,
+            )
+        )
+    under_slurm = SLURMEnvironment.detect()
+    signals = (signal.SIGTERM,) if under_slurm else (signal.SIGTERM, signal.SIGUSR1)  # SLURM: Lightning requeues
+    callbacks.append(CheckpointOnSignal(checkpoint_dir, signals))
     trainer_kwargs = {
         key: getattr(args, key)
         for key in ("precision", "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch")
         if getattr(args, key) is not None
     }
+    world = devices * args.num_nodes
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
-        strategy=strategy,
+        num_nodes=args.num_nodes,
+        strategy="ddp" if world > 1 else "auto",
+        sync_batchnorm=args.sync_batchnorm,
+        use_distributed_sampler=False,  # the experiment shards its own loaders (resumable order)
         max_epochs=exp.max_epochs,
         default_root_dir=str(run_dir),
         logger=[TensorBoardLogger(str(run_dir), name="tensorboard"), CSVLogger(str(run_dir), name="csv")],
-        callbacks=[
-            # every epoch, whether or not it validates, so that a crash loses at most one epoch
-            ModelCheckpoint(
-                dirpath=str(run_dir / "checkpoints"),
-                save_last=True,
-                save_top_k=-1,
-                every_n_epochs=1,
-                save_on_train_epoch_end=True,
-            ),
-            LearningRateMonitor(logging_interval="step"),
-        ],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO(on_saved=lambda path: point_latest(run_dir))],
         gradient_clip_val=exp.grad_clip,
         log_every_n_steps=args.log_every_n_steps,
         accumulate_grad_batches=args.accumulate_grad_batches,
@@ -143,23 +226,20 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
         num_sanity_val_steps=0,
         **trainer_kwargs,
     )
-    if args.predict and devices > 1:
-        parser.error("-p writes one submission file: run it on one device")
     if args.evaluate:
         trainer.validate(exp, ckpt_path=args.ckpt_path)
     elif args.predict:
-        predictions = trainer.predict(exp, ckpt_path=args.ckpt_path)
+        trainer.predict(exp, ckpt_path=args.ckpt_path, return_predictions=False)
         if trainer.is_global_zero:
             from unikd.evaluation.submission import write_submission
 
-            records = [record for batch in predictions for record in batch]
             path = write_submission(
-                records,
+                exp.predict_records,
                 run_dir / "submission.json",
                 use_lidar="lidar" in exp.modalities,
                 use_camera="camera" in exp.modalities,
             )
-            print(f"submission written to {path}")
+            print(f"submission of {len(exp.predict_records)} samples written to {path}")
     else:
         trainer.fit(exp, ckpt_path=args.ckpt_path)
-    return exp
+

@@ -45,6 +45,7 @@ from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
 from unikd.distill.recorder import FeatureRecorder
 from unikd.exps.base_exp import BaseExp
+from unikd.exps.checkpoints import check_state_dict, read_checkpoint, state_dict_of
 
 DISTILLER_STATE_KEY = "distiller_state"
 DISTILL_PREFIXES = ("teacher.", "distiller.")  # state left out of the student's state dict
@@ -71,35 +72,20 @@ def load_exp_class(path: str | Path) -> type[BaseExp]:
     return getattr(module, name)
 
 
-def detector_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The detector weights of a Lightning checkpoint (`state_dict` entries `model.*`) or a plain state dict.
-
-    Lightning entries outside `model.` are kept under their full name, so that a strict load reports them.
-    """
-    if "state_dict" not in checkpoint:
-        return dict(checkpoint)
-    return {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()}
-
-
-def load_detector_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a checkpoint into `model` strictly: any missing, unexpected or mis-shaped key is an error naming them."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint not found: {path}")
-    state = detector_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(state) & set(expected))
-        if state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise RuntimeError(
-            f"checkpoint {path} does not match the {type(model).__name__} it is loaded into: "
-            f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {mismatched}"
-        )
+def load_detector_weights(model: nn.Module, path: str | Path, target: str, role: str = "teacher checkpoint") -> None:
+    """Load a checkpoint's `model.*` weights (or a plain state dict) into `model` strictly; a mismatch is a
+    CheckpointError that summarises it by module and says what the checkpoint is."""
+    checkpoint = read_checkpoint(path, role)
+    state = state_dict_of(checkpoint, prefix="model.")
+    check_state_dict(
+        state,
+        model.state_dict(),
+        path,
+        target,
+        checkpoint,
+        hint=lambda meta: f"set --exp_options teacher_model_size={meta['model_size']} and a pairing whose teacher "
+        f"is {meta['experiment']}",
+    )
     model.load_state_dict(state, strict=True)
 
 
@@ -133,7 +119,11 @@ class DistillExp(BaseExp):
         self.teacher_ckpt = teacher_ckpt
         self.teacher = self.teacher_exp_class(exp_options={"model_size": self.teacher_model_size}).model
         if teacher_ckpt is not None:
-            load_detector_weights(self.teacher, teacher_ckpt)
+            load_detector_weights(
+                self.teacher,
+                teacher_ckpt,
+                f"{self.teacher_exp_class.__name__} teacher (teacher_model_size={self.teacher_model_size})",
+            )
         self.teacher.requires_grad_(False).eval()
         if "camera" not in self.modalities and self.image_aug is None:
             self.image_aug = self.teacher.config.get("image_aug")

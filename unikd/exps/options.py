@@ -1,9 +1,16 @@
-"""`--exp_options key=value` overrides: dotted paths into an experiment's attributes and dicts."""
+"""`--exp_options key=value` overrides: dotted paths into an experiment's attributes and dicts.
+
+Each value is checked against the type of the value it replaces (the attribute's annotation on
+the experiment class, else the current value's type), so that `lr=abc` or
+`model_config.head.score_threshold=high` fail when the command is read, not mid-training.
+"""
 
 from __future__ import annotations
 
 import ast
 import copy
+import types
+import typing
 from typing import Any
 
 
@@ -26,7 +33,8 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def apply_options(target: object, options: dict[str, Any]) -> None:
-    """Set each dotted path on `target`; an unknown attribute or key is an error, never a new field."""
+    """Set each dotted path on `target`; an unknown attribute or key, or a value of the wrong type, is an error."""
+    annotations = _annotations(type(target))
     for path, value in options.items():
         *parents, leaf = path.split(".")
         if parents:
@@ -39,11 +47,82 @@ def apply_options(target: object, options: dict[str, Any]) -> None:
         if isinstance(node, dict):
             if leaf not in node:
                 raise KeyError(f"--exp_options {path}: {'.'.join(walked) or 'experiment'} has no key {leaf!r}; known: {sorted(node)}")
-            node[leaf] = value
+            node[leaf] = checked_value(path, value, node[leaf], None)
         else:
             if not hasattr(node, leaf):
                 raise AttributeError(f"--exp_options {path}: {type(node).__name__} has no attribute {leaf!r}")
-            setattr(node, leaf, value)
+            annotation = annotations.get(leaf) if node is target else None
+            setattr(node, leaf, checked_value(path, value, getattr(node, leaf), annotation))
+
+
+def checked_value(path: str, value: Any, current: Any, annotation: Any) -> Any:
+    """`value` converted to the type it replaces (an int where a float was, a list where a tuple was),
+    or a TypeError naming the option, the expected type and the current value."""
+    expected = annotation if annotation is not None else (Any if current is None else type(current))
+    ok, converted = _conform(value, expected)
+    if not ok:
+        raise TypeError(
+            f"--exp_options {path}={value!r}: expected {_type_name(expected)} "
+            f"(the current value is {current!r}), got {type(value).__name__}"
+        )
+    return converted
+
+
+def _conform(value: Any, expected: Any) -> tuple[bool, Any]:
+    if expected is Any or expected is object:
+        return True, value
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        for member in args:
+            ok, converted = _conform(value, member)
+            if ok:
+                return True, converted
+        return False, value
+    if expected is type(None):
+        return value is None, value
+    if expected is bool:
+        return isinstance(value, bool), value
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if expected in (tuple, list) or origin in (tuple, list):
+        container = origin or expected
+        if not isinstance(value, tuple | list):
+            return False, value
+        items = list(value)
+        if args:
+            fixed = args if not (len(args) == 2 and args[1] is Ellipsis) else (args[0],) * len(items)
+            if len(fixed) != len(items):
+                return False, value
+            for i, (item, item_type) in enumerate(zip(items, fixed, strict=True)):
+                ok, items[i] = _conform(item, item_type)
+                if not ok:
+                    return False, value
+        return True, container(items)
+    if origin is dict or expected is dict:
+        return isinstance(value, dict), value
+    if origin is type:
+        return isinstance(value, type), value
+    if isinstance(expected, type):
+        return isinstance(value, expected), value
+    return True, value  # an annotation this check does not model (a TypeVar, a Protocol)
+
+
+def _type_name(expected: Any) -> str:
+    return expected.__name__ if isinstance(expected, type) else str(expected).replace("typing.", "")
+
+
+def _annotations(cls: type) -> dict[str, Any]:
+    """The class's attribute annotations over its MRO, resolved; those that do not resolve are left out."""
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            hints.update(typing.get_type_hints(klass))
+        except Exception:  # an unresolvable annotation in a user's class: fall back to value types
+            continue
+    return hints
 
 
 def _own_copy(target: object, name: str) -> None:

@@ -1,0 +1,175 @@
+"""Checkpoints on disk: written atomically, read with errors that say what the file is and what to do.
+
+Every checkpoint an experiment writes carries `unikd` metadata (experiment class, model size,
+modalities, dataset version), so that a checkpoint loaded into the wrong experiment is described
+by what it is and which flags would load it, instead of by hundreds of key names.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+METADATA_KEY = "unikd"
+MAX_GROUPS = 8  # module groups listed in a mismatch summary
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the target folder, fsyncs it and renames it over the
+    final name, so that a full disk or a crash never leaves a partial file under that name.
+    `on_saved(path)` runs after each completed save."""
+
+    def __init__(self, on_saved: Callable[[Path], None] | None = None) -> None:
+        super().__init__()
+        self.on_saved = on_saved
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        save_atomically(checkpoint, Path(path))
+        if self.on_saved is not None:
+            self.on_saved(Path(path))
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """torch.save into `path` through a temporary file beside it and one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def read_checkpoint(path: str | os.PathLike, role: str = "checkpoint") -> dict[str, Any]:
+    """The checkpoint at `path` (tensors and plain data only: nothing in it runs code).
+
+    A missing, unreadable or truncated file is a CheckpointError that names it, says what was
+    expected and lists the other checkpoints in its folder.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{role} {path} does not exist{_others(path)}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a file that is not a checkpoint
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{role} {path} ({size:,} bytes) could not be read as a PyTorch checkpoint: it is truncated, "
+            f"corrupt or not a checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}){_others(path)}"
+        ) from error
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"{role} {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return dict(checkpoint)
+
+
+def _others(path: Path) -> str:
+    """'; other checkpoints in <folder>: ...' (newest first), or '' when there are none."""
+    folder = path.parent
+    if not folder.is_dir():
+        return ""
+    others = sorted(
+        (p for p in folder.glob("*.ckpt") if p.name != path.name and p.is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    if not others:
+        return ""
+    listed = ", ".join(
+        f"{p.name} ({datetime.fromtimestamp(p.stat().st_mtime):%Y-%m-%d %H:%M})" for p in others[:5]
+    )
+    more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+    return f"; other checkpoints in {folder}: {listed}{more}"
+
+
+def checkpoint_metadata(exp: Any) -> dict[str, Any]:
+    """What a checkpoint of `exp` records about the experiment that wrote it."""
+    return {
+        "experiment": type(exp).__name__,
+        "model_size": exp.model_size,
+        "modalities": list(exp.modalities),
+        "version": exp.version,
+    }
+
+
+def describe_checkpoint(checkpoint: Mapping[str, Any]) -> str:
+    """'a <experiment> checkpoint (model_size ..., modalities ...)' from its metadata, '' when it has none."""
+    meta = checkpoint.get(METADATA_KEY)
+    if not isinstance(meta, Mapping):
+        hyper = checkpoint.get("hyper_parameters") or {}
+        size = (hyper.get("exp_options") or {}).get("model_size")
+        return f"a checkpoint trained with model_size={size}" if size else ""
+    return (
+        f"a {meta['experiment']} checkpoint (model_size={meta['model_size']}, "
+        f"modalities {'+'.join(meta['modalities'])}, {meta['version']})"
+    )
+
+
+def state_dict_of(checkpoint: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
+    """The checkpoint's `state_dict` (a Lightning checkpoint) or the mapping itself (a plain state dict),
+    with `prefix` removed from the keys that have it."""
+    state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+    return {key.removeprefix(prefix): value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    target: str,
+    checkpoint: Mapping[str, Any],
+    hint: Callable[[Mapping[str, Any]], str] | None = None,
+) -> None:
+    """A CheckpointError summarising, by module, the keys of `state` that are missing, unexpected or
+    mis-shaped against `expected`; the message says what the checkpoint is and, through `hint`
+    (given its metadata), which flags would load it."""
+    problems: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for key in sorted(set(expected) - set(state)):
+        problems[_module(key)]["missing"].append(key)
+    for key in sorted(set(state) - set(expected)):
+        problems[_module(key)]["unexpected"].append(key)
+    for key in sorted(set(state) & set(expected)):
+        if tuple(state[key].shape) != tuple(expected[key].shape):
+            problems[_module(key)]["mis-shaped"].append(
+                f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+            )
+    if not problems:
+        return
+    lines = [f"checkpoint {path} does not match the {target} it is loaded into:"]
+    for module in sorted(problems)[:MAX_GROUPS]:
+        parts = [f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in problems[module].items()]
+        lines.append(f"  {module}: " + "; ".join(parts))
+    if len(problems) > MAX_GROUPS:
+        lines.append(f"  ... and {len(problems) - MAX_GROUPS} more modules")
+    described = describe_checkpoint(checkpoint)
+    if described:
+        advice = hint(checkpoint[METADATA_KEY]) if hint and METADATA_KEY in checkpoint else ""
+        lines.append(f"It is {described}{': ' + advice if advice else '.'}")
+    raise CheckpointError("\n".join(lines))
+
+
+def _module(key: str) -> str:
+    """The module group of a state-dict key: its first two dotted parts (`model.head`)."""
+    return ".".join(key.split(".")[:2])
