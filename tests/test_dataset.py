@@ -1,5 +1,8 @@
 """The nuScenes dataset reader on the synthetic database: frames, sweeps, images, errors."""
 
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +155,46 @@ def test_truncated_point_file_names_the_path(tmp_path: Path) -> None:
         load_points(path)
     with pytest.raises(FileNotFoundError, match="missing.pcd.bin"):
         load_points(tmp_path / "missing.pcd.bin")
+
+
+def linked_copy(root: Path, destination: Path) -> Path:
+    """A copy of a dataset made of hard links (instant): change a file with `replace_file`, never in place."""
+    return Path(shutil.copytree(root, destination, copy_function=os.link))
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """New content at `path`, leaving the file it was linked to as it is."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def test_missing_and_truncated_files_fail_at_start(
+    synthetic_root: Path, val_dataset: NuScenesDetectionDataset, tmp_path: Path
+) -> None:
+    """Every bad file of the split in one error when the dataset is made, not when an epoch reaches it."""
+    root = linked_copy(synthetic_root, tmp_path / "nuscenes")
+    infos = val_dataset.infos
+    truncated = root / infos[3]["sweeps"][1]["path"]
+    replace_file(truncated, truncated.read_bytes()[:-7])
+    missing_points = root / infos[5]["lidar_path"]
+    missing_image = root / infos[2]["cams"]["CAM_BACK"]["path"]
+    missing_points.unlink()
+    missing_image.unlink()
+    with pytest.raises(OSError, match=r"3 of the \d+ files of split 'mini_val' are missing or truncated") as error:
+        NuScenesDetectionDataset(root, "v1.0-mini", "mini_val", RANGE, num_sweeps=3, use_camera=True)
+    assert f"{truncated} (truncated: " in str(error.value)
+    assert f"{missing_points} (No such file or directory)" in str(error.value)
+    assert f"{missing_image} (No such file or directory)" in str(error.value)
+    with pytest.raises(OSError, match=r"2 of the \d+ files"):  # images only with use_camera
+        NuScenesDetectionDataset(root, "v1.0-mini", "mini_val", RANGE, num_sweeps=3)
+
+
+def test_corrupt_camera_image_names_the_file_and_sample(synthetic_root: Path, tmp_path: Path) -> None:
+    root = linked_copy(synthetic_root, tmp_path / "nuscenes")
+    dataset = NuScenesDetectionDataset(root, "v1.0-mini", "mini_val", RANGE, num_sweeps=1, use_camera=True)
+    info = dataset.infos[4]
+    image = root / info["cams"]["CAM_FRONT_LEFT"]["path"]
+    replace_file(image, image.read_bytes()[: image.stat().st_size // 2])
+    with pytest.raises(OSError, match=re.escape(f"{image} of sample {info['token']}")) as error:
+        dataset[4]
+    assert "image file is truncated" in str(error.value.__cause__)

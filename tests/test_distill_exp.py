@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, detector_shapes, voxel_grid
 from unikd.distill.recorder import FeatureRecorder
+from unikd.exps.checkpoints import CheckpointError
 from unikd.exps.distill_exp import (
     DISTILLER_STATE_KEY,
     DistillExp,
@@ -229,7 +230,7 @@ def test_teacher_checkpoint_loading_is_strict(tmp_path: Path) -> None:
 
     plain = tmp_path / "detector.pth"  # a plain state dict of the detector loads too
     torch.save(teacher_exp.model.state_dict(), plain)
-    load_detector_weights(BEVFusion(model_config("small", ("lidar",))), plain)
+    load_detector_weights(BEVFusion(model_config("small", ("lidar",))), plain, "a small LiDAR detector")
 
     some_key = "model.head.shared_conv.0.weight"
     broken = {
@@ -247,8 +248,24 @@ def test_teacher_checkpoint_loading_is_strict(tmp_path: Path) -> None:
         torch.save({"state_dict": bad_state}, path)
         with pytest.raises(RuntimeError, match=f"{case}.*{expected[case]}"):
             make_distill_exp(LIDARSMALL, teacher_ckpt=str(path))
-    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+    with pytest.raises(CheckpointError, match="nowhere.ckpt does not exist"):
         make_distill_exp(LIDARSMALL, teacher_ckpt=str(tmp_path / "nowhere.ckpt"))
+
+
+def test_teacher_checkpoint_of_another_size_is_summarised_by_module(tmp_path: Path) -> None:
+    """A mismatch is one short message by module that says what the checkpoint is and which flag loads it."""
+    teacher_exp = plain_class("lidar")(exp_options={"model_size": "student", "num_workers": 0})
+    checkpoint = {"state_dict": {f"model.{k}": v for k, v in teacher_exp.model.state_dict().items()}}
+    teacher_exp.on_save_checkpoint(checkpoint)
+    path = tmp_path / "student_size.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as error:
+        make_distill_exp(LIDARSMALL, teacher_ckpt=str(path))
+    message = str(error.value)
+    assert len(message) < 2000 and len(message.splitlines()) < 12, message
+    assert "head.task_heads" in message and "mis-shaped" in message
+    assert "BEVFusion_nuscenes_centerhead_lidar_exp checkpoint (model_size=student" in message
+    assert "teacher_model_size=student" in message
 
 
 # ----------------------------------------------------------------------------- on the synthetic dataset

@@ -1,7 +1,8 @@
 """Per-sample records ("infos") built once from a nuScenes database.
 
 An info holds everything a training sample needs, in plain numpy and strings, so that the
-dataset never touches the devkit per item and the list can be cached to a pickle:
+dataset never touches the devkit per item and the list can be cached (`write_infos`: an `.npz`
+of columns, read without pickle, keyed on what it was built from):
 
 - `token`, `timestamp` (µs), `scene_name`
 - `lidar_path`; `sweeps`: list of dicts (`path`, `sensor2lidar` 4x4, `time_lag` s) newest first
@@ -12,8 +13,10 @@ dataset never touches the devkit per item and the list can be cached to a pickle
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,10 @@ from tqdm import tqdm
 
 from unikd.data.classes import CAMERAS, CATEGORY_TO_CLASS
 from unikd.data.nuscenes_boxes import nuscenes_to_boxes, transform_boxes
+from unikd.utils.file_stamps import table_stamps
+
+# Bump when the cached content or layout changes.
+INFOS_FORMAT = 1
 
 NUSCENES_TABLES = (
     "attribute",
@@ -164,31 +171,165 @@ def sample_info(nusc, sample: dict, scene_name: str, max_sweeps: int) -> dict:
 
 
 def infos_path(data_root: str | os.PathLike, version: str, split: str) -> Path:
-    return Path(data_root) / f"unikd_infos_{version}_{split}.pkl"
+    return Path(data_root) / f"unikd_infos_{version}_{split}.npz"
+
+
+def cache_key(data_root: str | os.PathLike, version: str, split: str, max_sweeps: int) -> dict:
+    """What cached infos depend on. Not the root: their paths are relative to it."""
+    return {
+        "format": INFOS_FORMAT,
+        "version": version,
+        "split": split,
+        "max_sweeps": max_sweeps,
+        "tables": table_stamps(Path(data_root) / version, NUSCENES_TABLES),
+    }
 
 
 def load_or_build_infos(data_root: str | os.PathLike, version: str, split: str, max_sweeps: int = 10) -> list[dict]:
-    """Infos from the cached pickle when present, else built with the devkit (and not cached)."""
+    """Infos from the cache of `write_infos` when present, else built with the devkit (and not cached).
+
+    A cache built with more sweeps serves with each sweep list cut to `max_sweeps - 1`; one built
+    with fewer sweeps, for another version or split, or from tables changed since, is an error.
+    """
     check_dataroot(data_root, version)
     path = infos_path(data_root, version, split)
+    rebuild = f"python tools/create_data.py infos --root {data_root} --version {version} --max-sweeps {max_sweeps}"
     if path.is_file():
-        with open(path, "rb") as f:
-            payload = pickle.load(f)
-        if payload.get("version") != version or payload.get("split") != split:
-            raise ValueError(f"{path} holds infos of {payload.get('version')}/{payload.get('split')}, not {version}/{split}")
-        return payload["infos"]
+        return load_infos(path, cache_key(data_root, version, split, max_sweeps), rebuild)
+    pickled = path.with_suffix(".pkl")
+    if pickled.is_file():
+        warnings.warn(
+            f"ignoring {pickled}: pickled infos are no longer read (loading a pickle runs code); "
+            f"building the infos with the devkit instead; cache them with `{rebuild}`",
+            stacklevel=2,
+        )
     return build_infos(load_nuscenes(data_root, version), split, max_sweeps)
 
 
 def write_infos(data_root: str | os.PathLike, version: str, max_sweeps: int = 10) -> list[Path]:
     """Build and cache the infos of every split of `version` next to the database."""
+    check_dataroot(data_root, version)
+    # Keyed on the tables as they are before reading them: a change during the build shows as stale.
+    keys = {split: cache_key(data_root, version, split, max_sweeps) for split in SPLITS_BY_VERSION[version]}
     nusc = load_nuscenes(data_root, version)
     written = []
-    for split in SPLITS_BY_VERSION[version]:
+    for split, key in keys.items():
         path = infos_path(data_root, version, split)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump({"version": version, "split": split, "infos": build_infos(nusc, split, max_sweeps)}, f)
-        tmp.replace(path)
+        save_infos(path, key, build_infos(nusc, split, max_sweeps))
         written.append(path)
     return written
+
+
+def save_infos(path: Path, key: dict, infos: list[dict]) -> None:
+    """Write `infos` and their key to `path` through a temporary file of this writer's own."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez_compressed(file, key=np.array(json.dumps(key)), **infos_to_arrays(infos))
+        os.chmod(temporary, 0o644)  # mkstemp makes it private to this user
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def load_infos(path: Path, expected: dict, rebuild: str) -> list[dict]:
+    """Infos of a file written by `save_infos`, checked against the key this run expects."""
+    with np.load(path, allow_pickle=False) as data:
+        built = json.loads(str(data["key"]))
+        check_cache_key(path, built, expected, rebuild)
+        arrays = {name: data[name] for name in data.files if name != "key"}
+    return arrays_to_infos(arrays, expected["max_sweeps"])
+
+
+def check_cache_key(path: Path, built: dict, expected: dict, rebuild: str) -> None:
+    """Raise when a cache built under `built` cannot serve a run that expects `expected`."""
+    problems = [
+        f"built with {name}={built.get(name)!r}, this run asks for {expected[name]!r}"
+        for name in ("format", "version", "split")
+        if built.get(name) != expected[name]
+    ]
+    if built.get("max_sweeps", 0) < expected["max_sweeps"]:  # more sweeps serve, cut
+        problems.append(f"built with max_sweeps={built.get('max_sweeps')}, this run asks for {expected['max_sweeps']}")
+    changed = set(built.get("tables", [])) ^ set(expected["tables"])
+    if changed:
+        names = ", ".join(sorted({stamp.split(":")[0] + ".json" for stamp in changed}))
+        problems.append(f"built from other tables ({names} changed since)")
+    if problems:
+        raise ValueError(
+            f"infos cache {path} does not fit this run: {'; '.join(problems)}. Rebuild it with `{rebuild}`, "
+            "or delete it to build the infos at every start"
+        )
+
+
+def infos_to_arrays(infos: list[dict]) -> dict[str, np.ndarray]:
+    """Columns of `infos`: per sample, per sweep (`num_sweeps` per sample), per camera, per box (`num_boxes`)."""
+    sweeps = [sweep for info in infos for sweep in info["sweeps"]]
+    cams = [[info["cams"][channel] for channel in CAMERAS] for info in infos]
+    num_cams = len(CAMERAS)
+
+    def per_box(name: str, dtype, width: tuple[int, ...] = ()) -> np.ndarray:
+        return np.concatenate([np.empty((0, *width), dtype)] + [np.asarray(info[name], dtype) for info in infos])
+
+    return {
+        "token": np.array([info["token"] for info in infos], dtype=str),
+        "timestamp": np.array([info["timestamp"] for info in infos], dtype=np.int64),
+        "scene_name": np.array([info["scene_name"] for info in infos], dtype=str),
+        "lidar_path": np.array([info["lidar_path"] for info in infos], dtype=str),
+        "lidar2global": np.array([info["lidar2global"] for info in infos], dtype=np.float64).reshape(-1, 4, 4),
+        "num_sweeps": np.array([len(info["sweeps"]) for info in infos], dtype=np.int64),
+        "sweep_path": np.array([sweep["path"] for sweep in sweeps], dtype=str),
+        "sweep_sensor2lidar": np.array([sweep["sensor2lidar"] for sweep in sweeps], dtype=np.float64).reshape(-1, 4, 4),
+        "sweep_time_lag": np.array([sweep["time_lag"] for sweep in sweeps], dtype=np.float64),
+        "cam_path": np.array([[cam["path"] for cam in row] for row in cams], dtype=str).reshape(-1, num_cams),
+        "cam2img": np.array([[cam["cam2img"] for cam in row] for row in cams], np.float64).reshape(-1, num_cams, 4, 4),
+        "lidar2cam": np.array([[cam["lidar2cam"] for cam in row] for row in cams], np.float64).reshape(-1, num_cams, 4, 4),
+        "num_boxes": np.array([len(info["gt_boxes"]) for info in infos], dtype=np.int64),
+        "gt_boxes": per_box("gt_boxes", np.float64, (9,)),
+        "gt_names": per_box("gt_names", str),
+        "num_lidar_pts": per_box("num_lidar_pts", np.int64),
+        "num_radar_pts": per_box("num_radar_pts", np.int64),
+    }
+
+
+def arrays_to_infos(arrays: dict[str, np.ndarray], max_sweeps: int) -> list[dict]:
+    """The infos of `infos_to_arrays`' columns, keeping up to `max_sweeps - 1` sweeps each."""
+    sweep_start = np.concatenate([[0], np.cumsum(arrays["num_sweeps"])]).tolist()
+    box_start = np.concatenate([[0], np.cumsum(arrays["num_boxes"])]).tolist()
+    # Python str, int and float, as `build_infos` gives them.
+    names = ("token", "timestamp", "scene_name", "lidar_path", "sweep_path", "sweep_time_lag", "cam_path")
+    columns = {name: arrays[name].tolist() for name in names}
+    gt_names = arrays["gt_names"].astype(object)
+    infos = []
+    for i, token in enumerate(columns["token"]):
+        first_sweep, boxes = sweep_start[i], slice(box_start[i], box_start[i + 1])
+        infos.append(
+            {
+                "token": token,
+                "timestamp": columns["timestamp"][i],
+                "scene_name": columns["scene_name"][i],
+                "lidar_path": columns["lidar_path"][i],
+                "sweeps": [
+                    {
+                        "path": columns["sweep_path"][j],
+                        "sensor2lidar": arrays["sweep_sensor2lidar"][j],
+                        "time_lag": columns["sweep_time_lag"][j],
+                    }
+                    for j in range(first_sweep, min(sweep_start[i + 1], first_sweep + max_sweeps - 1))
+                ],
+                "lidar2global": arrays["lidar2global"][i],
+                "cams": {
+                    channel: {
+                        "path": columns["cam_path"][i][c],
+                        "cam2img": arrays["cam2img"][i, c],
+                        "lidar2cam": arrays["lidar2cam"][i, c],
+                    }
+                    for c, channel in enumerate(CAMERAS)
+                },
+                "gt_boxes": arrays["gt_boxes"][boxes],
+                "gt_names": gt_names[boxes],
+                "num_lidar_pts": arrays["num_lidar_pts"][boxes],
+                "num_radar_pts": arrays["num_radar_pts"][boxes],
+            }
+        )
+    return infos

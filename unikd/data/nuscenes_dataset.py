@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from unikd.data.transforms import (
 )
 
 POINT_FILE_DIMS = 5  # x, y, z, intensity, ring index (float32)
+POINT_BYTES = POINT_FILE_DIMS * 4
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -45,11 +47,40 @@ def load_points(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"point cloud file not found: {path}")
     size = path.stat().st_size
-    if size % (POINT_FILE_DIMS * 4) != 0:
+    if size % POINT_BYTES != 0:
         raise ValueError(
             f"truncated point cloud {path}: {size} bytes is not a multiple of {POINT_FILE_DIMS} float32 per point"
         )
     return np.fromfile(path, dtype=np.float32).reshape(-1, POINT_FILE_DIMS)
+
+
+def check_split_files(data_root: Path, infos: list[dict], split: str, num_sweeps: int, use_camera: bool) -> None:
+    """One error naming the missing or truncated files that `infos` will read, from a stat of each (no reading)."""
+    points, images = [], []
+    for info in infos:
+        points.append(info["lidar_path"])
+        points.extend(sweep["path"] for sweep in info["sweeps"][: num_sweeps - 1])
+        if use_camera:
+            images.extend(cam["path"] for cam in info["cams"].values())
+    files = dict.fromkeys(points, True) | dict.fromkeys(images, False)  # relative path -> is a point file
+    problems = []
+    for relative, is_points in files.items():
+        path = data_root / relative
+        try:
+            status = path.stat()
+        except OSError as error:
+            problems.append(f"{path} ({error.strerror})")
+            continue
+        if not stat.S_ISREG(status.st_mode):
+            problems.append(f"{path} (not a file)")
+        elif is_points and status.st_size % POINT_BYTES != 0:
+            problems.append(f"{path} (truncated: {status.st_size} bytes, not a multiple of {POINT_BYTES})")
+    if problems:
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise OSError(
+            f"{len(problems)} of the {len(files)} files of split {split!r} are missing or truncated: "
+            f"{'; '.join(problems[:5])}{more}"
+        )
 
 
 class NuScenesDetectionDataset(Dataset):
@@ -87,6 +118,7 @@ class NuScenesDetectionDataset(Dataset):
         self.infos = load_or_build_infos(self.data_root, version, split, max_sweeps=num_sweeps)
         if not self.infos:
             raise ValueError(f"split {split!r} of {self.data_root}/{version} has no samples")
+        check_split_files(self.data_root, self.infos, split, num_sweeps, use_camera)
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -161,9 +193,11 @@ class NuScenesDetectionDataset(Dataset):
         for channel in CAMERAS:
             cam = info["cams"][channel]
             path = self.data_root / cam["path"]
-            if not path.is_file():
-                raise FileNotFoundError(f"camera image not found: {path}")
-            image = Image.open(path).convert("RGB")
+            try:
+                with Image.open(path) as file:
+                    image = file.convert("RGB")
+            except OSError as error:
+                raise OSError(f"cannot read camera image {path} of sample {info['token']}: {error}") from error
             params = self.image_aug_params(image.width, image.height, rng)
             image = apply_image_aug(image, **params)
             array = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD

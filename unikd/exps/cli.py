@@ -190,7 +190,7 @@ def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accele
         callbacks.append(
             ModelCheckpoint(
                 dirpath=str(checkpoint_dir),
-                filename="step-{step}",
+                filename="{step}",
                 save_last=True,
                 save_top_k=1,
                 monitor="step",
