@@ -14,6 +14,7 @@ import torch
 from nuscenes.eval.common.config import config_factory
 from nuscenes.eval.common.data_classes import EvalBoxes
 from nuscenes.eval.common.loaders import add_center_dist, filter_eval_boxes, load_prediction
+from nuscenes.eval.common.utils import center_distance
 from nuscenes.eval.detection.data_classes import DetectionBox
 from nuscenes.eval.detection.evaluate import DetectionEval
 from nuscenes.utils.data_classes import Box
@@ -31,7 +32,7 @@ from unikd.evaluation import (
     write_metrics_summary,
     write_submission,
 )
-from unikd.evaluation.geometry import points_in_boxes, quaternions_to_yaw
+from unikd.evaluation.geometry import box_corners, points_in_boxes, quaternions_to_yaw, row_norms
 from unikd.evaluation.predictions import attribute_index, default_attributes
 
 CONFIG = config_factory("detection_cvpr_2019")
@@ -144,6 +145,34 @@ def make_ground_truth(seed: int, num_samples: int = 14) -> GroundTruth:
         rack_translation=np.array(racks["t"], dtype=np.float64).reshape(-1, 3),
         rack_size=np.array(racks["s"], dtype=np.float64).reshape(-1, 3),
         rack_rotation=np.array(racks["r"], dtype=np.float64).reshape(-1, 4),
+    )
+
+
+NO_RACKS = ([], np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 4)))
+
+
+def small_ground_truth(ego: np.ndarray, box_sample, translation, label, racks=NO_RACKS) -> GroundTruth:
+    """Samples s0, s1, ... with their ego at `ego` [S, 3]; boxes of 1 x 2 x 1.5 m, heading 0, with points, no
+    attribute; racks: (rack_sample, translation, size, rotation)."""
+    n = len(label)
+    rack_sample, rack_translation, rack_size, rack_rotation = racks
+    return GroundTruth(
+        version="v1.0-mini",
+        eval_set="in_memory",
+        sample_tokens=tuple(f"s{i}" for i in range(len(ego))),
+        ego_translation=np.asarray(ego, dtype=np.float64),
+        box_sample=np.asarray(box_sample, dtype=np.int64),
+        translation=np.asarray(translation, dtype=np.float64).reshape(-1, 3),
+        size=np.tile([1.0, 2.0, 1.5], (n, 1)),
+        rotation=np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)),
+        velocity=np.zeros((n, 2)),
+        label=np.asarray(label, dtype=np.int64),
+        attribute=np.full(n, -1),
+        num_pts=np.full(n, 10),
+        rack_sample=np.asarray(rack_sample, dtype=np.int64),
+        rack_translation=np.asarray(rack_translation, dtype=np.float64),
+        rack_size=np.asarray(rack_size, dtype=np.float64),
+        rack_rotation=np.asarray(rack_rotation, dtype=np.float64),
     )
 
 
@@ -299,8 +328,13 @@ def prediction_sets(gt: GroundTruth) -> dict[str, list[dict]]:
 
 
 def devkit_summary(gt: GroundTruth, predictions: list[dict], tmp_path) -> dict:
-    """The devkit's result: its submission loader, `add_center_dist`, `filter_eval_boxes`, `evaluate`."""
+    """The devkit's result on the submission of `predictions`."""
     path = write_submission(predictions, tmp_path / "submission.json", use_camera=False, use_lidar=True)
+    return devkit_summary_of_file(gt, path)
+
+
+def devkit_summary_of_file(gt: GroundTruth, path: Path) -> dict:
+    """The devkit's result: its submission loader, `add_center_dist`, `filter_eval_boxes`, `evaluate`."""
     pred_boxes, _ = load_prediction(str(path), CONFIG.max_boxes_per_sample, DetectionBox)
     gt_boxes = EvalBoxes()
     for index, token in enumerate(gt.sample_tokens):
@@ -449,6 +483,57 @@ def test_exact_distance_ties_and_thresholds(tmp_path):
     ours = {key: value.item() for key, value in metric.compute().items()}
     assert_same_figures(ours, flatten_summary(devkit_summary(gt, records, tmp_path)))
     assert ours["AP@1.0/pedestrian"] < ours["AP@2.0/pedestrian"]
+
+
+def test_centre_distances_are_the_devkits_bits():
+    """Centre distances equal the devkit's `center_distance` (`np.linalg.norm` of each pair's difference)
+    bit for bit, on pairs where the elementwise sqrt(dx * dx + dy * dy) is one ulp off."""
+    rng = np.random.default_rng(0)
+    gt_xy = rng.uniform(-2000, 2000, (20000, 2))
+    pred_xy = gt_xy + rng.normal(0, 3, gt_xy.shape)
+    devkit = np.array(
+        [
+            center_distance(SimpleNamespace(translation=g), SimpleNamespace(translation=p))
+            for g, p in zip(gt_xy.tolist(), pred_xy.tolist(), strict=True)
+        ]
+    )
+    delta = pred_xy - gt_xy
+    assert row_norms(delta).tobytes() == devkit.tobytes()
+    elementwise = np.sqrt(delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1])
+    assert (elementwise != devkit).mean() > 0.01
+
+
+def test_prediction_exactly_at_a_threshold(tmp_path):
+    """A car at 2 m from its ground truth by one rounding and under 2 m by the other: it matches at the
+    2 m threshold exactly when the devkit's distance is under 2 m."""
+    gt_xy = np.array([110.0, 100.0])
+    for angle in np.linspace(0.1, 1.4, 2000):
+        pred_xy = gt_xy + 2.0 * np.array([np.cos(angle), np.sin(angle)])
+        delta = pred_xy - gt_xy
+        devkit = center_distance(
+            SimpleNamespace(translation=gt_xy.tolist()), SimpleNamespace(translation=pred_xy.tolist())
+        )
+        if (devkit < 2.0) != (np.sqrt(delta[0] * delta[0] + delta[1] * delta[1]) < 2.0):
+            break
+    else:
+        raise AssertionError("no centre found where the two roundings disagree on being under 2 m")
+    car = CLASSES.index("car")
+    gt = small_ground_truth(np.array([[100.0, 100.0, 0.0]]), [0], [[*gt_xy, 1.0]], [car])
+    record = {
+        "sample_token": "s0",
+        "translation": np.array([[*pred_xy, 1.0]]),
+        "size": gt.size,
+        "rotation": gt.rotation,
+        "velocity": np.zeros((1, 2)),
+        "label": np.array([car]),
+        "score": np.array([0.8]),
+    }
+    metric = NuScenesDetectionMetric(gt)
+    metric.update([record])
+    ours = {key: value.item() for key, value in metric.compute().items()}
+    assert_same_figures(ours, flatten_summary(devkit_summary(gt, [record], tmp_path)))
+    assert ours["AP@2.0/car"] == pytest.approx(float(devkit < 2.0))
+    assert ours["AP@4.0/car"] == pytest.approx(1.0)
 
 
 def test_no_predictions_at_all(gt, predictions, tmp_path):
@@ -614,6 +699,38 @@ def test_update_rejects_invalid_records(gt, predictions):
         metric.compute()
 
 
+def test_scores_must_be_probabilities(gt, predictions, tmp_path):
+    """Raw logits as scores: the devkit's evaluation fails on them, so the metric, the submission writer and
+    `make_prediction` refuse them, naming the sample and the score; scores of 0 and above 1 are fine."""
+    records = predictions["jitter_all"]
+    path = write_submission(records, tmp_path / "logits.json", use_camera=False, use_lidar=True)
+    submission = json.loads(path.read_text())
+    for boxes in submission["results"].values():
+        for box in boxes:
+            box["detection_score"] = math.log(box["detection_score"] / (1 - box["detection_score"]))
+    path.write_text(json.dumps(submission))
+    with pytest.raises(AssertionError):
+        devkit_summary_of_file(gt, path)
+    logits = [{**r, "score": np.log(r["score"] / (1 - r["score"]))} for r in records]
+    metric = NuScenesDetectionMetric(gt)
+    with pytest.raises(
+        ValueError, match=r"sample sample000: box \d+ has score -[0-9.]+ .* in \[0, 1\], not logits"
+    ):
+        metric.update(logits)
+    with pytest.raises(ValueError, match="not logits"):
+        write_submission(logits, tmp_path / "refused.json", use_camera=False, use_lidar=True)
+    with pytest.raises(ValueError, match="sample sample000: box 0 has score nan"):
+        metric.update([{**records[0], "score": np.full(len(records[0]["label"]), np.nan)}])
+    boxes = np.tile([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0], (2, 1))
+    with pytest.raises(ValueError, match="sample tok: box 1 has score -0.5"):
+        make_prediction("tok", boxes, np.eye(4), [0, 0], [0.9, -0.5])
+    scaled = [{**r, "score": np.where(r["score"] < 0.2, 0.0, 3 * r["score"])} for r in records]
+    metric = NuScenesDetectionMetric(gt)
+    metric.update(scaled)
+    ours = {key: value.item() for key, value in metric.compute().items()}
+    assert_same_figures(ours, flatten_summary(devkit_summary(gt, scaled, tmp_path)))
+
+
 def test_make_prediction_from_lidar_boxes():
     lidar2global = np.eye(4)
     lidar2global[:3, :3] = Quaternion(axis=[0, 0, 1], radians=0.5).rotation_matrix
@@ -672,7 +789,48 @@ def test_geometry_matches_devkit():
         bool(points_in_box(Box(c, s, Quaternion(r)), p[:, None])[0])
         for c, s, r, p in zip(centers, sizes, rotations, points, strict=True)
     ]
-    assert points_in_boxes(points, centers, sizes, rotations).tolist() == expected
+    assert points_in_boxes(points, box_corners(centers, sizes, rotations)).tolist() == expected
     assert 100 < sum(expected) < n - 100
     yaws = [np.arctan2(*(Quaternion(r).rotation_matrix[:, 0][[1, 0]])) for r in rotations]
     np.testing.assert_allclose(quaternions_to_yaw(rotations * 3.0), yaws, atol=1e-12)
+
+
+def test_points_on_box_edges_like_devkit():
+    """Points exactly on corners, edges and faces of boxes (and corners moved one ulp either way): inside
+    or outside exactly as the devkit's `points_in_box` decides, also as bicycles in bicycle racks."""
+    rng = np.random.default_rng(1)
+    n = 150
+    centers = rng.uniform(-500, 1500, (n, 3))
+    sizes = rng.uniform(0.5, 8, (n, 3))
+    rotations = np.array(
+        [
+            yaw_quaternion(a, tilt=t)
+            for a, t in zip(rng.uniform(-3, 3, n), rng.choice([0, 0.1], n), strict=True)
+        ]
+    )
+    rotations[: n // 3] = rng.normal(size=(n // 3, 4))  # not normalised
+    corners = box_corners(centers, sizes, rotations)
+    edges = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
+    faces = [(0, 1, 2, 3), (4, 5, 6, 7), (0, 1, 5, 4), (2, 3, 7, 6), (0, 3, 7, 4), (1, 2, 6, 5)]
+    points = [corners[:, :, c] for c in range(8)]
+    points += [np.nextafter(corners[:, :, c], towards) for c in range(8) for towards in (-np.inf, np.inf)]
+    points += [(corners[:, :, a] + corners[:, :, b]) / 2 for a, b in edges]
+    points += [corners[:, :, list(face)].mean(axis=2) for face in faces]
+    box = np.repeat(np.arange(n), len(points))
+    points = np.stack(points, axis=1).reshape(-1, 3)
+    expected = [
+        bool(points_in_box(Box(centers[b], sizes[b], Quaternion(rotations[b])), p[:, None])[0])
+        for b, p in zip(box, points, strict=True)
+    ]
+    assert points_in_boxes(points, corners[box]).tolist() == expected
+    assert 0.2 < np.mean(expected) < 0.8
+    # The same boxes as bicycle racks (one a sample) and the points as bicycles: dropped when in the rack.
+    gt = small_ground_truth(
+        centers,
+        box,
+        points,
+        np.full(len(box), CLASSES.index("bicycle")),
+        (np.arange(n), centers, sizes, rotations),
+    )
+    keep = gt.keep_mask(box, points, gt.label, CONFIG.class_range)
+    assert keep.tolist() == [not inside for inside in expected]

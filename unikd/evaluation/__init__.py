@@ -3,7 +3,7 @@
 from unikd.evaluation.ground_truth import GroundTruth, prepare_ground_truth
 from unikd.evaluation.metric import NuScenesDetectionMetric
 from unikd.evaluation.predictions import ATTRIBUTE_NAMES, default_attributes, make_prediction
-from unikd.evaluation.submission import submission_results, write_submission
+from unikd.evaluation.submission import read_submission, submission_results, write_submission
 from unikd.evaluation.summary import flatten_summary, write_metrics_summary
 from unikd.evaluation.table import format_metrics, print_metrics
 
@@ -17,6 +17,7 @@ __all__ = [
     "make_prediction",
     "prepare_ground_truth",
     "print_metrics",
+    "read_submission",
     "submission_results",
     "write_metrics_summary",
     "write_submission",

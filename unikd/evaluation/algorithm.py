@@ -16,6 +16,7 @@ import numpy as np
 from nuscenes.eval.detection.data_classes import DetectionConfig
 
 from unikd.data.classes import CLASSES
+from unikd.evaluation.geometry import row_norms
 
 TP_METRICS: tuple[str, ...] = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 # TP errors the devkit does not report for a class.
@@ -229,7 +230,7 @@ def _candidate_pairs(
         pred, gt = expand_ranges(starts[lo:hi], counts[lo:hi])
         pred += lo
         delta = pred_xy[pred] - gt_xy[gt]
-        dist = np.sqrt(delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1])
+        dist = row_norms(delta)
         close = dist < max_dist
         out_pred.append(pred[close])
         out_gt.append(gt[close])
@@ -261,8 +262,8 @@ def _match_errors(
     gt_attribute = gt.attribute[gt_index]
     attr_err = np.where(gt_attribute < 0, np.nan, 1.0 - (gt_attribute == pred.attribute[pred_index]))
     return {
-        "trans_err": np.sqrt(delta[:, 0] * delta[:, 0] + delta[:, 1] * delta[:, 1]),
-        "vel_err": np.sqrt(velocity[:, 0] * velocity[:, 0] + velocity[:, 1] * velocity[:, 1]),
+        "trans_err": row_norms(delta),
+        "vel_err": row_norms(velocity),
         "scale_err": 1 - intersection / (gt_volume + pred_volume - intersection),
         "orient_err": np.abs(yaw_diff),
         "attr_err": attr_err,

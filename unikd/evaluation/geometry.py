@@ -1,8 +1,10 @@
-"""Vectorised box geometry with the nuScenes devkit's conventions (global frame, wlh, quaternions)."""
+"""Box geometry with the nuScenes devkit's conventions and roundings (global frame, wlh, quaternions)."""
 
 from __future__ import annotations
 
 import numpy as np
+from nuscenes.utils.data_classes import Box
+from pyquaternion import Quaternion
 
 
 def quaternions_to_yaw(rotation: np.ndarray) -> np.ndarray:
@@ -11,45 +13,54 @@ def quaternions_to_yaw(rotation: np.ndarray) -> np.ndarray:
     return np.arctan2(x * y + z * w + w * z + x * y, x * x + w * w - z * z - y * y)
 
 
-def quaternions_to_matrices(rotation: np.ndarray) -> np.ndarray:
-    """[K, 4] quaternions (w, x, y, z), normalised first -> [K, 3, 3] rotation matrices."""
-    q = np.asarray(rotation, dtype=np.float64).reshape(-1, 4)
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    w, x, y, z = q.T
-    return np.stack(
-        [
-            np.stack([w * w + x * x - y * y - z * z, 2 * (x * y - w * z), 2 * (x * z + w * y)], axis=1),
-            np.stack([2 * (x * y + w * z), w * w - x * x + y * y - z * z, 2 * (y * z - w * x)], axis=1),
-            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), w * w - x * x - y * y + z * z], axis=1),
-        ],
-        axis=1,
-    )
+def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot products of matching rows of [..., n] arrays, rounded as the devkit's `np.dot(x, y)` rounds them.
 
-
-def points_in_boxes(
-    points: np.ndarray, center: np.ndarray, size: np.ndarray, rotation: np.ndarray
-) -> np.ndarray:
-    """Whether point i lies in box i (borders included), as the devkit's `points_in_box` decides it.
-
-    points, center [K, 3]; size [K, 3] (w, l, h); rotation [K, 4] (w, x, y, z). The test projects the
-    point, relative to the box's first corner, onto the three edges leaving that corner.
+    A (1, n) @ (n, 1) matmul runs numpy's dot routine of two vectors (BLAS ddot), the one `np.dot`
+    and `np.linalg.norm` of 1-D arrays run. Elementwise products and sums (`np.sum(a * b, -1)`,
+    `np.einsum`, `np.linalg.norm(..., axis=-1)`) round differently where ddot fuses multiply-adds.
     """
-    center = np.asarray(center, dtype=np.float64).reshape(-1, 3)
-    w, length, h = np.asarray(size, dtype=np.float64).reshape(-1, 3).T
-    # Corners 0 (front-left-top), 4 (back), 1 (right), 3 (bottom) of the devkit's corner order.
-    local = np.stack(
-        [
-            np.stack([length / 2, w / 2, h / 2], axis=1),
-            np.stack([-length / 2, w / 2, h / 2], axis=1),
-            np.stack([length / 2, -w / 2, h / 2], axis=1),
-            np.stack([length / 2, w / 2, -h / 2], axis=1),
-        ],
-        axis=2,
-    )  # [K, 3, 4]
-    corners = quaternions_to_matrices(rotation) @ local + center[:, :, None]
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    return np.matmul(a[..., None, :], b[..., :, None])[..., 0, 0]
+
+
+def row_norms(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row of [..., n], bit-identical to the devkit's `np.linalg.norm` of one row."""
+    return np.sqrt(row_dots(vectors, vectors))
+
+
+def box_corners(center: np.ndarray, size: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """[K, 3, 8] corners of K boxes (centre, w l h, quaternion w x y z), in the devkit's corner order.
+
+    Computed box by box by the devkit's own `Box.corners`, so that they are bit-identical to the
+    corners its bicycle-rack test uses (its rotation matrix and matrix products round their own way).
+    """
+    corners = [
+        Box(c, s, Quaternion(r)).corners()
+        for c, s, r in zip(
+            np.asarray(center, dtype=np.float64).reshape(-1, 3).tolist(),
+            np.asarray(size, dtype=np.float64).reshape(-1, 3).tolist(),
+            np.asarray(rotation, dtype=np.float64).reshape(-1, 4).tolist(),
+            strict=True,
+        )
+    ]
+    return np.array(corners, dtype=np.float64).reshape(-1, 3, 8)
+
+
+def points_in_boxes(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Whether point i lies in box i (borders included), with the arithmetic of the devkit's `points_in_box`.
+
+    points [K, 3]; corners [K, 3, 8] from `box_corners`. The point, relative to corner 0, is projected
+    onto the edges from corner 0 to corners 4, 1 and 3; it is inside when every projection p satisfies
+    0 <= p <= the edge's squared length.
+    """
+    corners = np.asarray(corners, dtype=np.float64).reshape(-1, 3, 8)
     origin = corners[:, :, 0]
-    edges = corners[:, :, 1:] - origin[:, :, None]  # [K, 3, 3], one edge per column
+    edges = np.stack(
+        [corners[:, :, 4] - origin, corners[:, :, 1] - origin, corners[:, :, 3] - origin], axis=1
+    )
     offset = np.asarray(points, dtype=np.float64).reshape(-1, 3) - origin
-    projection = np.einsum("kde,kd->ke", edges, offset)
-    length_sq = np.einsum("kde,kde->ke", edges, edges)
-    return np.all((projection >= 0) & (projection <= length_sq), axis=1)
+    projection = row_dots(edges, np.broadcast_to(offset[:, None, :], edges.shape))
+    length_sq = row_dots(edges, edges)
+    return np.all((0 <= projection) & (projection <= length_sq), axis=1)

@@ -22,8 +22,9 @@ from nuscenes.utils.splits import create_splits_scenes
 
 from unikd.data.classes import CATEGORY_TO_CLASS, CLASSES
 from unikd.evaluation.algorithm import BoxArrays, expand_ranges
-from unikd.evaluation.geometry import points_in_boxes, quaternions_to_yaw
+from unikd.evaluation.geometry import box_corners, points_in_boxes, quaternions_to_yaw
 from unikd.evaluation.predictions import attribute_index
+from unikd.utils.file_stamps import table_stamps
 
 BIKE_RACK = "static_object.bicycle_rack"
 CYCLES = (CLASSES.index("motorcycle"), CLASSES.index("bicycle"))
@@ -85,6 +86,11 @@ class GroundTruth:
         """Sample token -> index into sample_tokens."""
         return {token: index for index, token in enumerate(self.sample_tokens)}
 
+    @cached_property
+    def rack_corners(self) -> np.ndarray:
+        """[M, 3, 8] corners of the bicycle racks, as the devkit's `Box.corners` gives them."""
+        return box_corners(self.rack_translation, self.rack_size, self.rack_rotation)
+
     def keep_mask(
         self,
         sample: np.ndarray,
@@ -112,9 +118,7 @@ class GroundTruth:
         starts = np.searchsorted(self.rack_sample, sample, side="left")
         counts = np.searchsorted(self.rack_sample, sample, side="right") - starts
         point, rack = expand_ranges(starts, counts)
-        inside = points_in_boxes(
-            points[point], self.rack_translation[rack], self.rack_size[rack], self.rack_rotation[rack]
-        )
+        inside = points_in_boxes(points[point], self.rack_corners[rack])
         result = np.zeros(len(sample), dtype=bool)
         result[point[inside]] = True
         return result
@@ -190,12 +194,7 @@ def ground_truth_cache_path(
 ) -> Path:
     """Cache file of one dataset (path and table files' size and mtime), version and split."""
     root = Path(dataroot).resolve()
-    key = [str(CACHE_FORMAT), str(root), version, eval_set]
-    for table in _TABLES:
-        table_path = root / version / f"{table}.json"
-        if table_path.exists():
-            stat = table_path.stat()
-            key.append(f"{table}:{stat.st_size}:{stat.st_mtime_ns}")
+    key = [str(CACHE_FORMAT), str(root), version, eval_set, *table_stamps(root / version, _TABLES)]
     digest = hashlib.sha1("\n".join(key).encode()).hexdigest()[:16]
     return Path(cache_dir or default_cache_dir()) / f"{version}_{eval_set}_{digest}.npz"
 

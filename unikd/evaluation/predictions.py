@@ -91,15 +91,36 @@ def make_prediction(
     """Build a prediction record from [K, 9] key-frame LiDAR boxes and the sample's LiDAR -> global matrix."""
     fields = lidar_boxes_to_global(_numpy(boxes), _numpy(lidar2global))
     labels = _numpy(labels).astype(np.int64).reshape(-1)
+    scores = _numpy(scores).astype(np.float64).reshape(-1)
+    check_scores(sample_token, scores)
     if attributes is None:
         attributes = default_attributes(labels, fields["velocity"])
     return {
         "sample_token": sample_token,
         **fields,
         "label": labels,
-        "score": _numpy(scores).astype(np.float64).reshape(-1),
+        "score": scores,
         "attribute": _attribute_indices(attributes, len(labels)),
     }
+
+
+def check_scores(sample_token: str, scores: np.ndarray) -> None:
+    """Refuse the scores that the devkit's evaluation refuses, nan and negative ones, and infinite ones.
+
+    The devkit asserts that no score is nan when it reads a submission, and that the confidences it
+    interpolates along recall are descending; its padding past the highest recall reached is 0, so
+    negative scores (raw logits) break that assertion, and where it happens to hold, its TP errors
+    count the recall points of negative confidence as never reached. Infinite scores are no
+    probabilities and standard JSON cannot hold them. Scores above 1 are accepted, as the devkit
+    accepts them (only their order matters).
+    """
+    bad = np.flatnonzero(~np.isfinite(scores) | (scores < 0))
+    if len(bad):
+        raise ValueError(
+            f"sample {sample_token}: box {bad[0]} has score {float(scores[bad[0]])} ({len(bad)} of the "
+            f"{len(scores)} scores are negative, nan or infinite); detection scores must be probabilities "
+            "in [0, 1], not logits (apply a sigmoid): the nuScenes devkit refuses negative and nan scores"
+        )
 
 
 def as_arrays(record: dict[str, Any], max_boxes: int) -> dict[str, np.ndarray]:
@@ -124,8 +145,7 @@ def as_arrays(record: dict[str, Any], max_boxes: int) -> dict[str, np.ndarray]:
         out["attribute"] = default_attributes(label, out["velocity"])
     if count and (label.min() < 0 or label.max() >= len(CLASSES)):
         raise ValueError(f"sample {token}: labels must index CLASSES (0..{len(CLASSES) - 1}), got {label}")
-    if not np.all(np.isfinite(out["score"])):
-        raise ValueError(f"sample {token}: scores must be finite")
+    check_scores(token, out["score"])
     for key in ("translation", "size", "rotation"):
         if not np.all(np.isfinite(out[key])):
             raise ValueError(f"sample {token}: {key} must be finite")
