@@ -127,13 +127,6 @@ def describe_checkpoint(checkpoint: Mapping[str, Any]) -> str:
     )
 
 
-def state_dict_of(checkpoint: Mapping[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    """The checkpoint's `state_dict` (a Lightning checkpoint) or the mapping itself (a plain state dict),
-    with `prefix` removed from the keys that have it."""
-    state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
-    return {key.removeprefix(prefix): value for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
 def check_state_dict(
     state: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],

@@ -45,7 +45,8 @@ from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
 from unikd.distill.recorder import FeatureRecorder
 from unikd.exps.base_exp import BaseExp
-from unikd.exps.checkpoints import check_state_dict, read_checkpoint, state_dict_of
+from unikd.exps.checkpoints import check_state_dict, read_checkpoint
+from unikd.interop import detector_state
 
 DISTILLER_STATE_KEY = "distiller_state"
 DISTILL_PREFIXES = ("teacher.", "distiller.")  # state left out of the student's state dict
@@ -73,10 +74,11 @@ def load_exp_class(path: str | Path) -> type[BaseExp]:
 
 
 def load_detector_weights(model: nn.Module, path: str | Path, target: str, role: str = "teacher checkpoint") -> None:
-    """Load a checkpoint's `model.*` weights (or a plain state dict) into `model` strictly; a mismatch is a
+    """Load a checkpoint of any known format (`unikd.interop`) into `model` strictly; a mismatch is a
     CheckpointError that summarises it by module and says what the checkpoint is."""
     checkpoint = read_checkpoint(path, role)
-    state = state_dict_of(checkpoint, prefix="model.")
+    state, source = detector_state(checkpoint, model.state_dict())
+    print(f"{role} {path}: {source}", file=sys.stderr)
     check_state_dict(
         state,
         model.state_dict(),

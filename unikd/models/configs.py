@@ -101,6 +101,15 @@ _SIZES: dict[str, dict] = {
     },
 }
 _SIZES["student"] = {**copy.deepcopy(_SIZES["nuscenes"]), **_SIZES["student"]}
+# mmdet3d's published nuScenes CenterPoint models (`unikd.interop.mmdet3d_centerpoint`), layer for layer:
+# centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d is the nuScenes LiDAR size
+# (sparse shape [41, 1440, 1440], 180x180 BEV); the voxel01 model covers +-51.2 m at 0.1 m voxels
+# (sparse shape [41, 1024, 1024], 128x128 BEV of 0.8 m). Both: max 10 points per voxel, 120000 voxels
+# at test time, top 500 per task, score > 0.1, circle NMS, 83 kept per task.
+_SIZES["centerpoint_0075"] = copy.deepcopy(_SIZES["nuscenes"])
+_SIZES["centerpoint_01"] = copy.deepcopy(_SIZES["nuscenes"])
+_SIZES["centerpoint_01"].update(point_cloud_range=SMALL_RANGE, bev_cell=0.8)
+_SIZES["centerpoint_01"]["lidar"]["voxel_size"] = (0.1, 0.1, 0.2)
 
 MODALITIES = ("lidar", "camera")
 

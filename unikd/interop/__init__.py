@@ -1,0 +1,72 @@
+"""Checkpoints of other frameworks as unikd detectors, recognised from their keys and metadata.
+
+`detector_state(checkpoint, expected)` returns the unikd detector state dict of a checkpoint in
+any known format and names the format; one it does not know is an error that says what was
+looked for. Known: unikd (a Lightning checkpoint with `model.*` keys, or a detector state dict),
+mmdet3d CenterPoint (`mmdet3d_centerpoint`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from unikd.interop.mmdet3d_centerpoint import centerpoint_to_unikd, is_centerpoint_state
+
+UNIKD_MODULES = ("voxel_encoder", "middle_encoder", "camera", "fuser", "backbone", "neck", "head")
+
+
+class CheckpointFormatError(RuntimeError):
+    """A checkpoint whose format is not recognised, or whose metadata does not say enough to convert it."""
+
+
+LOOKED_FOR = (
+    "a unikd checkpoint ('state_dict' with 'model.*' keys), a unikd detector state dict "
+    f"(keys under {', '.join(UNIKD_MODULES)}), or an mmdet3d CenterPoint checkpoint "
+    "(keys under pts_middle_encoder. and pts_bbox_head.task_heads.)"
+)
+
+
+def mmdet3d_box_convention(checkpoint: Mapping[str, Any]) -> tuple[str, str]:
+    """("0.x" or "1.x", the version it was read from) of an mmdet3d checkpoint's metadata."""
+    meta = checkpoint.get("meta") or {}
+    version = meta.get("mmdet3d_version")
+    if isinstance(version, str) and re.match(r"^\d+\.", version):
+        return ("0.x" if int(version.split(".")[0]) == 0 else "1.x"), f"mmdet3d {version}"
+    if "mmengine_version" in meta:
+        return "1.x", f"mmengine {meta['mmengine_version']}"
+    raise CheckpointFormatError(
+        "the mmdet3d checkpoint records no mmdet3d_version or mmengine_version in its 'meta', so its box "
+        "convention (0.x or 1.x) is unknown: convert it once with "
+        "`python tools/convert_checkpoint.py SRC --out DST --box-convention 0.x|1.x`"
+    )
+
+
+def detector_state(
+    checkpoint: Mapping[str, Any], expected: Mapping[str, torch.Tensor], box_convention: str | None = None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """(unikd detector state dict, a description of the source format) of `checkpoint`.
+
+    `expected` is the target detector's state dict (the shapes that decide sparse-kernel layouts);
+    `box_convention` overrides what an mmdet3d checkpoint's metadata says. Keys a source has that
+    unikd does not are kept under their source name, so that the strict check reports them.
+    """
+    state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+    state = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if is_centerpoint_state(state):
+        if box_convention is None:
+            box_convention, source = mmdet3d_box_convention(checkpoint)
+        else:
+            source = "box convention given"
+        converted, unmapped = centerpoint_to_unikd(state, expected, box_convention)
+        converted.update({key: state[key] for key in unmapped})
+        return converted, f"mmdet3d CenterPoint ({source}, {box_convention} box convention)"
+    if any(key.startswith("model.") for key in state):
+        return {key.removeprefix("model."): value for key, value in state.items()}, "unikd checkpoint"
+    if any(key.split(".")[0] in UNIKD_MODULES for key in state):
+        return state, "unikd detector state dict"
+    sample = ", ".join(sorted(state)[:3]) or "no tensors"
+    raise CheckpointFormatError(f"unrecognised checkpoint format (keys such as {sample}); looked for {LOOKED_FOR}")
