@@ -1,8 +1,12 @@
-"""The one place that converts between unikd boxes and nuScenes boxes.
+"""The one place that converts between unikd boxes and nuScenes (and mmdet3d) boxes.
 
 unikd box: [x, y, z, l, w, h, yaw, vx, vy] in the key-frame LiDAR frame.
 nuScenes box: translation (centre), size as (w, l, h), rotation quaternion (w, x, y, z), velocity
 (vx, vy) — in the global frame for annotations and submissions.
+mmdet3d LiDAR box: [x, y, z, dx, dy, dz, yaw(, vx, vy)]; z at a fraction `z_origin` of the height
+(0: the bottom, as `LiDARInstance3DBoxes` and model outputs hold it; 0.5: the centre, as info
+files store `gt_boxes`). mmdet3d >= 1.0: (dx, dy, dz) = (l, w, h) and unikd's yaw; mmdet3d 0.x:
+(w, l, h) and yaw' = -yaw - pi/2.
 """
 
 from __future__ import annotations
@@ -74,3 +78,26 @@ def nuscenes_to_boxes(
 def lidar_boxes_to_global(boxes_lidar: np.ndarray, lidar2global: np.ndarray) -> dict[str, np.ndarray]:
     """Predicted LiDAR-frame boxes -> nuScenes global-frame fields (see `boxes_to_nuscenes`)."""
     return boxes_to_nuscenes(transform_boxes(boxes_lidar, np.asarray(lidar2global, dtype=np.float64)))
+
+
+def mmdet3d_to_boxes(boxes: np.ndarray, convention: str = "1.x", z_origin: float = 0.0) -> np.ndarray:
+    """mmdet3d LiDAR boxes [K, 7 or 9] (module docstring) -> [K, 9] unikd boxes (velocity 0 when absent)."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] not in (7, 9):
+        raise ValueError(f"mmdet3d boxes must be [K, 7] or [K, 9], got {boxes.shape}")
+    if convention not in ("0.x", "1.x"):
+        raise ValueError(f"convention must be '0.x' or '1.x', got {convention!r}")
+    out = np.zeros((len(boxes), 9))
+    out[:, : boxes.shape[1]] = boxes
+    out[:, 2] += (0.5 - z_origin) * boxes[:, 5]
+    if convention == "0.x":
+        out[:, 3:5] = boxes[:, [4, 3]]
+        out[:, 6] = wrap_angle(-boxes[:, 6] - np.pi / 2)
+    return out
+
+
+def boxes_to_mmdet3d(boxes: np.ndarray, z_origin: float = 0.0) -> np.ndarray:
+    """[K, 9] unikd boxes -> mmdet3d (>= 1.0) LiDAR boxes [K, 9] with z at `z_origin` of the height."""
+    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 9).copy()
+    out[:, 2] -= (0.5 - z_origin) * out[:, 5]
+    return out
