@@ -95,9 +95,3 @@ def mmdet3d_to_boxes(boxes: np.ndarray, convention: str = "1.x", z_origin: float
         out[:, 6] = wrap_angle(-boxes[:, 6] - np.pi / 2)
     return out
 
-
-def boxes_to_mmdet3d(boxes: np.ndarray, z_origin: float = 0.0) -> np.ndarray:
-    """[K, 9] unikd boxes -> mmdet3d (>= 1.0) LiDAR boxes [K, 9] with z at `z_origin` of the height."""
-    out = np.asarray(boxes, dtype=np.float64).reshape(-1, 9).copy()
-    out[:, 2] -= (0.5 - z_origin) * out[:, 5]
-    return out
