@@ -12,7 +12,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from unikd.data.collate import collate_batch
-from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, detector_shapes, voxel_grid
+from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
 from unikd.distill.recorder import FeatureRecorder
 from unikd.exps.checkpoints import CheckpointError
 from unikd.exps.distill_exp import (
@@ -65,7 +65,7 @@ def training_batches(exp: DistillExp, count: int) -> list[dict]:
 
 
 def output_shapes(outputs: dict) -> dict:
-    """The shapes `detector_shapes` predicts, read off a forward's outputs (batch size 1)."""
+    """The shapes `BEVFusion.output_shapes` predicts, read off a forward's outputs (batch size 1)."""
     shapes = {}
     for name, value in outputs.items():
         if isinstance(value, SparseFeatures):
@@ -81,7 +81,7 @@ def output_shapes(outputs: dict) -> dict:
 
 def fake_outputs(model: BEVFusion, grad: bool) -> dict:
     """Random outputs with the shapes of `model`'s named outputs (batch size 1), without running it."""
-    shapes = detector_shapes(model)
+    shapes = model.output_shapes()
     dense = {
         name: shape
         for name, shape in shapes.items()
@@ -90,7 +90,7 @@ def fake_outputs(model: BEVFusion, grad: bool) -> dict:
     outputs = {name: torch.randn(1, *shape, requires_grad=grad) for name, shape in dense.items()}
     outputs["backbone"] = [torch.randn(1, *shape, requires_grad=grad) for shape in shapes["backbone"]]
     if "voxel_encoder" in shapes:
-        grid = voxel_grid(model)
+        grid = model.voxel_grid
         count = 500
         coords = torch.stack(
             [
@@ -152,9 +152,9 @@ def test_every_term_kind_is_finite_and_trains_its_adapters(student_size: str, te
     assert student_out["bev"].grad.abs().sum() > 0 and student_out["neck"].grad.abs().sum() > 0
     adapters = [p for name, p in distiller.named_parameters() if "adapter" in name or "projector" in name]
     assert adapters and all(p.grad is not None for p in adapters)
-    assert distiller.terms["crd"].loss.embed_student.weight.grad.abs().sum() > 0
+    assert distiller.terms["crd"].embed_student.weight.grad.abs().sum() > 0
     # The masks learn through the frozen teacher head, which itself gets no gradient.
-    queries = distiller.terms["learned_mask"].loss.generator.queries
+    queries = distiller.terms["learned_mask"].generator.queries
     assert queries.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
     assert not any(name.startswith("terms.learned_mask.teacher") for name in distiller.state_dict())
@@ -296,7 +296,7 @@ def test_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> No
     for key, value in exp.teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
     for network in ("model", "teacher"):  # the shapes adapters were sized from are the real ones
-        assert output_shapes(recorder[network]) == detector_shapes(getattr(exp, network))
+        assert output_shapes(recorder[network]) == getattr(exp, network).output_shapes()
 
 
 def test_infonce_has_real_negatives_at_batch_size_one(synthetic_root: Path) -> None:
@@ -311,7 +311,7 @@ def test_infonce_has_real_negatives_at_batch_size_one(synthetic_root: Path) -> N
         student = exp.model(batch)
         with torch.no_grad():
             teacher = exp.teacher(batch)
-        loss = term(student, teacher, batch)
+        loss = term(student, teacher, batch["gt_boxes"])
         loss.backward()
         values.append(loss.item())
         grads = [p.grad for p in exp.model.middle_encoder.parameters() if p.grad is not None]
@@ -319,7 +319,7 @@ def test_infonce_has_real_negatives_at_batch_size_one(synthetic_root: Path) -> N
     # one positive among the boxes and background samples (and later the queue): far from the constant 0
     # of a single-key InfoNCE, and it changes with the sample.
     assert values[0] > 1.0 and values[0] != values[1]
-    assert int(term.loss.queue.count) > 0
+    assert int(term.queue.count) > 0
 
 
 class TeacherModeProbe(pl.Callback):
@@ -429,15 +429,15 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
         distill_weights={"crd": 1.0, "mask": 1.0},
     )
     num_train = len(exp.dataset(exp.train_split, training=True))
-    assert exp.distiller.terms["crd"].loss.memory_student.shape[0] == num_train
-    bank_before = exp.distiller.terms["crd"].loss.memory_student.clone()
-    queries = exp.distiller.terms["mask"].loss.generator.queries
+    assert exp.distiller.terms["crd"].memory_student.shape[0] == num_train
+    bank_before = exp.distiller.terms["crd"].memory_student.clone()
+    queries = exp.distiller.terms["mask"].generator.queries
     queries_before = queries.detach().clone()
     trainer = tiny_trainer(tmp_path, max_steps=2, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(exp)
     assert trainer.current_epoch == 2 and not queries.requires_grad
     assert not torch.equal(queries.detach(), queries_before)  # learned during epoch 0
-    changed_rows = (exp.distiller.terms["crd"].loss.memory_student != bank_before).any(dim=1)
+    changed_rows = (exp.distiller.terms["crd"].memory_student != bank_before).any(dim=1)
     assert int(changed_rows.sum()) == 2 * exp.batch_size_per_device  # one bank row per trained sample
 
 
@@ -454,7 +454,7 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
         losses = exp.training_losses(batch)
     # The recorded stage output is the first backbone level of each network's named outputs.
     term = exp.distiller.terms["hint"]
-    expected = 2.0 * term.loss(recorder["model"]["backbone"][0], recorder["teacher"]["backbone"][0])
+    expected = 2.0 * term(recorder["model"]["backbone"][0], recorder["teacher"]["backbone"][0])
     torch.testing.assert_close(losses["distill/hint"], expected)
     losses["distill/hint"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in exp.model.backbone.stages[0].parameters())

@@ -63,14 +63,14 @@ def naive_bilinear(feature: torch.Tensor, x: float, y: float, grid: BEVGrid) -> 
 
 
 def naive_mask(
-    gt_boxes: list[torch.Tensor], height: int, width: int, min_overlap: float = 0.7
+    gt_boxes: list[torch.Tensor], height: int, width: int, min_overlap: float = 0.7, min_radius: int = 2
 ) -> torch.Tensor:
     cell_x, cell_y = (GRID.x_max - GRID.x_min) / width, (GRID.y_max - GRID.y_min) / height
     mask = torch.zeros(len(gt_boxes), height, width)
     for b, boxes in enumerate(gt_boxes):
         for box in boxes.tolist():
             col, row = math.floor((box[0] - GRID.x_min) / cell_x), math.floor((box[1] - GRID.y_min) / cell_y)
-            radius = max(2, int(gaussian_radius(box[3] / cell_x, box[4] / cell_y, min_overlap)))
+            radius = max(min_radius, int(gaussian_radius(box[3] / cell_x, box[4] / cell_y, min_overlap)))
             sigma = (2 * radius + 1) / 6
             for i in range(row - radius, row + radius + 1):
                 for j in range(col - radius, col + radius + 1):
@@ -80,46 +80,71 @@ def naive_mask(
     return mask
 
 
-def test_feature_loss_matches_naive_loop():
-    torch.manual_seed(0)
-    student = torch.randn(2, 3, 12, 16, dtype=torch.float64, requires_grad=True)
-    teacher = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)  # coarser teacher map
-    loss = FeatureDistillLoss()(student, teacher, [b.double() for b in BOXES], GRID)
+def feature_reference(student: torch.Tensor, teacher: torch.Tensor, gt_boxes: list[torch.Tensor]) -> float:
+    """The feature loss as a loop over samples, boxes and key points (naive bilinear reads)."""
     total = 0.0
-    for b, boxes in enumerate(BOXES):
+    for b, boxes in enumerate(gt_boxes):
         for box in boxes:
             diffs = [
-                (
-                    naive_bilinear(student[b].detach(), x, y, GRID)
-                    - naive_bilinear(teacher[b].detach(), x, y, GRID)
-                )
+                (naive_bilinear(student[b].detach(), x, y, GRID) - naive_bilinear(teacher[b].detach(), x, y, GRID))
                 .abs()
                 .mean()
                 for x, y in box_points(box)
             ]
             total += float(sum(diffs)) / 9
-    assert loss.item() == pytest.approx(total / (3 + 1e-4), rel=1e-9)
+    return total / (sum(len(boxes) for boxes in gt_boxes) + 1e-4)
+
+
+def test_feature_loss_matches_naive_loop():
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 12, 16, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 3, 6, 8, dtype=torch.float64, requires_grad=True)  # coarser teacher map
+    boxes = [b.double() for b in BOXES]
+    loss = FeatureDistillLoss(GRID)(student, teacher, boxes)
+    assert loss.item() == pytest.approx(feature_reference(student, teacher, boxes), rel=1e-9)
     loss.backward()
     assert student.grad.abs().sum() > 0 and teacher.grad is None
+    assert torch.autograd.gradcheck(lambda s: FeatureDistillLoss(GRID)(s, teacher.detach(), boxes), student)
+
+
+def test_feature_loss_counts_only_real_boxes():
+    """A sample without boxes adds nothing (no phantom box at the origin), and padding rows are no boxes."""
+    torch.manual_seed(12)
+    student, teacher = torch.randn(2, 3, 12, 16, dtype=torch.float64), torch.randn(2, 3, 12, 16, dtype=torch.float64)
+    boxes = [BOXES[0].double(), torch.zeros(0, 9, dtype=torch.float64)]
+    loss = FeatureDistillLoss(GRID)(student, teacher, boxes).item()
+    assert loss == pytest.approx(feature_reference(student, teacher, boxes), rel=1e-9)
+    # By hand: the first sample's two boxes alone, over N_boxes = 2.
+    alone = FeatureDistillLoss(GRID)(student[:1], teacher[:1], boxes[:1]).item()
+    assert loss == pytest.approx(alone, rel=1e-9)
+    nothing = [torch.zeros(0, 9), torch.zeros(0, 9)]
+    assert FeatureDistillLoss(GRID)(student, teacher, nothing).item() == 0.0
 
 
 def test_relation_loss_matches_naive_loop():
     torch.manual_seed(1)
-    student = torch.randn(2, 3, 12, 16, dtype=torch.float64)
+    student = torch.randn(2, 3, 12, 16, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(2, 5, 12, 16, dtype=torch.float64)  # channels may differ
-    loss = RelationDistillLoss()(student, teacher, [b.double() for b in BOXES], GRID)
+    boxes = [b.double() for b in BOXES]
+    loss = RelationDistillLoss(GRID)(student, teacher, boxes)
 
     def cosines(feature: torch.Tensor, box: torch.Tensor) -> list[list[float]]:
         vectors = [naive_bilinear(feature, x, y, GRID) for x, y in box_points(box)]
         return [[float(u @ v / (u.norm() * v.norm())) for v in vectors] for u in vectors]
 
     total = 0.0
-    for b, boxes in enumerate(BOXES):
-        for box in boxes:
-            rs, rt = cosines(student[b], box), cosines(teacher[b], box)
+    for b, sample_boxes in enumerate(boxes):
+        for box in sample_boxes:
+            rs, rt = cosines(student[b].detach(), box), cosines(teacher[b], box)
             total += sum(abs(rs[i][j] - rt[i][j]) for i in range(9) for j in range(9)) / 81
     assert loss.item() == pytest.approx(total / 3, rel=1e-9)
-    assert RelationDistillLoss()(student, teacher, [torch.zeros(0, 9), torch.zeros(0, 9)], GRID).item() == 0.0
+    assert torch.autograd.gradcheck(lambda s: RelationDistillLoss(GRID)(s, teacher, boxes), student)
+    empty = [torch.zeros(0, 9), torch.zeros(0, 9)]
+    assert RelationDistillLoss(GRID)(student, teacher, empty).item() == 0.0
+    # A sample without boxes leaves the loss of the other one unchanged.
+    one = RelationDistillLoss(GRID)(student[:1], teacher[:1], boxes[:1]).item()
+    with_empty = RelationDistillLoss(GRID)(student, teacher, [boxes[0], empty[0].double()]).item()
+    assert with_empty == pytest.approx(one, rel=1e-9)
 
 
 def test_gaussian_mask_lights_the_right_cell():
@@ -127,6 +152,9 @@ def test_gaussian_mask_lights_the_right_cell():
     # box (2.3, 5.1): col floor(10.3) = 10, row floor(9.1 / 1.333) = 6
     assert mask[0, 6, 10] == 1.0 and mask[0, 10, 6] < 1.0
     assert torch.allclose(mask, naive_mask(BOXES, 12, 16), atol=1e-6)
+    unclamped = gaussian_gt_mask(BOXES, GRID, min_radius=0)  # radius max(0, int(r)): one cell per box here
+    assert torch.allclose(unclamped, naive_mask(BOXES, 12, 16, min_radius=0), atol=1e-6)
+    assert unclamped.sum() == 3
     large = [torch.tensor([[1.1, 3.9, 0.0, 10.0, 6.0, 2.0, 0.3, 0.0, 0.0]])]  # 20 x 9 cells: radius 3 > min 2
     assert torch.allclose(
         gaussian_gt_mask(large, GRID.resized(24, 32)), naive_mask(large, 24, 32), atol=1e-6
@@ -142,30 +170,78 @@ def head(batch: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]
     ]
 
 
-def test_response_loss_matches_naive_loop():
-    gen = torch.Generator().manual_seed(2)
-    student, teacher = head(2, gen), head(2, gen)
-    loss = ResponseDistillLoss()(student, teacher, BOXES, GRID)
-    mask = naive_mask(BOXES, 12, 16).double()
+def response_reference(
+    student: list, teacher: list, gt_boxes: list, t_student: float, t_teacher: float, min_radius: int
+) -> float:
+    """The response loss as a loop over samples and cells."""
+    mask = naive_mask(gt_boxes, 12, 16, min_radius=min_radius).double()
+    keys = ("reg", "height", "dim", "rot", "vel")
     cls = reg = 0.0
-    for b in range(2):
+    for b in range(len(gt_boxes)):
         for i in range(12):
             for j in range(16):
-                hs = max(torch.sigmoid(task["heatmap"][b, :, i, j] / 2).max().item() for task in student)
-                ht = max(torch.sigmoid(task["heatmap"][b, :, i, j] / 2).max().item() for task in teacher)
-                keys = ("reg", "height", "dim", "rot", "vel")
+                hs = max(torch.sigmoid(task["heatmap"][b, :, i, j] / t_student).max().item() for task in student)
+                ht = max(torch.sigmoid(task["heatmap"][b, :, i, j] / t_teacher).max().item() for task in teacher)
                 rs = torch.cat([task[k][b, :, i, j] for task in student for k in keys])
                 rt = torch.cat([task[k][b, :, i, j] for task in teacher for k in keys])
                 cls += mask[b, i, j].item() * abs(hs - ht)
                 reg += mask[b, i, j].item() * (rs - rt).abs().mean().item()
-    normalizer = mask.sum().item() + 1e-4
-    assert loss.item() == pytest.approx((cls + reg) / normalizer, rel=1e-6)
+    return (cls + reg) / (mask.sum().item() + 1e-4)
+
+
+def test_response_loss_matches_naive_loop():
+    gen = torch.Generator().manual_seed(2)
+    student, teacher = head(2, gen), head(2, gen)
+    # Defaults: UniDistill's (student at temperature 1, teacher at 2, no minimum radius).
+    loss = ResponseDistillLoss(GRID)(student, teacher, BOXES)
+    assert loss.item() == pytest.approx(response_reference(student, teacher, BOXES, 1.0, 2.0, 0), rel=1e-6)
+    options = {"student_temperature": 2.0, "teacher_temperature": 2.0, "min_radius": 2}
+    configured = ResponseDistillLoss(GRID, **options)(student, teacher, BOXES)
+    assert configured.item() == pytest.approx(response_reference(student, teacher, BOXES, 2.0, 2.0, 2), rel=1e-6)
+
+
+def test_response_defaults_by_hand():
+    """Hand-computed: every box here has a CornerNet radius below 1 (min_overlap 0.7), so the mask is
+    one cell of weight 1 per box; the student reads sigmoid(0) = 0.5 and the teacher sigmoid(2 / 2).
+    The second sample has no boxes: nothing of it enters the mask (no padding row at the ego cell)."""
+    boxes = [BOXES[0], torch.zeros(0, 9)]  # box centres in cells (col 10, row 6) and (col 3, row 2)
+    ones = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
+    student = [{"heatmap": torch.zeros(2, 2, 12, 16), **{k: torch.zeros(2, c, 12, 16) for k, c in ones.items()}}]
+    teacher = [{"heatmap": torch.full((2, 2, 12, 16), 2.0), **{k: torch.ones(2, c, 12, 16) for k, c in ones.items()}}]
+    for task in student:  # around the ego position both agree, so a cell drawn there only adds to the mask sum
+        task["heatmap"][:, :, 2:4, 7:9] = 1.0
+        for key in ones:
+            task[key][:, :, 2:4, 7:9] = 1.0
+    loss = ResponseDistillLoss(GRID)(student, teacher, boxes)
+    gap = 1 / (1 + math.exp(-1.0)) - 0.5
+    assert loss.item() == pytest.approx(2 * (gap + 1.0) / (2 + 1e-4), rel=1e-6)
+    mask = gaussian_gt_mask(boxes, GRID, min_radius=0)
+    assert mask.sum() == 2 and mask[0, 6, 10] == 1 and mask[0, 2, 3] == 1
+
+
+def test_response_gradient():
+    gen = torch.Generator().manual_seed(13)
+    grid = GRID.resized(6, 8)
+
+    def small(channels: int) -> torch.Tensor:
+        return torch.randn(2, channels, 6, 8, generator=gen, dtype=torch.float64)
+
+    names = {"heatmap": 2, "reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
+    student = {name: small(c).requires_grad_(True) for name, c in names.items()}
+    teacher = [{name: small(c) for name, c in names.items()}]
+    big = [torch.tensor([[2.3, 5.1, 0.0, 16.0, 12.0, 1.5, 0.5, 0.0, 0.0]]), BOXES[1]]  # radius 1 at this size
+    assert gaussian_gt_mask(big, grid, min_radius=0)[0].gt(0).sum() > 1
+
+    def loss(*maps: torch.Tensor) -> torch.Tensor:
+        return ResponseDistillLoss(grid)([dict(zip(names, maps, strict=True))], teacher, big)
+
+    assert torch.autograd.gradcheck(loss, tuple(student.values()))
 
 
 def test_gaussian_masked_feature_loss_matches_naive_loop():
     torch.manual_seed(3)
     student, teacher = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 8)
-    loss = GaussianMaskedFeatureLoss()(student, teacher, BOXES, GRID)
+    loss = GaussianMaskedFeatureLoss(GRID)(student, teacher, BOXES)
     mask = naive_mask(BOXES, 6, 8)
     weighted = sum(
         mask[b, i, j] * ((student[b, :, i, j] - teacher[b, :, i, j]) ** 2).mean()
@@ -349,13 +425,21 @@ ONE_SAMPLE_BOXES = [
 
 def infonce_loss(module: MultiLevelInfoNCE, student: dict, teacher: dict) -> torch.Tensor:
     torch.manual_seed(9)  # same background cells
-    return module(student, teacher, ONE_SAMPLE_BOXES, GRID, VOXEL_GRID, VOXEL_GRID)
+    return module(student, teacher, ONE_SAMPLE_BOXES)
 
 
 def test_infonce_batch_one_learns_student_only():
     torch.manual_seed(10)
     module = MultiLevelInfoNCE(
-        STUDENT_CHANNELS, TEACHER_CHANNELS, embed_dim=16, hidden_dim=32, queue_size=64, num_background=6
+        STUDENT_CHANNELS,
+        TEACHER_CHANNELS,
+        GRID,
+        VOXEL_GRID,
+        VOXEL_GRID,
+        embed_dim=16,
+        hidden_dim=32,
+        queue_size=64,
+        num_background=6,
     )
     fresh = copy.deepcopy(module)
     student, teacher = (
@@ -389,8 +473,8 @@ def test_infonce_batch_one_learns_student_only():
 
 
 def test_infonce_background_cells_avoid_boxes():
-    module = MultiLevelInfoNCE(STUDENT_CHANNELS, TEACHER_CHANNELS, num_background=40)
-    samples = module.sample_boxes(ONE_SAMPLE_BOXES, GRID)[0]
+    module = MultiLevelInfoNCE(STUDENT_CHANNELS, TEACHER_CHANNELS, GRID, num_background=40)
+    samples = module.sample_boxes(ONE_SAMPLE_BOXES)[0]
     assert samples.shape == (42, 9) and torch.equal(samples[:2], ONE_SAMPLE_BOXES[0])
     assert not points_in_boxes_bev(samples[2:, :2], ONE_SAMPLE_BOXES[0]).any()
 

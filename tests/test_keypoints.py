@@ -56,34 +56,36 @@ def test_keypoints_match_written_out_order():
 
 
 def test_sample_bev_reads_true_metric_positions():
-    box = torch.tensor([[7.3, 12.1, 0.0, 4.5, 2.0, 1.6, 0.6, 0.0, 0.0]])
+    box = torch.tensor([[[7.3, 12.1, 0.0, 4.5, 2.0, 1.6, 0.6, 0.0, 0.0]]])  # [B=1, M=1, 9]
     points = box_keypoints_bev(box)
-    sampled = sample_bev(coordinate_field(GRID), points, GRID)
-    assert sampled.shape == (1, 9, 2)
-    assert torch.allclose(sampled[0], expected_keypoints(7.3, 12.1, 4.5, 2.0, 0.6), atol=1e-4)
+    assert points.shape == (1, 1, 9, 2)
+    sampled = sample_bev(coordinate_field(GRID)[None], points, GRID)
+    assert sampled.shape == (1, 2, 1, 9)  # channels first
+    assert torch.allclose(sampled[0, :, 0].t(), expected_keypoints(7.3, 12.1, 4.5, 2.0, 0.6), atol=1e-4)
 
 
 def test_sample_bev_batched_uses_each_samples_map():
     field = coordinate_field(GRID)
     feature = torch.stack([field, field + 100.0])  # [2, 2, H, W]
-    points = torch.stack(
+    boxes = torch.tensor(
         [
-            box_keypoints_bev(torch.tensor([[7.3, 12.1, 0.0, 4.5, 2.0, 1.6, 0.6, 0.0, 0.0]])),
-            box_keypoints_bev(torch.tensor([[-11.0, 20.5, 0.0, 3.0, 1.0, 1.6, 2.2, 0.0, 0.0]])),
+            [[7.3, 12.1, 0.0, 4.5, 2.0, 1.6, 0.6, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]],
+            [[-11.0, 20.5, 0.0, 3.0, 1.0, 1.6, 2.2, 0.0, 0.0], [4.0, -6.0, 0.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0]],
         ]
-    )  # [2, 1, 9, 2]
-    sampled = sample_bev(feature, points, GRID)
-    assert sampled.shape == (2, 1, 9, 2)
-    assert torch.allclose(sampled[0, 0], expected_keypoints(7.3, 12.1, 4.5, 2.0, 0.6), atol=1e-4)
-    assert torch.allclose(sampled[1, 0], expected_keypoints(-11.0, 20.5, 3.0, 1.0, 2.2) + 100.0, atol=1e-4)
+    )  # [2, 2, 9]
+    sampled = sample_bev(feature, box_keypoints_bev(boxes), GRID)
+    assert sampled.shape == (2, 2, 2, 9)
+    assert torch.allclose(sampled[0, :, 0].t(), expected_keypoints(7.3, 12.1, 4.5, 2.0, 0.6), atol=1e-4)
+    assert torch.allclose(sampled[1, :, 0].t(), expected_keypoints(-11.0, 20.5, 3.0, 1.0, 2.2) + 100.0, atol=1e-4)
+    assert torch.allclose(sampled[1, :, 1].t(), expected_keypoints(4.0, -6.0, 2.0, 1.0, 1.0) + 100.0, atol=1e-4)
 
 
 def test_sample_bev_hits_the_single_hot_cell():
-    feature = torch.zeros(1, GRID.height, GRID.width)
+    feature = torch.zeros(1, 1, GRID.height, GRID.width)
     row, col = 37, 12  # y = -10 + 37.5 * 0.8 = 20.0, x = -20 + 12.5 * 0.4 = -15.0
-    feature[0, row, col] = 1.0
-    values = sample_bev(feature, torch.tensor([[-15.0, 20.0], [20.0, -15.0]]), GRID)
-    assert torch.allclose(values[:, 0], torch.tensor([1.0, 0.0]))
+    feature[0, 0, row, col] = 1.0
+    values = sample_bev(feature, torch.tensor([[[-15.0, 20.0], [20.0, -15.0]]]), GRID)
+    assert torch.allclose(values[0, 0], torch.tensor([1.0, 0.0]))
 
 
 def test_points_in_rotated_box():

@@ -15,7 +15,7 @@ container beside the student, so the student's own state dict (what is exported)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,13 @@ class Resize(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
+
+
+def resize_to(student_size: Sequence[int], teacher_size: Sequence[int]) -> nn.Module:
+    """Bilinear resize to the teacher's (H, W) when the student's differs, else identity."""
+    if tuple(student_size) == tuple(teacher_size):
+        return nn.Identity()
+    return Resize(tuple(teacher_size))
 
 
 def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -33,13 +33,13 @@ NUM_KEYPOINTS = len(_KEYPOINT_OFFSETS)
 
 
 def box_keypoints_bev(boxes: torch.Tensor) -> torch.Tensor:
-    """Metric (x, y) of the 9 BEV key points of each box: [M, 9+] -> [M, 9, 2] (order in the module doc)."""
+    """Metric (x, y) of the 9 BEV key points of each box: [..., 9+] -> [..., 9, 2] (order in the module doc)."""
     offsets = torch.tensor(_KEYPOINT_OFFSETS, dtype=boxes.dtype, device=boxes.device)  # [9, 2]
-    forward = offsets[:, 0] * boxes[:, 3:4] / 2  # [M, 9]
-    left = offsets[:, 1] * boxes[:, 4:5] / 2
-    cos, sin = torch.cos(boxes[:, 6:7]), torch.sin(boxes[:, 6:7])
-    x = boxes[:, 0:1] + forward * cos - left * sin
-    y = boxes[:, 1:2] + forward * sin + left * cos
+    forward = offsets[:, 0] * boxes[..., 3:4] / 2  # [..., 9]
+    left = offsets[:, 1] * boxes[..., 4:5] / 2
+    cos, sin = torch.cos(boxes[..., 6:7]), torch.sin(boxes[..., 6:7])
+    x = boxes[..., 0:1] + forward * cos - left * sin
+    y = boxes[..., 1:2] + forward * sin + left * cos
     return torch.stack([x, y], dim=-1)
 
 
@@ -54,24 +54,19 @@ def points_in_boxes_bev(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
 
 
 def sample_bev(feature: torch.Tensor, points: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
-    """Bilinearly sample a BEV feature at metric (x, y) points.
+    """Bilinearly sample a BEV feature [B, C, H, W] at metric (x, y) points [B, ..., 2] -> [B, C, ...].
 
-    feature [C, H, W] with points [..., 2] -> [..., C];
-    feature [B, C, H, W] with points [B, ..., 2] -> [B, ..., C].
-    `grid` gives the metric region the feature covers (its resolution is the feature's own).
-    Points outside the region read zeros (`grid_sample` zero padding, align_corners=False).
+    One `grid_sample` call for the whole batch, each sample at its own points. `grid` gives the metric
+    region the feature covers (its resolution is the feature's own). Points outside the region read
+    zeros (`grid_sample` zero padding, align_corners=False).
     """
-    unbatched = feature.dim() == 3
-    if unbatched:
-        feature, points = feature[None], points[None]
-    if feature.dim() != 4 or points.shape[0] != feature.shape[0] or points.shape[-1] != 2:
+    if feature.dim() != 4 or points.dim() < 3 or points.shape[0] != feature.shape[0] or points.shape[-1] != 2:
         raise ValueError(
-            f"expected feature [C,H,W] with points [...,2] or [B,C,H,W] with points [B,...,2], "
+            f"expected feature [B, C, H, W] with points [B, ..., 2], "
             f"got feature {tuple(feature.shape)} and points {tuple(points.shape)}"
         )
     batch, channels = feature.shape[:2]
     point_shape = points.shape[1:-1]
     normalized = grid.metric_to_normalized(points.reshape(batch, 1, -1, 2).to(feature.dtype))
     sampled = F.grid_sample(feature, normalized, mode="bilinear", padding_mode="zeros", align_corners=False)
-    sampled = sampled[:, :, 0].transpose(1, 2).reshape(batch, *point_shape, channels)
-    return sampled[0] if unbatched else sampled
+    return sampled.reshape(batch, channels, *point_shape)

@@ -213,10 +213,14 @@ class BaseExp(pl.LightningModule):
     def forward(self, batch: dict) -> dict:
         return self.model(batch)
 
+    def outputs_and_losses(self, batch: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The model's named outputs on a training batch and its named losses."""
+        outputs = self.model(batch)
+        return outputs, self.model.loss(outputs, batch)
+
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Named loss terms of one batch; distillation experiments add their own."""
-        outputs = self.model(batch)
-        return self.model.loss(outputs, batch)
+        return self.outputs_and_losses(batch)[1]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.training_losses(batch)

@@ -42,8 +42,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from torch import nn
 
 from unikd.data.collate import collate_batch
-from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
-from unikd.distill.recorder import FeatureRecorder
+from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
 from unikd.exps.base_exp import BaseExp
 from unikd.exps.checkpoints import check_state_dict, read_checkpoint
 from unikd.interop import detector_state
@@ -135,8 +134,7 @@ class DistillExp(BaseExp):
 
     def num_train_samples_if_needed(self) -> int | None:
         """The training set's size when a term keeps per-sample state (crd), else None (no data read)."""
-        on = [name for name, weight in self.distill_weights.items() if weight]
-        if any(self.distill_terms.get(name, {}).get("loss") == "crd" for name in on):
+        if needs_train_samples(self.distill_terms, self.distill_weights):
             return len(self.dataset(self.train_split, training=True))
         return None
 
@@ -164,13 +162,11 @@ class DistillExp(BaseExp):
                 f"{type(self).__name__} distills from a {self.teacher_exp_class.__name__} teacher: "
                 "pass --teacher_ckpt with that experiment's checkpoint"
             )
-        paths = self.distiller.module_paths  # submodule outputs some terms read, beside the named ones
-        with FeatureRecorder(self, ["model", *(f"model.{path}" for path in paths)]) as recorder:
-            losses = super().training_losses(batch)
-        student_outputs = {**recorder["model"], **{path: recorder[f"model.{path}"] for path in paths}}
-        with torch.no_grad(), FeatureRecorder(self.teacher, paths) as teacher_recorder:
-            teacher_outputs = {**self.teacher(batch), **teacher_recorder.outputs}
-        losses.update(self.distiller(student_outputs, teacher_outputs, batch))
+        with self.distiller.recording(self.model, self.teacher):
+            outputs, losses = self.outputs_and_losses(batch)
+            with torch.no_grad():
+                teacher_outputs = self.teacher(batch)
+        losses.update(self.distiller(outputs, teacher_outputs, batch))
         return losses
 
     # ----------------------------------------------------------------------------- checkpoints

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ class BEVFusion(nn.Module):
 
     `forward` returns the named features of ARCHITECTURE.md so that distillation never guesses:
     voxel_encoder, middle_encoder (LiDAR), camera_bev and depth_probs (camera), bev, backbone,
-    neck, head.
+    neck, head; `output_shapes` gives their shapes without running the network.
     """
 
     def __init__(self, config: dict) -> None:
@@ -41,6 +42,7 @@ class BEVFusion(nn.Module):
         bev_channels = []
 
         self.lidar = config.get("lidar")
+        self.voxel_grid = None  # LiDAR only: the BEV grid of the voxel columns (one cell per voxel in x, y)
         if self.lidar is not None:
             self.voxel_encoder = MeanVFE(POINT_FEATURES)
             self.middle_encoder = SparseEncoder(
@@ -55,6 +57,8 @@ class BEVFusion(nn.Module):
                     "set bev_cell to voxel size x encoder stride"
                 )
             bev_channels.append(self.middle_encoder.out_channels)
+            _, rows, cols = self.middle_encoder.sparse_shape
+            self.voxel_grid = self.grid.resized(rows, cols)
 
         self.camera = None
         if config.get("camera") is not None:
@@ -99,6 +103,29 @@ class BEVFusion(nn.Module):
         outputs["neck"] = self.neck(outputs["backbone"])
         outputs["head"] = self.head(outputs["neck"])
         return outputs
+
+    def output_shapes(self) -> dict[str, Any]:
+        """Shapes of the named outputs of `forward` with the batch left out (depth_probs aside).
+
+        Dense BEV maps (middle_encoder, camera_bev, bev, neck) are (C, H, W); `backbone` is a list of them;
+        `voxel_encoder` is (C,); `head` is (H, W), the grid the head runs on.
+        """
+        size = (self.grid.height, self.grid.width)
+        shapes: dict[str, Any] = {}
+        if self.lidar is not None:
+            shapes["voxel_encoder"] = (self.voxel_encoder.out_channels,)
+            shapes["middle_encoder"] = (self.middle_encoder.out_channels, *size)
+        if self.camera is not None:
+            shapes["camera_bev"] = (self.camera.out_channels, *size)
+        shapes["bev"] = (self.backbone.in_channels, *size)
+        stride, backbone = 1, []
+        for channels, layer_stride in zip(self.backbone.out_channels, self.backbone.layer_strides, strict=True):
+            stride *= layer_stride  # a stride-s 3x3 conv with padding 1 gives ceil(n / s) cells
+            backbone.append((channels, math.ceil(size[0] / stride), math.ceil(size[1] / stride)))
+        shapes["backbone"] = backbone
+        shapes["neck"] = (self.neck.out_channels, *size)
+        shapes["head"] = size
+        return shapes
 
     def loss(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
         """Detection losses by name, plus the camera depth loss when the config weighs it."""

@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
-def gaussian_radius(height: float, width: float, min_overlap: float = 0.5) -> float:
+def gaussian_radius(
+    height: float | torch.Tensor, width: float | torch.Tensor, min_overlap: float = 0.5
+) -> torch.Tensor:
     """Largest radius r such that a box of (height, width) shifted by r keeps IoU >= min_overlap.
 
-    The CornerNet formula: the minimum over its three quadratic cases.
+    The CornerNet formula: the minimum over its three quadratic cases. Elementwise over tensors,
+    in float64 (a 0-d tensor for floats).
     """
+    height = torch.as_tensor(height, dtype=torch.float64)
+    width = torch.as_tensor(width, dtype=torch.float64, device=height.device)
     a1 = 1.0
     b1 = height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + math.sqrt(b1**2 - 4 * a1 * c1)) / 2
+    r1 = (b1 + (b1**2 - 4 * a1 * c1).sqrt()) / 2
 
     a2 = 4.0
     b2 = 2 * (height + width)
     c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + math.sqrt(b2**2 - 4 * a2 * c2)) / 2
+    r2 = (b2 + (b2**2 - 4 * a2 * c2).sqrt()) / 2
 
     a3 = 4 * min_overlap
     b3 = -2 * min_overlap * (height + width)
     c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / 2
-    return min(r1, r2, r3)
+    r3 = (b3 + (b3**2 - 4 * a3 * c3).sqrt()) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
 
 
 def gaussian_kernel(radius: int, device: torch.device | None = None) -> torch.Tensor:

@@ -1,4 +1,11 @@
-"""Distillation losses, one module each (formulas in each module's docstring)."""
+"""Distillation losses, one module each (formulas in each module's docstring).
+
+Every module of this package is imported here, so that the term kinds it registers
+(`unikd.distill.losses.term.register_term`) are known: a new kind is one new module.
+"""
+
+import importlib
+import pkgutil
 
 from unikd.distill.losses.attention import AttentionTransferLoss, attention_map
 from unikd.distill.losses.crd import CRDLoss, crd_nce_loss
@@ -14,10 +21,16 @@ from unikd.distill.losses.masked import (
 from unikd.distill.losses.projector import Projector
 from unikd.distill.losses.relation import RelationDistillLoss
 from unikd.distill.losses.response import ResponseDistillLoss
+from unikd.distill.losses.term import TERM_KINDS, DistillTerm, TermSetup, register_term
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "TERM_KINDS",
     "AttentionTransferLoss",
     "CRDLoss",
+    "DistillTerm",
     "FeatureDistillLoss",
     "FitNetLoss",
     "GaussianMaskedFeatureLoss",
@@ -29,7 +42,9 @@ __all__ = [
     "Projector",
     "RelationDistillLoss",
     "ResponseDistillLoss",
+    "TermSetup",
     "attention_map",
     "crd_nce_loss",
     "info_nce",
+    "register_term",
 ]

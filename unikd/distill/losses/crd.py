@@ -1,4 +1,4 @@
-"""Contrastive representation distillation (CRD, Tian et al. 2020), both directions.
+"""Contrastive representation distillation (CRD, Tian et al. 2020), both directions: kind "crd".
 
 Embeddings e = normalize(W g(f)), g = global average pool for [B, C, H, W] (identity for [B, C]),
 one linear head per side to 128 dims. Memory banks m_S, m_T [N_data, 128] hold one embedding per
@@ -23,12 +23,15 @@ embedding head trains through h_T.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from unikd.distill.losses.distributed import average_across_processes, gather_across_processes
+from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 
 NCE_EPS = 1e-7
 
@@ -41,8 +44,13 @@ def crd_nce_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
     return -(positive.sum() + negative.sum()) / scores.shape[0]
 
 
-class CRDLoss(nn.Module):
-    """CRD with memory banks keyed by dataset index (formulas in the module doc)."""
+@register_term("crd")
+class CRDLoss(DistillTerm):
+    """CRD with memory banks keyed by dataset index (formulas in the module doc), on a dense output
+    (or a pooled vector); the term reads the dataset index of each sample from `batch["index"]`."""
+
+    reads = "dense"
+    needs_train_samples = True
 
     def __init__(
         self,
@@ -70,6 +78,17 @@ class CRDLoss(nn.Module):
         self.register_buffer("memory_teacher", torch.rand(num_data, embed_dim) * 2 * bound - bound)
         self.register_buffer("z_student", torch.tensor(-1.0))
         self.register_buffer("z_teacher", torch.tensor(-1.0))
+
+    @classmethod
+    def build(cls, setup: TermSetup, **options: Any) -> CRDLoss:
+        if setup.num_train_samples is None:
+            raise ValueError(
+                "a 'crd' term needs the Distiller's num_train_samples (its memory banks are per sample)"
+            )
+        return cls(setup.student_shape[0], setup.teacher_shape[0], setup.num_train_samples, **options)
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(student, teacher, batch["index"].to(student.device))
 
     def _embed(self, feature: torch.Tensor, head: nn.Linear) -> torch.Tensor:
         pooled = feature.mean(dim=(2, 3)) if feature.dim() == 4 else feature

@@ -1,56 +1,73 @@
-"""UniDistill feature distillation at the 9 key points of every GT box (low-level BEV).
+"""UniDistill feature distillation at the 9 key points of every GT box (low-level BEV): kind "feature".
 
-    L_feat = sum_boxes mean_{k,c} |f_T(p_k) - f_S(p_k)|_c / (N_boxes + 1e-4)
+    L_feat = sum_boxes mean_{k,c} |f_T(p_k) - A(f_S)(p_k)|_c / (N_boxes + 1e-4)
 
-p_k are the 9 BEV key points of a box (`box_keypoints_bev`), sampled bilinearly; N_boxes is
-the number of boxes in the batch, averaged across processes.
+p_k are the 9 BEV key points of a box (`box_keypoints_bev`), sampled bilinearly at their metric
+positions (x along columns, y along rows); A is a 1x1 conv + BN adapter when the channels differ
+(identity otherwise); N_boxes is the number of boxes in the batch, averaged across processes.
+Resolutions may differ: both maps cover the same metric region.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from unikd.distill.adapters import build_adapter
 from unikd.distill.keypoints import box_keypoints_bev, sample_bev
 from unikd.distill.losses.distributed import average_across_processes
+from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.boxes import pad_boxes
 
 
 def sample_box_keypoints(
     student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor], grid: BEVGrid
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per sample, the student [M, 9, C_S] and (detached) teacher [M, 9, C_T] features at the key points."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Both maps sampled at every box's key points in one call each: student [B, C_S, M, 9], the
+    (detached) teacher [B, C_T, M, 9], and `valid` [B, M] (which of the M padded slots hold a box)."""
     if student.shape[0] != teacher.shape[0] or student.shape[0] != len(gt_boxes):
         raise ValueError(
             f"batch sizes differ: student {student.shape[0]}, teacher {teacher.shape[0]}, gt_boxes {len(gt_boxes)}"
         )
-    student_points, teacher_points = [], []
-    for b, boxes in enumerate(gt_boxes):
-        keypoints = box_keypoints_bev(boxes.to(student))
-        student_points.append(sample_bev(student[b], keypoints, grid))
-        teacher_points.append(sample_bev(teacher[b].detach(), keypoints, grid))
-    return student_points, teacher_points
+    boxes, valid = pad_boxes(gt_boxes, student.device, student.dtype)
+    keypoints = box_keypoints_bev(boxes)  # [B, M, 9, 2]
+    return sample_bev(student, keypoints, grid), sample_bev(teacher.detach(), keypoints, grid), valid
 
 
-class FeatureDistillLoss(nn.Module):
-    """UniDistill feature loss (formula in the module doc).
+def box_count(valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The number of boxes in the batch, averaged across processes (a `dtype` tensor, no host read)."""
+    return average_across_processes(valid.sum().to(dtype))
 
-    student [B, C, H_S, W_S] and teacher [B, C, H_T, W_T] must have equal channels (adapt
-    first); resolutions may differ, both cover `grid`'s metric region. The teacher is detached.
-    """
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor], grid: BEVGrid
-    ) -> torch.Tensor:
+@register_term("feature")
+class FeatureDistillLoss(DistillTerm):
+    """UniDistill feature loss (formula in the module doc) on a dense BEV output; the teacher is detached."""
+
+    reads = "dense"
+
+    def __init__(self, grid: BEVGrid, adapter: nn.Module | None = None) -> None:
+        super().__init__()
+        self.grid = grid
+        self.adapter = adapter or nn.Identity()
+
+    @classmethod
+    def build(cls, setup: TermSetup) -> FeatureDistillLoss:
+        student_shape = setup.student_shape  # the adapter keeps the student's resolution
+        return cls(setup.grid, build_adapter(student_shape, (setup.teacher_shape[0], *student_shape[1:])))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
+        student = self.adapter(student)
         if student.shape[1] != teacher.shape[1]:
             raise ValueError(
-                f"channels differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}; adapt first"
+                f"channels differ: student {tuple(student.shape)} vs teacher {tuple(teacher.shape)}"
             )
-        student_points, teacher_points = sample_box_keypoints(student, teacher, gt_boxes, grid)
-        total = student.new_zeros(())
-        for s, t in zip(student_points, teacher_points, strict=True):
-            total = total + (s - t).abs().mean(dim=(1, 2)).sum()
-        num_boxes = average_across_processes(student.new_tensor(float(sum(len(b) for b in gt_boxes))))
-        return total / (num_boxes + 1e-4)
+        s, t, valid = sample_box_keypoints(student, teacher, gt_boxes, self.grid)
+        per_box = (s - t).abs().mean(dim=(1, 3))  # [B, M]
+        return (per_box * valid).sum() / (box_count(valid, per_box.dtype) + 1e-4)
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(student, teacher, batch["gt_boxes"])

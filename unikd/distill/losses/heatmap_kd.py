@@ -1,27 +1,46 @@
-"""Temperature-scaled heatmap distillation for sigmoid (per-class, CenterHead) heatmaps.
+"""Temperature-scaled heatmap distillation for sigmoid (per-class, CenterHead) heatmaps: kind "heatmap_kd".
 
 With p = sigmoid(logit / T) (each cell and class an independent Bernoulli):
     mode "l1":  L = mean |p_S - p_T|
     mode "bce": L = mean BCE(p_S; target p_T) = -mean [p_T log p_S + (1 - p_T) log(1 - p_S)]
-No T^2 rescaling is applied; fold it into the loss weight if wanted.
+No T^2 rescaling is applied; fold it into the loss weight if wanted. The term reads all tasks'
+heatmaps; a student head of another resolution is resized (bilinear) to the teacher's first.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unikd.distill.adapters import resize_to
+from unikd.distill.losses.response import HeadOutputs, concat_heatmaps
+from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 
-class HeatmapKDLoss(nn.Module):
+
+@register_term("heatmap_kd")
+class HeatmapKDLoss(DistillTerm):
     """Heatmap KD between logits [B, K, H, W] of equal shape (formulas in the module doc)."""
 
-    def __init__(self, temperature: float = 2.0, mode: str = "l1") -> None:
+    reads = "head"
+
+    def __init__(self, temperature: float = 2.0, mode: str = "l1", resize: nn.Module | None = None) -> None:
         super().__init__()
         if mode not in ("l1", "bce"):
             raise ValueError(f"mode must be 'l1' or 'bce', got {mode!r}")
         self.temperature = temperature
         self.mode = mode
+        self.resize = resize or nn.Identity()
+
+    @classmethod
+    def build(cls, setup: TermSetup, **options: Any) -> HeatmapKDLoss:
+        return cls(resize=resize_to(setup.student_shape, setup.teacher_shape), **options)
+
+    def distill(self, student: HeadOutputs, teacher: HeadOutputs, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(self.resize(concat_heatmaps(student)), concat_heatmaps(teacher))
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if student_logits.shape != teacher_logits.shape:

@@ -1,4 +1,4 @@
-"""Combined multi-level InfoNCE (student learns from teacher) with real negatives at any batch size.
+"""Combined multi-level InfoNCE (student learns from teacher) with real negatives at any batch size: kind "infonce".
 
 For sample i: z_S,i = P_S(concat_levels normalize(pool_level(f_S))) and z_T,i likewise with the
 teacher's projector P_T on the teacher's (detached) features; both are unit vectors. With the keys
@@ -34,7 +34,9 @@ from torch import nn
 from unikd.distill.keypoints import box_keypoints_bev, points_in_boxes_bev, sample_bev
 from unikd.distill.losses.distributed import gather_across_processes
 from unikd.distill.losses.projector import Projector
+from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.boxes import pad_boxes
 
 
 def info_nce(
@@ -114,26 +116,38 @@ def pool_dense(
     """
     if boxes is None:
         return feature.mean(dim=(2, 3))
-    return torch.cat(
-        [
-            sample_bev(feature[b], box_keypoints_bev(boxes[b].to(feature)), grid).mean(1)
-            for b in range(feature.shape[0])
-        ]
-    )
+    padded, valid = pad_boxes(boxes, feature.device, feature.dtype)
+    pooled = sample_bev(feature, box_keypoints_bev(padded), grid).mean(dim=3)  # [B, C, M]
+    return pooled.transpose(1, 2)[valid]
 
 
-class MultiLevelInfoNCE(nn.Module):
+def level_channels(shape: Any) -> int:
+    """Channels of a level for pooling: C of (C, ...), or the sum over a list level's maps."""
+    if isinstance(shape, list):
+        return sum(level[0] for level in shape)
+    return shape[0]
+
+
+@register_term("infonce")
+class MultiLevelInfoNCE(DistillTerm):
     """Combined multi-level InfoNCE (formula and sampling in the module doc).
 
     `student_channels` / `teacher_channels` map each shared level name (e.g. voxel_encoder,
     middle_encoder, backbone, neck) to its channel count (the sum over maps for a list level);
-    both must name the same levels.
+    both must name the same levels. Objects mode needs the BEV `grid` (metric region; background
+    cells are drawn at its resolution) and, for sparse levels, each network's voxel grid (a BEVGrid
+    whose cells are the voxels in x, y).
     """
+
+    reads = "levels"
 
     def __init__(
         self,
         student_channels: Mapping[str, int],
         teacher_channels: Mapping[str, int],
+        grid: BEVGrid | None = None,
+        student_voxel_grid: BEVGrid | None = None,
+        teacher_voxel_grid: BEVGrid | None = None,
         embed_dim: int = 128,
         hidden_dim: int = 512,
         temperature: float = 0.07,
@@ -151,6 +165,11 @@ class MultiLevelInfoNCE(nn.Module):
             raise ValueError(f"mode must be 'objects' or 'global', got {mode!r}")
         if mode == "objects" and num_background < 1:
             raise ValueError("objects mode needs num_background >= 1 so that every batch has samples")
+        if mode == "objects" and grid is None:
+            raise ValueError("objects mode needs the BEV grid")
+        self.grid = grid
+        self.student_voxel_grid = student_voxel_grid
+        self.teacher_voxel_grid = teacher_voxel_grid
         self.levels = list(student_channels)
         self.student_channels = dict(student_channels)
         self.teacher_channels = dict(teacher_channels)
@@ -162,11 +181,25 @@ class MultiLevelInfoNCE(nn.Module):
         self.teacher_projector = Projector(sum(teacher_channels.values()), embed_dim, hidden_dim)
         self.queue = MemoryQueue(queue_size, embed_dim)
 
-    def sample_boxes(self, gt_boxes: Sequence[torch.Tensor], grid: BEVGrid) -> list[torch.Tensor]:
+    @classmethod
+    def build(cls, setup: TermSetup, **options: Any) -> MultiLevelInfoNCE:
+        return cls(
+            {level: level_channels(shape) for level, shape in setup.student_shape.items()},
+            {level: level_channels(shape) for level, shape in setup.teacher_shape.items()},
+            setup.grid,
+            setup.student.voxel_grid,
+            setup.teacher.voxel_grid,
+            **options,
+        )
+
+    def distill(self, student: Mapping[str, Any], teacher: Mapping[str, Any], batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(student, teacher, batch["gt_boxes"])
+
+    def sample_boxes(self, gt_boxes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per BEV sample, the GT boxes [M, 9] followed by random background squares [K, 9]."""
         samples = []
         for boxes in gt_boxes:
-            centres = grid.cell_centers(boxes.device).reshape(-1, 2)
+            centres = self.grid.cell_centers(boxes.device).reshape(-1, 2)
             free = torch.nonzero(~points_in_boxes_bev(centres, boxes).any(dim=1)).squeeze(1)
             chosen = free[torch.randperm(free.numel(), device=boxes.device)[: self.num_background]]
             background = boxes.new_zeros(chosen.numel(), 9)
@@ -180,7 +213,6 @@ class MultiLevelInfoNCE(nn.Module):
         features: Mapping[str, Any],
         channels: Mapping[str, int],
         boxes: Sequence[torch.Tensor] | None,
-        grid: BEVGrid | None,
         voxel_grid: BEVGrid | None,
         batch: int,
     ) -> torch.Tensor:
@@ -194,9 +226,9 @@ class MultiLevelInfoNCE(nn.Module):
                     raise ValueError(f"sparse level {level!r} needs its voxel grid to pool inside boxes")
                 pooled = pool_sparse(feature, boxes, voxel_grid, batch)
             elif isinstance(feature, (list, tuple)):
-                pooled = torch.cat([pool_dense(f, boxes, grid) for f in feature], dim=1)
+                pooled = torch.cat([pool_dense(f, boxes, self.grid) for f in feature], dim=1)
             else:
-                pooled = pool_dense(feature, boxes, grid)
+                pooled = pool_dense(feature, boxes, self.grid)
             if pooled.shape[1] != channels[level]:
                 raise ValueError(
                     f"level {level!r}: expected {channels[level]} channels, got {pooled.shape[1]}"
@@ -205,29 +237,19 @@ class MultiLevelInfoNCE(nn.Module):
         return torch.cat(pooled_levels, dim=1)
 
     def forward(
-        self,
-        student: Mapping[str, Any],
-        teacher: Mapping[str, Any],
-        gt_boxes: Sequence[torch.Tensor] | None = None,
-        grid: BEVGrid | None = None,
-        student_voxel_grid: BEVGrid | None = None,
-        teacher_voxel_grid: BEVGrid | None = None,
+        self, student: Mapping[str, Any], teacher: Mapping[str, Any], gt_boxes: Sequence[torch.Tensor] | None = None
     ) -> torch.Tensor:
-        """student/teacher: level name -> feature. Objects mode needs gt_boxes (per sample [M, 9]),
-        the BEV `grid` (metric region; background cells are drawn at its resolution) and, for
-        sparse levels, each network's voxel grid (BEVGrid whose cells are the voxels in x, y)."""
+        """student/teacher: level name -> feature; objects mode needs gt_boxes (per sample [M, 9])."""
         if self.mode == "objects":
-            if gt_boxes is None or grid is None:
-                raise ValueError("objects mode needs gt_boxes and grid")
-            boxes, batch = self.sample_boxes(gt_boxes, grid), len(gt_boxes)
+            if gt_boxes is None:
+                raise ValueError("objects mode needs gt_boxes")
+            boxes, batch = self.sample_boxes(gt_boxes), len(gt_boxes)
         else:
             boxes = None
             batch = len(gt_boxes) if gt_boxes is not None else self._batch_size(student)
-        student_vectors = self._embed(student, self.student_channels, boxes, grid, student_voxel_grid, batch)
+        student_vectors = self._embed(student, self.student_channels, boxes, self.student_voxel_grid, batch)
         with torch.no_grad():
-            teacher_vectors = self._embed(
-                teacher, self.teacher_channels, boxes, grid, teacher_voxel_grid, batch
-            )
+            teacher_vectors = self._embed(teacher, self.teacher_channels, boxes, self.teacher_voxel_grid, batch)
         queries = self.student_projector(student_vectors)
         current, offset = gather_across_processes(self.teacher_projector(teacher_vectors))
         keys = torch.cat([current, self.queue.contents().to(current)])

@@ -1,8 +1,10 @@
-"""Masked feature distillation: fixed Gaussian foreground masks and learned (VeXKD-style) masks.
+"""Masked feature distillation: fixed Gaussian foreground masks (kind "masked") and learned
+(VeXKD-style) masks (kind "learned_mask").
 
-Fixed masks (`GaussianMaskedFeatureLoss`), with M the class-agnostic Gaussian GT mask [B, H, W]:
+Fixed masks (`GaussianMaskedFeatureLoss`), with M the class-agnostic Gaussian GT mask [B, H, W] and
+A the student adapter (`build_adapter`):
 
-    L = sum_{b,h,w} M_bhw * mean_c (f_S - f_T)^2_bchw / (sum M + 1e-4)
+    L = sum_{b,h,w} M_bhw * mean_c (A(f_S) - f_T)^2_bchw / (sum M + 1e-4)
 
 Learned masks (`LearnedMaskDistillLoss`), with Q masks M_q from BEV queries over the teacher feature
 and A the student adapter:
@@ -12,42 +14,63 @@ and A the student adapter:
 The masks enter the distillation loss detached: minimising a mask-weighted error with respect to
 the masks would only move them onto easy cells. They learn from `mask_learning_loss` instead
 (MasKD/VeXKD recipe: the teacher's task loss on each masked teacher feature plus a Dice diversity
-term between masks), until `freeze_masks()` or the epoch `mask_learning_until_epoch`.
+term between masks), until `freeze_masks()` or the epoch `mask_learning_until_epoch`. The term reads
+the teacher head's input (`neck`), so that the teacher's own head gives the task loss; while masks
+learn, it adds the part "mask_learning".
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from unikd.distill.adapters import build_adapter
+from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.models.heads.center_targets import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
 
 
-class GaussianMaskedFeatureLoss(nn.Module):
+@register_term("masked")
+class GaussianMaskedFeatureLoss(DistillTerm):
     """Feature MSE weighted by the Gaussian GT mask (formula in the module doc).
 
-    student and teacher are aligned [B, C, H, W] (use an adapter first); `grid` gives the
-    metric region, the mask is drawn at the features' resolution. The teacher is detached.
+    The adapted student and the teacher are [B, C, H, W] of the same shape; `grid` gives the metric
+    region, the mask is drawn at the teacher's resolution. The teacher is detached.
     """
 
-    def __init__(self, min_overlap: float = 0.7, min_radius: int = 2) -> None:
+    reads = "dense"
+
+    def __init__(
+        self, grid: BEVGrid, adapter: nn.Module | None = None, min_overlap: float = 0.7, min_radius: int = 2
+    ) -> None:
         super().__init__()
+        self.grid = grid
+        self.adapter = adapter or nn.Identity()
         self.min_overlap = min_overlap
         self.min_radius = min_radius
 
-    def forward(
-        self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor], grid: BEVGrid
-    ) -> torch.Tensor:
+    @classmethod
+    def build(cls, setup: TermSetup, **options: Any) -> GaussianMaskedFeatureLoss:
+        return cls(setup.grid, build_adapter(setup.student_shape, setup.teacher_shape), **options)
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(student, teacher, batch["gt_boxes"])
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
+        student = self.adapter(student)
         if student.shape != teacher.shape:
             raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must match")
         height, width = student.shape[-2:]
         mask = gaussian_gt_mask(
-            [boxes.to(student.device) for boxes in gt_boxes], grid.resized(height, width), self.min_overlap, self.min_radius
+            [boxes.to(student.device) for boxes in gt_boxes],
+            self.grid.resized(height, width),
+            self.min_overlap,
+            self.min_radius,
         )
         error = (student - teacher.detach()).pow(2).mean(dim=1)
         return (mask * error).sum() / (mask.sum() + 1e-4)
@@ -87,12 +110,22 @@ def dice_diversity(masks: torch.Tensor) -> torch.Tensor:
     return dice[:, pairs[0], pairs[1]].mean()
 
 
-class LearnedMaskDistillLoss(nn.Module):
+def head_detection_loss(head: nn.Module, feature: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The sum of a CenterHead's detection losses on `feature` (its input) for the batch's boxes."""
+    return sum(head.loss(head(feature), batch["gt_boxes"], batch["gt_labels"]).values())
+
+
+@register_term("learned_mask")
+class LearnedMaskDistillLoss(DistillTerm):
     """Learned-mask feature distillation (formula in the module doc) with its own student adapter.
 
     Shapes are (C, H, W). While masks learn, add `mask_learning_loss(teacher, task_loss)` to the
     objective; `task_loss` maps a masked teacher feature [B, C, H, W] to the teacher's task loss.
+    `distill` uses `teacher_head`'s detection loss, held as a plain callable so that the head's
+    weights stay out of the term's state.
     """
+
+    reads = "dense"
 
     def __init__(
         self,
@@ -102,6 +135,7 @@ class LearnedMaskDistillLoss(nn.Module):
         activation: str = "sigmoid",
         mask_learning_until_epoch: int | None = None,
         diversity_weight: float = 1.0,
+        teacher_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         teacher_shape = tuple(teacher_shape)
@@ -110,6 +144,24 @@ class LearnedMaskDistillLoss(nn.Module):
         self.mask_learning_until_epoch = mask_learning_until_epoch
         self.diversity_weight = diversity_weight
         self.register_buffer("masks_frozen", torch.tensor(False))
+        self.teacher_task_loss = None if teacher_head is None else functools.partial(head_detection_loss, teacher_head)
+
+    @classmethod
+    def build(cls, setup: TermSetup, **options: Any) -> LearnedMaskDistillLoss:
+        if setup.feature != "neck":
+            raise ValueError(
+                "a learned_mask term learns its masks through the teacher's head, whose input is 'neck'; "
+                f"got {setup.feature!r}"
+            )
+        return cls(setup.student_shape, setup.teacher_shape, teacher_head=setup.teacher.head, **options)
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        parts = {"": self(student, teacher)}
+        if self.training and self.learning_masks:
+            parts["mask_learning"] = self.mask_learning_loss(
+                teacher, lambda masked: self.teacher_task_loss(masked, batch)
+            )
+        return parts
 
     @property
     def learning_masks(self) -> bool:

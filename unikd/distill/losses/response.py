@@ -1,21 +1,29 @@
-"""UniDistill response distillation on CenterHead outputs, weighted by a Gaussian GT mask.
+"""UniDistill response distillation on CenterHead outputs, weighted by a Gaussian GT mask: kind "response".
 
-With P = max over all classes (all tasks) of sigmoid(heatmap_logit / T), T = 2 for both networks,
+With P_S = max over all classes (all tasks) of sigmoid(student_logit / T_S), P_T likewise with T_T,
 R = the regression maps of all tasks concatenated (reg, height, dim, rot, vel; 10 per task) and
-M = `gaussian_gt_mask` (unikd.models.heads) (min_overlap 0.7, min_radius 2) at the head's resolution:
+M = `gaussian_gt_mask` (unikd.models.heads) at the teacher head's resolution:
 
     L_cls = sum_{b,h,w} M |P_T - P_S| / (sum M + 1e-4)
     L_reg = sum_{b,h,w} M mean_c |R_T - R_S|_c / (sum M + 1e-4)
     L_resp = L_cls + L_reg
+
+Defaults are UniDistill's as it trains: T_S = 1 (its head hands the loss sigmoid probabilities),
+T_T = 2, and the mask's radius max(0, int(r)) with r the CornerNet radius at min_overlap 0.7 (no
+minimum radius, unlike the detection targets' 2). Student maps of another resolution are resized
+(bilinear) to the teacher's first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from unikd.distill.adapters import resize_to
+from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.models.heads.center_targets import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
 
@@ -23,10 +31,14 @@ REGRESSION_KEYS = ("reg", "height", "dim", "rot", "vel")
 HeadOutputs = Sequence[Mapping[str, torch.Tensor]]
 
 
+def concat_heatmaps(head: HeadOutputs) -> torch.Tensor:
+    """All tasks' heatmap logits [B, num_classes, H, W]."""
+    return torch.cat([task["heatmap"] for task in head], dim=1)
+
+
 def class_max_heatmap(head: HeadOutputs, temperature: float) -> torch.Tensor:
     """max over every class of every task of sigmoid(logit / temperature): [B, H, W]."""
-    logits = torch.cat([task["heatmap"] for task in head], dim=1)
-    return (logits / temperature).sigmoid().amax(dim=1)
+    return (concat_heatmaps(head) / temperature).sigmoid().amax(dim=1)
 
 
 def regression_maps(head: HeadOutputs) -> torch.Tensor:
@@ -34,24 +46,41 @@ def regression_maps(head: HeadOutputs) -> torch.Tensor:
     return torch.cat([task[key] for task in head for key in REGRESSION_KEYS], dim=1)
 
 
-class ResponseDistillLoss(nn.Module):
-    """UniDistill response loss (formulas in the module doc); returns L_cls + L_reg.
+@register_term("response")
+class ResponseDistillLoss(DistillTerm):
+    """UniDistill response loss (formulas and defaults in the module doc); returns L_cls + L_reg.
 
     student and teacher heads are lists (per task) of dicts with heatmap/reg/height/dim/rot/vel
-    [B, C, H, W] and the same layout. `grid` gives the metric region. The teacher is detached.
+    [B, C, H, W] and the same layout; `grid` gives the metric region. The teacher is detached.
     """
 
-    def __init__(self, temperature: float = 2.0, min_overlap: float = 0.7, min_radius: int = 2) -> None:
+    reads = "head"
+
+    def __init__(
+        self,
+        grid: BEVGrid,
+        resize: nn.Module | None = None,
+        student_temperature: float = 1.0,
+        teacher_temperature: float = 2.0,
+        min_overlap: float = 0.7,
+        min_radius: int = 0,
+    ) -> None:
         super().__init__()
-        self.temperature = temperature
+        self.grid = grid
+        self.resize = resize or nn.Identity()
+        self.student_temperature = student_temperature
+        self.teacher_temperature = teacher_temperature
         self.min_overlap = min_overlap
         self.min_radius = min_radius
 
-    def forward(
-        self, student: HeadOutputs, teacher: HeadOutputs, gt_boxes: Sequence[torch.Tensor], grid: BEVGrid
-    ) -> torch.Tensor:
-        heat_s = class_max_heatmap(student, self.temperature)
-        heat_t = class_max_heatmap(teacher, self.temperature).detach()
+    @classmethod
+    def build(cls, setup: TermSetup, **options: Any) -> ResponseDistillLoss:
+        return cls(setup.grid, resize_to(setup.student_shape, setup.teacher_shape), **options)
+
+    def forward(self, student: HeadOutputs, teacher: HeadOutputs, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
+        student = [{key: self.resize(value) for key, value in task.items()} for task in student]
+        heat_s = class_max_heatmap(student, self.student_temperature)
+        heat_t = class_max_heatmap(teacher, self.teacher_temperature).detach()
         reg_s, reg_t = regression_maps(student), regression_maps(teacher).detach()
         if heat_s.shape != heat_t.shape or reg_s.shape != reg_t.shape:
             raise ValueError(
@@ -60,9 +89,15 @@ class ResponseDistillLoss(nn.Module):
             )
         height, width = heat_s.shape[-2:]
         mask = gaussian_gt_mask(
-            [boxes.to(heat_s.device) for boxes in gt_boxes], grid.resized(height, width), self.min_overlap, self.min_radius
+            [boxes.to(heat_s.device) for boxes in gt_boxes],
+            self.grid.resized(height, width),
+            self.min_overlap,
+            self.min_radius,
         ).to(heat_s.dtype)
         normalizer = mask.sum() + 1e-4
         cls = (mask * (heat_s - heat_t).abs()).sum() / normalizer
         reg = (mask * (reg_s - reg_t).abs().mean(dim=1)).sum() / normalizer
         return cls + reg
+
+    def distill(self, student: HeadOutputs, teacher: HeadOutputs, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self(student, teacher, batch["gt_boxes"])

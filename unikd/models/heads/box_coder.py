@@ -24,8 +24,8 @@ CODE_SIZE = 10
 
 
 def center_cells(boxes: torch.Tensor, grid: BEVGrid) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer cell (col, row) [M, 2] int64 of each box centre and its offset in cells [M, 2]."""
-    cells = grid.metric_to_cell(boxes[:, :2])
+    """Integer cell (col, row) [..., 2] int64 of each box [..., 9+] centre and its offset in cells [..., 2]."""
+    cells = grid.metric_to_cell(boxes[..., :2])
     cell_index = torch.floor(cells)
     return cell_index.long(), cells - cell_index
 

@@ -16,6 +16,7 @@ import torch
 from unikd.data.classes import CLASSES
 from unikd.models.heads.box_coder import CODE_SIZE, center_cells, encode_boxes
 from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.boxes import pad_boxes
 from unikd.ops.gaussian import draw_gaussian, gaussian_radius
 
 
@@ -35,6 +36,13 @@ def heatmap_radius(length_cells: float, width_cells: float, min_overlap: float, 
     return max(min_radius, int(gaussian_radius(length_cells, width_cells, min_overlap)))
 
 
+def _radii(boxes: torch.Tensor, grid: BEVGrid, min_overlap: float, min_radius: int) -> torch.Tensor:
+    """`heatmap_radius` of every box [..., 9] as a float64 tensor [...]."""
+    boxes = boxes.double()
+    radius = gaussian_radius(boxes[..., 3] / grid.cell_x, boxes[..., 4] / grid.cell_y, min_overlap)
+    return radius.floor().clamp_min(min_radius)
+
+
 def check_boxes(boxes: torch.Tensor) -> None:
     """Raise unless `boxes` is [M, 9], finite, with positive l, w, h."""
     if boxes.ndim != 2 or boxes.shape[1] != 9:
@@ -49,33 +57,33 @@ def _inside(cells: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
     return (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
 
 
-def _radii(boxes: torch.Tensor, grid: BEVGrid, min_overlap: float, min_radius: int) -> list[int]:
-    lengths = (boxes[:, 3] / grid.cell_x).tolist()
-    widths = (boxes[:, 4] / grid.cell_y).tolist()
-    return [
-        heatmap_radius(length, width, min_overlap, min_radius)
-        for length, width in zip(lengths, widths, strict=True)
-    ]
-
-
 def gaussian_gt_mask(
     gt_boxes: Sequence[torch.Tensor], grid: BEVGrid, min_overlap: float = 0.7, min_radius: int = 2
 ) -> torch.Tensor:
-    """Class-agnostic Gaussian mask [B, H, W] of the boxes [M_b, 9] of each sample (max-combined)."""
+    """Class-agnostic Gaussian mask [B, H, W] of the boxes [M_b, 9] of each sample (max-combined).
+
+    The same Gaussians as the targets' heatmaps (`draw_gaussian`), built for the whole batch at once on
+    the boxes' device: each Gaussian is the product of a row and a column profile, cut at its radius,
+    then the maximum over boxes. Boxes are not checked here (the detection targets check them).
+    """
     if len(gt_boxes) == 0:
         raise ValueError("gaussian_gt_mask needs at least one sample")
-    mask = torch.zeros(len(gt_boxes), grid.height, grid.width, device=gt_boxes[0].device)
-    for sample, boxes in enumerate(gt_boxes):
-        boxes = boxes.to(mask.device, torch.float32)
-        check_boxes(boxes)
-        cells, _ = center_cells(boxes, grid)
-        inside = _inside(cells, grid)
-        radii = _radii(boxes, grid, min_overlap, min_radius)
-        cell_list = cells.tolist()
-        for i in torch.nonzero(inside).flatten().tolist():
-            col, row = cell_list[i]
-            draw_gaussian(mask[sample], col, row, radii[i])
-    return mask
+    boxes, valid = pad_boxes(gt_boxes, gt_boxes[0].device)
+    cells, _ = center_cells(boxes, grid)
+    col, row = cells[..., 0], cells[..., 1]  # [B, M]
+    drawn = valid & (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
+    radius = _radii(boxes, grid, min_overlap, min_radius).float()
+    sigma = (2 * radius + 1) / 6
+
+    def profile(offsets: torch.Tensor) -> torch.Tensor:  # [B, M, n]
+        inside = offsets.abs() <= radius[..., None]
+        return torch.exp(-offsets.square() / (2 * sigma[..., None] ** 2)) * inside
+
+    rows = profile(torch.arange(grid.height, device=boxes.device) - row[..., None].float())
+    cols = profile(torch.arange(grid.width, device=boxes.device) - col[..., None].float())
+    gaussians = rows[..., :, None] * cols[..., None, :] * drawn[..., None, None]  # [B, M, H, W]
+    gaussians = gaussians.masked_fill(gaussians < torch.finfo(torch.float32).eps, 0.0)
+    return gaussians.amax(dim=1)
 
 
 def build_targets(
@@ -121,7 +129,7 @@ def build_targets(
         cells, offsets = center_cells(boxes, grid)
         inside = _inside(cells, grid)
         codes = encode_boxes(boxes, offsets)
-        radii = _radii(boxes, grid, min_overlap, min_radius)
+        radii = _radii(boxes, grid, min_overlap, min_radius).long().tolist()
         task, local = task_of[labels], local_of[labels]
         cell_list, local_list = cells.tolist(), local.tolist()
         for t, target in enumerate(targets):
