@@ -8,6 +8,8 @@ by what it is and which flags would load it, instead of by hundreds of key names
 from __future__ import annotations
 
 import os
+import pickle
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -17,6 +19,9 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch import nn
+
+from unikd.interop import detector_state
 
 METADATA_KEY = "unikd"
 MAX_GROUPS = 8  # module groups listed in a mismatch summary
@@ -63,8 +68,9 @@ def save_atomically(obj: Any, path: Path) -> None:
         os.close(directory)
 
 
-def read_checkpoint(path: str | os.PathLike, role: str = "checkpoint") -> dict[str, Any]:
-    """The checkpoint at `path` (tensors and plain data only: nothing in it runs code).
+def read_checkpoint(path: str | os.PathLike, role: str = "checkpoint", trusted: bool = False) -> dict[str, Any]:
+    """The checkpoint at `path`: tensors and plain data only (nothing in it runs code), unless
+    `trusted`, for a file whose Python objects (another framework's training state) the user vouches for.
 
     A missing, unreadable or truncated file is a CheckpointError that names it, says what was
     expected and lists the other checkpoints in its folder.
@@ -73,7 +79,15 @@ def read_checkpoint(path: str | os.PathLike, role: str = "checkpoint") -> dict[s
     if not path.is_file():
         raise CheckpointError(f"{role} {path} does not exist{_others(path)}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise CheckpointError(f"{role} {path} could not be read: {error}{_others(path)}") from error
+        raise CheckpointError(
+            f"{role} {path} holds Python objects besides tensors (e.g. another framework's training state), "
+            "which only an unrestricted load can read, and such a load runs code from the file: if you trust "
+            "it, convert it once with `python tools/convert_checkpoint.py SRC --out DST --trust-source`"
+        ) from error
     except Exception as error:  # torch raises several types for a file that is not a checkpoint
         size = path.stat().st_size
         raise CheckpointError(
@@ -166,3 +180,21 @@ def check_state_dict(
 def _module(key: str) -> str:
     """The module group of a state-dict key: its first two dotted parts (`model.head`)."""
     return ".".join(key.split(".")[:2])
+
+
+def load_detector_weights(model: nn.Module, path: str | Path, target: str, role: str = "teacher checkpoint") -> None:
+    """Load a checkpoint of any known format (`unikd.interop`) into `model` strictly; a mismatch is a
+    CheckpointError that summarises it by module and says what the checkpoint is."""
+    checkpoint = read_checkpoint(path, role)
+    state, source = detector_state(checkpoint, model.state_dict())
+    print(f"{role} {path}: {source}", file=sys.stderr)
+    check_state_dict(
+        state,
+        model.state_dict(),
+        path,
+        target,
+        checkpoint,
+        hint=lambda meta: f"set --exp_options teacher_model_size={meta['model_size']} and a pairing whose teacher "
+        f"is {meta['experiment']}",
+    )
+    model.load_state_dict(state, strict=True)

@@ -19,7 +19,13 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-from unikd.exps.checkpoints import AtomicCheckpointIO, CheckpointError, check_state_dict, read_checkpoint
+from unikd.exps.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_state_dict,
+    load_detector_weights,
+    read_checkpoint,
+)
 from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
 from unikd.exps.options import parse_options
 from unikd.exps.run_dir import discard_if_empty, is_launch_rank_zero, point_latest, resolve_run_dir
@@ -117,11 +123,21 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, e
         parser.error("--eval_backend is for training and -e; -p writes a submission")
 
 
-def check_resume_checkpoint(exp: pl.LightningModule, path: str) -> None:
-    """Read --ckpt_path and match it against the experiment before the trainer starts."""
+def restored_checkpoint(exp: pl.LightningModule, path: str, training: bool) -> str | None:
+    """Read --ckpt_path and match it against the experiment before the trainer starts.
+
+    A unikd checkpoint is returned for Lightning to restore. Another framework's checkpoint
+    (`unikd.interop`), for -e / -p, is converted and loaded into the model here, and None is returned.
+    """
     checkpoint = read_checkpoint(path, "--ckpt_path")
-    if "state_dict" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path {path} has no 'state_dict': not a checkpoint written by an experiment")
+    if not any(key.startswith("model.") for key in checkpoint.get("state_dict", {})):
+        if training:
+            raise CheckpointError(
+                f"--ckpt_path {path} is not a unikd checkpoint: training resumes only from unikd checkpoints "
+                "(convert another framework's once with tools/convert_checkpoint.py; -e and -p take it as it is)"
+            )
+        load_detector_weights(exp.model, path, f"{type(exp).__name__} (model_size={exp.model_size})", "--ckpt_path")
+        return None
     check_state_dict(
         checkpoint["state_dict"],
         exp.state_dict(),
@@ -130,6 +146,7 @@ def check_resume_checkpoint(exp: pl.LightningModule, path: str) -> None:
         checkpoint,
         hint=lambda meta: f"use {meta['experiment']}.py --exp_options model_size={meta['model_size']}",
     )
+    return path
 
 
 def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModule:
@@ -155,7 +172,7 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
         **exp_kwargs,
     )
     if args.ckpt_path:
-        check_resume_checkpoint(exp, args.ckpt_path)
+        args.ckpt_path = restored_checkpoint(exp, args.ckpt_path, training=not (args.evaluate or args.predict))
 
     run_dir = resolve_run_dir(args.output_root, exp_class.__name__, args.run_name)
     exp.output_dir = run_dir

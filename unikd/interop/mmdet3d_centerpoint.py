@@ -149,3 +149,29 @@ def unikd_to_centerpoint(state: Mapping[str, torch.Tensor], spconv_version: int 
             raise KeyError(f"{key}: a unikd key with no mmdet3d CenterPoint counterpart (not a CenterPoint-shaped detector?)")
         converted[target] = spconv1_kernel(value) if value.ndim == 5 and spconv_version == 1 else value
     return converted
+
+
+# unikd model size of each published configuration, by its voxel size
+PUBLISHED = {
+    (0.075, 0.075, 0.2): ("centerpoint_0075", "centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d"),
+    (0.1, 0.1, 0.2): ("centerpoint_01", "centerpoint_voxel01_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d"),
+}
+
+
+def model_size_of(meta: Mapping) -> str | None:
+    """The unikd model size of an mmdet3d checkpoint from its metadata: the published config's name
+    (`config_name`, as tools/export_checkpoint.py writes it) or the config text (mmcv's `config`,
+    mmengine's `cfg`) and its `voxel_size`; None when it holds neither."""
+    for size, name in PUBLISHED.values():
+        if meta.get("config_name") == name:
+            return size
+    text = meta.get("config") or meta.get("cfg")
+    if not isinstance(text, str):
+        return None
+    match = re.search(r"voxel_size\s*=\s*\[([^\]]+)\]", text)
+    if not match:
+        return None
+    voxel = tuple(round(float(v), 4) for v in match.group(1).split(","))
+    if voxel not in PUBLISHED:
+        raise ValueError(f"CenterPoint with voxel size {voxel}: unikd has configurations for {sorted(PUBLISHED)}")
+    return PUBLISHED[voxel][0]

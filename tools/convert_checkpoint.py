@@ -1,0 +1,77 @@
+"""Convert another framework's checkpoint into a unikd one, once, for repeated use.
+
+    python tools/convert_checkpoint.py centerpoint_0075voxel_....pth --out teachers/centerpoint_0075.ckpt
+
+The source format is recognised from its keys and metadata (`unikd.interop`); the unikd model size
+from the checkpoint's config text, or `--model-size`. The result is a unikd checkpoint of the LiDAR
+experiment (`BEVFusion_nuscenes_centerhead_lidar_exp`): pass it as `--teacher_ckpt` (with
+`teacher_model_size` = the size printed) or evaluate it with `-e --exp_options model_size=...`.
+It holds weights only: training cannot resume from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import pytorch_lightning as pl  # noqa: E402
+
+from unikd.exps.checkpoints import METADATA_KEY, check_state_dict, read_checkpoint, save_atomically  # noqa: E402
+from unikd.interop import detector_state  # noqa: E402
+from unikd.interop.mmdet3d_centerpoint import model_size_of  # noqa: E402
+from unikd.models.bevfusion import BEVFusion  # noqa: E402
+from unikd.models.configs import model_config  # noqa: E402
+
+LIDAR_EXPERIMENT = "BEVFusion_nuscenes_centerhead_lidar_exp"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--model-size", default=None, help="unikd model size (default: from the checkpoint's config)")
+    parser.add_argument("--box-convention", choices=("0.x", "1.x"), default=None,
+                        help="mmdet3d box convention, when the checkpoint's metadata does not say")
+    parser.add_argument("--trust-source", action="store_true",
+                        help="read Python objects in the source (runs code from the file: only for files you trust)")
+    return parser
+
+
+def convert(source: Path, out: Path, model_size: str | None, box_convention: str | None, trusted: bool) -> str:
+    """Write the unikd checkpoint of `source` to `out`; returns the model size."""
+    checkpoint = read_checkpoint(source, "source checkpoint", trusted=trusted)
+    model_size = model_size or model_size_of(checkpoint.get("meta") or {})
+    if model_size is None:
+        raise SystemExit(f"{source}: its metadata has no config with a voxel_size: pass --model-size")
+    model = BEVFusion(model_config(model_size, ("lidar",)))
+    state, described = detector_state(checkpoint, model.state_dict(), box_convention)
+    check_state_dict(state, model.state_dict(), source, f"a unikd LiDAR detector of size {model_size}", checkpoint)
+    model.load_state_dict(state, strict=True)
+    save_atomically(
+        {
+            "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+            "pytorch-lightning_version": pl.__version__,
+            METADATA_KEY: {
+                "experiment": LIDAR_EXPERIMENT,
+                "model_size": model_size,
+                "modalities": ["lidar"],
+                "version": "v1.0-trainval",
+                "converted_from": f"{source.name}: {described}",
+            },
+        },
+        out,
+    )
+    print(f"{source} ({described}) -> {out}: unikd {LIDAR_EXPERIMENT}, model_size={model_size}")
+    return model_size
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    convert(args.source, args.out, args.model_size, args.box_convention, args.trust_source)
+
+
+if __name__ == "__main__":
+    main()
