@@ -405,7 +405,10 @@ def test_benchmark_distill_step(synthetic_root: Path) -> None:
     exp = make_distill_exp(LIDARSMALL, synthetic_root)
     result = benchmark_distill_step(exp, repeats=1)
     timings = {f"{part}_{clock}" for part in ("distill", "student", "teacher") for clock in ("s", "cpu_s")}
-    assert set(result) == timings | {"ratio", "cpu_ratio", "distill_peak_bytes", "student_peak_bytes"}
+    terms = {f"term_{name}_s" for name in exp.distiller.terms}
+    assert terms == {"term_feature_s", "term_relation_s", "term_response_s", "term_infonce_s"}
+    assert set(result) == timings | terms | {"ratio", "cpu_ratio", "distill_peak_bytes", "student_peak_bytes"}
+    assert all(result[name] > 0 for name in terms)
     assert (
         result["ratio"] > 0
         and result["cpu_ratio"] > 0

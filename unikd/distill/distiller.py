@@ -183,14 +183,17 @@ class Distiller(nn.Module):
             for recorder in self._recorders.values():
                 recorder.remove()
 
-    def _with_recorded(self, outputs: Mapping[str, Any], network: str) -> Mapping[str, Any]:
-        if not self.module_paths:
-            return outputs
-        if network not in self._recorders:
+    def inputs(self, student: Mapping[str, Any], teacher: Mapping[str, Any]) -> tuple[Mapping, Mapping]:
+        """Both networks' named outputs with the recorded module-path outputs added (the recording ends)."""
+        if self.module_paths and not self._recorders:
             raise RuntimeError(
                 f"terms read the module paths {self.module_paths}: run both networks inside Distiller.recording()"
             )
-        return {**outputs, **{path: self._recorders[network][path] for path in self.module_paths}}
+        if self.module_paths:
+            student = {**student, **{path: self._recorders["student"][path] for path in self.module_paths}}
+            teacher = {**teacher, **{path: self._recorders["teacher"][path] for path in self.module_paths}}
+        self._recorders = {}
+        return student, teacher
 
     def set_epoch(self, epoch: int) -> None:
         """Tell the terms which training epoch starts (learned masks stop learning at theirs)."""
@@ -201,16 +204,20 @@ class Distiller(nn.Module):
         self, student: Mapping[str, Any], teacher: Mapping[str, Any], batch: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
         """{"distill/<name>[/<part>]": weight * term} from the two detectors' named outputs and the batch."""
-        student, teacher = self._with_recorded(student, "student"), self._with_recorded(teacher, "teacher")
-        self._recorders = {}
+        student, teacher = self.inputs(student, teacher)
         losses = {}
-        for name, term in self.terms.items():
-            feature = self.features[name]
-            if term.reads == "levels":
-                value = term.distill({f: student[f] for f in feature}, {f: teacher[f] for f in feature}, batch)
-            else:
-                value = term.distill(student[feature], teacher[feature], batch)
-            parts = value if isinstance(value, dict) else {"": value}
-            for part, loss in parts.items():
-                losses["/".join(filter(None, ("distill", name, part)))] = self.weights[name] * loss
+        for name in self.terms:
+            losses.update(self.term_losses(name, student, teacher, batch))
         return losses
+
+    def term_losses(
+        self, name: str, student: Mapping[str, Any], teacher: Mapping[str, Any], batch: Mapping[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """The weighted losses of one term from both networks' outputs (`inputs`)."""
+        term, feature = self.terms[name], self.features[name]
+        if term.reads == "levels":
+            value = term.distill({f: student[f] for f in feature}, {f: teacher[f] for f in feature}, batch)
+        else:
+            value = term.distill(student[feature], teacher[feature], batch)
+        parts = value if isinstance(value, dict) else {"": value}
+        return {"/".join(filter(None, ("distill", name, part))): self.weights[name] * loss for part, loss in parts.items()}

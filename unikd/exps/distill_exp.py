@@ -247,6 +247,34 @@ def _peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def _as_leaves(value: Any) -> Any:
+    """Nested outputs whose floating tensors are new autograd leaves (a backward stops at them)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().requires_grad_(value.is_floating_point())
+    if isinstance(value, dict):
+        return {key: _as_leaves(item) for key, item in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple such as SparseFeatures
+        return type(value)(*(_as_leaves(item) for item in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_leaves(item) for item in value)
+    return value
+
+
+def _term_seconds(exp: DistillExp, batch: dict, repeats: int) -> dict[str, float]:
+    """Wall seconds of each term's forward + backward alone, on one step's outputs (student's made leaves)."""
+    distiller = exp.distiller
+    with torch.no_grad(), distiller.recording(exp.model, exp.teacher):
+        student, teacher = exp.model(batch), exp.teacher(batch)
+    student, teacher = distiller.inputs(student, teacher)
+    student = _as_leaves(student)
+
+    def step(name: str) -> Callable[[], None]:
+        return lambda: sum(distiller.term_losses(name, student, teacher, batch).values()).backward()
+
+    times = _timed_rounds({name: step(name) for name in distiller.terms}, repeats, exp.device)
+    return {f"term_{name}_s": statistics.median(wall for wall, _ in values) for name, values in times.items()}
+
+
 def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: int = 3) -> dict[str, float]:
     """Cost of one distillation training step against the student step plus the teacher's forward.
 
@@ -257,7 +285,8 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
     `cpu_ratio`: on CPU it is robust to other processes' load; on GPU it only counts host work), and
     the peak memory (bytes) of the distillation and student steps: CUDA's max_memory_allocated above
     the start, or on CPU the peak of the running sum of tensor allocations and frees that the torch
-    profiler records during the step.
+    profiler records during the step; and `term_<name>_s`, each term's forward + backward alone on the
+    outputs of one step (the student's outputs made autograd leaves), median of `repeats` rounds.
     """
     if batch is None:
         dataset = exp.dataset(exp.train_split, training=True)
@@ -288,5 +317,6 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
         result[f"{prefix}ratio"] = statistics.median(d[clock] / (s[clock] + t[clock]) for d, s, t in rounds)
     result["distill_peak_bytes"] = _peak_bytes(distill_step, exp.device)
     result["student_peak_bytes"] = _peak_bytes(student_step, exp.device)
+    result.update(_term_seconds(exp, batch, repeats))
     exp.zero_grad(set_to_none=True)
     return result

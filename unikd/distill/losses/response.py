@@ -41,11 +41,6 @@ def class_max_heatmap(head: HeadOutputs, temperature: float) -> torch.Tensor:
     return (concat_heatmaps(head) / temperature).sigmoid().amax(dim=1)
 
 
-def regression_maps(head: HeadOutputs) -> torch.Tensor:
-    """All tasks' regression maps concatenated along channels: [B, 10 * tasks, H, W]."""
-    return torch.cat([task[key] for task in head for key in REGRESSION_KEYS], dim=1)
-
-
 @register_term("response")
 class ResponseDistillLoss(DistillTerm):
     """UniDistill response loss (formulas and defaults in the module doc); returns L_cls + L_reg.
@@ -81,11 +76,11 @@ class ResponseDistillLoss(DistillTerm):
         student = [{key: self.resize(value) for key, value in task.items()} for task in student]
         heat_s = class_max_heatmap(student, self.student_temperature)
         heat_t = class_max_heatmap(teacher, self.teacher_temperature).detach()
-        reg_s, reg_t = regression_maps(student), regression_maps(teacher).detach()
-        if heat_s.shape != heat_t.shape or reg_s.shape != reg_t.shape:
+        pairs = [(s_task[key], t_task[key].detach()) for s_task, t_task in zip(student, teacher, strict=True) for key in REGRESSION_KEYS]
+        if heat_s.shape != heat_t.shape or any(s.shape != t.shape for s, t in pairs):
             raise ValueError(
-                f"head outputs differ: heatmaps {tuple(heat_s.shape)} vs {tuple(heat_t.shape)}, "
-                f"regression {tuple(reg_s.shape)} vs {tuple(reg_t.shape)}"
+                f"head outputs differ: heatmaps {tuple(heat_s.shape)} vs {tuple(heat_t.shape)}, regression "
+                f"{[tuple(s.shape) for s, _ in pairs]} vs {[tuple(t.shape) for _, t in pairs]}"
             )
         height, width = heat_s.shape[-2:]
         mask = gaussian_gt_mask(
@@ -96,7 +91,9 @@ class ResponseDistillLoss(DistillTerm):
         ).to(heat_s.dtype)
         normalizer = mask.sum() + 1e-4
         cls = (mask * (heat_s - heat_t).abs()).sum() / normalizer
-        reg = (mask * (reg_s - reg_t).abs().mean(dim=1)).sum() / normalizer
+        # mean over the regression channels of all tasks, one map at a time (no concatenated copy)
+        error = sum((s - t).abs().sum(dim=1) for s, t in pairs)
+        reg = (mask * error).sum() / (normalizer * sum(s.shape[1] for s, _ in pairs))
         return cls + reg
 
     def distill(self, student: HeadOutputs, teacher: HeadOutputs, batch: Mapping[str, Any]) -> torch.Tensor:

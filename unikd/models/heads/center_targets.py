@@ -63,8 +63,10 @@ def gaussian_gt_mask(
     """Class-agnostic Gaussian mask [B, H, W] of the boxes [M_b, 9] of each sample (max-combined).
 
     The same Gaussians as the targets' heatmaps (`draw_gaussian`), built for the whole batch at once on
-    the boxes' device: each Gaussian is the product of a row and a column profile, cut at its radius,
-    then the maximum over boxes. Boxes are not checked here (the detection targets check them).
+    the boxes' device: each Gaussian is the product of a row and a column profile cut at its radius, then
+    the maximum over boxes. Inside its window a Gaussian never falls below exp(-9) (sigma = (2r + 1) / 6),
+    so `gaussian_kernel`'s cut of values under float32 epsilon never applies. Boxes are not checked here
+    (the detection targets check them).
     """
     if len(gt_boxes) == 0:
         raise ValueError("gaussian_gt_mask needs at least one sample")
@@ -76,14 +78,12 @@ def gaussian_gt_mask(
     sigma = (2 * radius + 1) / 6
 
     def profile(offsets: torch.Tensor) -> torch.Tensor:  # [B, M, n]
-        inside = offsets.abs() <= radius[..., None]
+        inside = (offsets.abs() <= radius[..., None]) & drawn[..., None]
         return torch.exp(-offsets.square() / (2 * sigma[..., None] ** 2)) * inside
 
     rows = profile(torch.arange(grid.height, device=boxes.device) - row[..., None].float())
     cols = profile(torch.arange(grid.width, device=boxes.device) - col[..., None].float())
-    gaussians = rows[..., :, None] * cols[..., None, :] * drawn[..., None, None]  # [B, M, H, W]
-    gaussians = gaussians.masked_fill(gaussians < torch.finfo(torch.float32).eps, 0.0)
-    return gaussians.amax(dim=1)
+    return (rows[..., :, None] * cols[..., None, :]).amax(dim=1)  # max over the boxes of [B, M, H, W]
 
 
 def build_targets(
