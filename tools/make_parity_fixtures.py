@@ -10,8 +10,8 @@ For each published voxel size (0.075 m and 0.1 m) it writes under tests/fixtures
 
 - `centerpoint_<v>_keys.json`: key names and shapes of the full-width model as mmdet3d builds it;
 - `centerpoint_<v>_parity.pt`: the model at reduced width (random weights, fixed seed, BatchNorm
-  statistics randomised, heatmap biases lowered until only cells reached by points score above the
-  threshold, so that the decoded boxes depend on the converted weights), its state dict (spconv
+  statistics randomised, heatmap convolutions steered so that only cells reached by points score above
+  the threshold and the decoded boxes depend on the converted weights), its state dict (spconv
   2.x layout), the input points, the voxels, every level's output (sampled at fixed cells: the
   maps are too large to store whole) and the decoded boxes;
 - `centerpoint_<v>_spconv1.pt`: the same model's sparse kernels in spconv 1.x layout, checked here
@@ -58,7 +58,9 @@ REDUCED_UNIKD = {
 HEAD_CONV = 8
 NUM_POINTS = 6000
 NUM_SAMPLED_CELLS = 256
-SCORE_MARGIN = 1.0  # logit margin below the threshold for cells that no point reaches
+SCORE_MARGIN = 0.5  # logit margin below the threshold for cells that no point reaches
+TARGETS_PER_CLASS = 3
+PEAK_ABOVE_EMPTY = 3.0  # logits: best cell reached by points over the best one not reached
 
 
 def build_model(config_path: Path, reduced: bool) -> torch.nn.Module:
@@ -122,17 +124,54 @@ def run(model: torch.nn.Module, points: torch.Tensor) -> tuple[dict, dict, list]
     return voxels, recorder.outputs, results
 
 
-def lower_heatmap_biases(model: torch.nn.Module, points: torch.Tensor) -> None:
-    """Shift each task's heatmap bias so that the best cell no point reaches sits SCORE_MARGIN below
-    the score threshold (the best cells reached by points then decide the boxes)."""
+def steer_heatmaps(model: torch.nn.Module, points: torch.Tensor, generator: torch.Generator) -> None:
+    """Make each task's heatmap peak at cells that points reach: its last convolution becomes the
+    contrast between the head features around a few occupied cells and those of an empty cell, and
+    its bias puts the best cell no point reaches SCORE_MARGIN below the score threshold. (With plain
+    random weights the best scores sit at the map edges, where the zero padding differs, and the boxes
+    would test the decoding but not the converted weights.)"""
+    hidden = {}
+    for task, head in enumerate(model.pts_bbox_head.task_heads):
+        head.heatmap[0].register_forward_hook(lambda module, inputs, output, task=task: hidden.update({task: output}))
     _, outputs, _ = run(model, points)
-    occupied = outputs["pts_middle_encoder"].abs().sum(1)[0] > 0  # [H, W] cells with voxels
+    occupied = outputs["pts_middle_encoder"].abs().sum(1)[0] > 0
     reached = torch.nn.functional.max_pool2d(occupied[None, None].float(), 9, 1, 4)[0, 0] > 0
+    inner = torch.zeros_like(occupied)
+    inner[2:-2, 2:-2] = True
+    candidates = torch.nonzero(occupied & inner)
+    empty_row, empty_col = torch.nonzero(~reached & inner)[0].tolist()
     threshold = float(np.log(0.1 / 0.9))
     for task, head in enumerate(model.pts_bbox_head.task_heads):
-        logits = outputs["pts_bbox_head"][task][0]["heatmap"][0]  # [classes, H, W]
-        empty_best = logits[:, ~reached].max()
-        head.heatmap[-1].bias.data -= float(empty_best) - threshold + SCORE_MARGIN
+        features = hidden[task][0]  # [C, H, W], the input of the last heatmap convolution
+        empty = features[:, empty_row - 1 : empty_row + 2, empty_col - 1 : empty_col + 2]
+        final = head.heatmap[-1]
+        for cls in range(final.weight.shape[0]):
+            picks = candidates[torch.randperm(len(candidates), generator=generator)[:TARGETS_PER_CLASS]]
+            contrast = sum(features[:, r - 1 : r + 2, c - 1 : c + 2] - empty for r, c in picks.tolist())
+            final.weight.data[cls] = separating_kernel(features, contrast, reached)
+        logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
+        gap = logits[:, reached].amax(dim=1) - logits[:, ~reached].amax(dim=1)
+        if (gap <= 0).any():
+            raise RuntimeError(f"task {task}: no cell reached by points outscores the empty ones")
+        final.weight.data *= (PEAK_ABOVE_EMPTY / gap)[:, None, None, None]
+        logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
+        # distinct per-class offsets: no two classes of a task tie at a cell (the label would be arbitrary)
+        offsets = 0.05 * torch.arange(len(logits), dtype=logits.dtype)
+        final.bias.data = -logits[:, ~reached].amax(dim=1) + threshold - SCORE_MARGIN - offsets
+
+
+def separating_kernel(features: torch.Tensor, start: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
+    """A unit-norm 3x3 kernel over `features` [C, H, W], from `start`, whose best response over the cells
+    points reach exceeds its best response elsewhere (a few hundred steps of gradient ascent)."""
+    kernel = (start / start.norm()).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([kernel], lr=0.02)
+    for _ in range(400):
+        response = torch.nn.functional.conv2d(features[None], (kernel / kernel.norm())[None], padding=1)[0, 0]
+        gap = torch.logsumexp(response[reached] / 0.01, 0) - torch.logsumexp(response[~reached] / 0.01, 0)
+        optimizer.zero_grad()
+        (-gap).backward()
+        optimizer.step()
+    return (kernel / kernel.norm()).detach()
 
 
 def sampled_cells(bev: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -158,7 +197,7 @@ def make_fixture(voxel: str, config_dir: Path, points: torch.Tensor, out_dir: Pa
 
     model = build_model(config_path, reduced=True)
     randomise(model, seed=0)
-    lower_heatmap_biases(model, points)
+    steer_heatmaps(model, points, torch.Generator().manual_seed(2))
     voxels, outputs, results = run(model, points)
     bev = outputs["pts_middle_encoder"]
     width = bev.shape[-1]
@@ -190,7 +229,8 @@ def make_fixture(voxel: str, config_dir: Path, points: torch.Tensor, out_dir: Pa
         "head": heads,
         "boxes": boxes,
         "scores": result.scores_3d.clone(),
-        "labels": result.labels_3d.clone(),
+        "labels": result.labels_3d.clone(),  # indices into class_names
+        "class_names": [name for task in model.pts_bbox_head.class_names for name in task],
     }
     torch.save(fixture, out_dir / f"centerpoint_{voxel}_parity.pt")
 
