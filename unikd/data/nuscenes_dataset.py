@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from unikd.data.classes import CAMERAS, CLASSES
 from unikd.data.image_aug import apply_image_aug, ida_matrix
 from unikd.data.infos import load_or_build_infos
+from unikd.data.mmdet3d_infos import read_mmdet3d_infos
 from unikd.data.transforms import (
     BEVAugConfig,
     apply_bda_to_boxes,
@@ -88,7 +89,8 @@ class NuScenesDetectionDataset(Dataset):
 
     Every item is in the key frame's LIDAR_TOP frame after the BEV augmentation (`bda`). Points are
     always loaded (the LiDAR branch, a camera model's depth supervision, the BEV pictures); images
-    only with `use_camera`.
+    only with `use_camera`. The samples come from the devkit (`load_or_build_infos`), or from the
+    mmdet3d info file `infos_file` of this split (`read_mmdet3d_infos`, with `infos_box_convention`).
     """
 
     def __init__(
@@ -103,6 +105,8 @@ class NuScenesDetectionDataset(Dataset):
         bev_aug: BEVAugConfig | None = None,
         image_aug: ImageAugConfig | None = None,
         seed: int = 0,
+        infos_file: str | os.PathLike | None = None,
+        infos_box_convention: str | None = None,
     ) -> None:
         self.data_root = Path(data_root)
         self.version = version
@@ -115,9 +119,13 @@ class NuScenesDetectionDataset(Dataset):
         self.image_aug = image_aug or ImageAugConfig()
         self.seed = seed
         self.epoch = 0
-        self.infos = load_or_build_infos(self.data_root, version, split, max_sweeps=num_sweeps)
+        if infos_file is None:
+            self.infos = load_or_build_infos(self.data_root, version, split, max_sweeps=num_sweeps)
+        else:
+            self.infos = read_mmdet3d_infos(infos_file, version, num_sweeps, infos_box_convention)
         if not self.infos:
-            raise ValueError(f"split {split!r} of {self.data_root}/{version} has no samples")
+            source = infos_file or f"{self.data_root}/{version}"
+            raise ValueError(f"split {split!r} of {source} has no samples")
         check_split_files(self.data_root, self.infos, split, num_sweeps, use_camera)
 
     def __len__(self) -> int:

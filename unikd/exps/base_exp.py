@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from unikd.data.collate import collate_batch
 from unikd.data.infos import SPLITS_BY_VERSION
+from unikd.data.mmdet3d_infos import info_files
 from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
 from unikd.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
 from unikd.data.transforms import BEVAugConfig, apply_bda_to_boxes
@@ -54,6 +55,8 @@ class BaseExp(pl.LightningModule):
     model_size: str = "nuscenes"  # "nuscenes" (reference sizes), "student" (0.1 m, narrow) or "small" (CPU)
     version: str = "v1.0-mini"
     num_sweeps: int = 3
+    infos: tuple[str, ...] = ()  # mmdet3d info files read instead of the devkit (`mmdet3d_infos.info_files`)
+    infos_box_convention: str | None = None  # of 0.x-layout info files: "0.x" or "1.x"
     image_aug: ImageAugConfig | None = None  # None: the model size's default
     bev_aug: BEVAugConfig | None = BEVAugConfig()
     max_epochs: int = 20
@@ -139,6 +142,8 @@ class BaseExp(pl.LightningModule):
                 bev_aug=self.bev_aug,
                 image_aug=self.image_aug or self.model_config.get("image_aug"),
                 seed=self.seed,
+                infos_file=info_files(self.infos, self.version)[split] if self.infos else None,
+                infos_box_convention=self.infos_box_convention,
             )
         return self._datasets[key]
 

@@ -68,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data_root", default="data/nuscenes")
     parser.add_argument("--version", default=None, help="nuScenes version, e.g. v1.0-mini or v1.0-trainval")
+    parser.add_argument(
+        "--infos",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="read mmdet3d info files instead of the devkit: a folder holding nuscenes_infos_{train,val}.pkl, "
+        "or one file per split (train val); a pickle runs code when loaded: name only files you trust",
+    )
+    parser.add_argument(
+        "--infos_box_convention",
+        choices=("0.x", "1.x"),
+        default=None,
+        help="box convention of 0.x-layout (infos + metadata) files: 0.x (mmdet3d < 1.0, BEVFusion), 1.x (1.0.0rc)",
+    )
     parser.add_argument("--output_root", default="outputs")
     parser.add_argument("--run_name", default=None, help="run folder name (the same on every node of a run)")
     parser.add_argument("--teacher_ckpt", default=None, help="teacher checkpoint (distillation experiments)")
@@ -160,7 +174,7 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
 
     pl.seed_everything(args.seed, workers=True)
     options = parse_options(args.exp_options)
-    for key in ("max_epochs", "version", "eval_backend"):
+    for key in ("max_epochs", "version", "eval_backend", "infos", "infos_box_convention"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     exp_kwargs = {key: getattr(args, key) for key in exp_class.cli_arguments}
