@@ -7,6 +7,7 @@ import torch
 
 from unikd.data.collate import collate_batch
 from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
+from unikd.exps.base_exp import image_aug_for
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
 
@@ -22,7 +23,7 @@ def batch_for(root: Path, modalities: tuple[str, ...], size: int = 1) -> tuple[d
         config["point_cloud_range"],
         num_sweeps=2,
         use_camera="camera" in modalities,
-        image_aug=config.get("image_aug"),
+        image_aug=image_aug_for("small"),
     )
     return config, collate_batch([dataset[i] for i in range(size)])
 

@@ -259,6 +259,7 @@ def training_batch(
 ) -> dict:
     """A collated training batch (augmentation on) of the eval split's samples with the most sweeps."""
     from unikd.data.collate import collate_batch
+    from unikd.exps.base_exp import image_aug_for
     from unikd.models.configs import model_config
 
     config = model_config(size, modalities)
@@ -269,7 +270,7 @@ def training_batch(
         num_sweeps=num_sweeps,
         use_camera="camera" in modalities,
         training=True,
-        image_aug=config.get("image_aug"),
+        image_aug=image_aug_for(size),
     )
     return collate_batch([dataset[i] for i in most_swept(dataset, batch_size)])
 
@@ -402,6 +403,7 @@ def bench_data_loading(ctx: Context, case: str) -> dict:
     from torch.utils.data import DataLoader, Subset
 
     from unikd.data.collate import collate_batch
+    from unikd.exps.base_exp import image_aug_for
     from unikd.models.configs import model_config
 
     use_camera = case == "lidar+camera"
@@ -413,7 +415,7 @@ def bench_data_loading(ctx: Context, case: str) -> dict:
         num_sweeps=10,
         use_camera=use_camera,
         training=True,
-        image_aug=config["image_aug"] if use_camera else None,
+        image_aug=image_aug_for("nuscenes") if use_camera else None,
     )
     count = min(len(dataset), ctx.repeats(32, 8) if not use_camera else ctx.repeats(24, 8))
     subset = Subset(dataset, most_swept(dataset, count))
@@ -532,6 +534,7 @@ def reference_bev_pool(
 def frustum_cells(ctx: Context, size: str) -> tuple[torch.Tensor, dict]:
     """BEV cell index of every frustum point inside the splat grid, from one sample's camera matrices."""
     from unikd.data.collate import collate_batch
+    from unikd.exps.base_exp import image_aug_for
     from unikd.models.camera.lss import LSSViewTransform
     from unikd.models.camera.resnet import STAGE_STRIDES
     from unikd.models.configs import model_config
@@ -555,10 +558,10 @@ def frustum_cells(ctx: Context, size: str) -> tuple[torch.Tensor, dict]:
         1,
         use_camera=True,
         training=False,
-        image_aug=config["image_aug"],
+        image_aug=image_aug_for(size),
     )
     batch = collate_batch([dataset[0]])
-    height, width = config["image_aug"].final_size
+    height, width = image_aug_for(size).final_size
     feature_size = (height // stride, width // stride)
     _, cells = transform.geometry(
         batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"], feature_size

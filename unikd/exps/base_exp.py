@@ -24,6 +24,17 @@ from unikd.exps.options import apply_options
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
 
+# The image augmentation (a data setting) of each model size: the camera branch reads the images it makes.
+# Sizes not listed use ImageAugConfig() (nuScenes: 1600x900 resized and cropped to 256x704).
+IMAGE_AUG_BY_SIZE: dict[str, ImageAugConfig] = {
+    "small": ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23),
+}
+
+
+def image_aug_for(model_size: str) -> ImageAugConfig:
+    """The image augmentation an experiment at `model_size` uses unless it sets its own."""
+    return IMAGE_AUG_BY_SIZE.get(model_size, ImageAugConfig())
+
 
 def prediction_records(detections: list[dict], batch: dict) -> list[dict]:
     """Global-frame prediction records of decoded boxes, undoing the batch's BEV augmentation."""
@@ -57,7 +68,7 @@ class BaseExp(pl.LightningModule):
     num_sweeps: int = 3
     infos: tuple[str, ...] = ()  # mmdet3d info files read instead of the devkit (`mmdet3d_infos.info_files`)
     infos_box_convention: str | None = None  # of 0.x-layout info files: "0.x" or "1.x"
-    image_aug: ImageAugConfig | None = None  # None: the model size's default
+    image_aug: ImageAugConfig | None = None  # None: image_aug_for(model_size)
     bev_aug: BEVAugConfig | None = BEVAugConfig()
     max_epochs: int = 20
     lr: float = 2e-3
@@ -140,7 +151,7 @@ class BaseExp(pl.LightningModule):
                 use_camera="camera" in self.data_modalities(training),
                 training=training,
                 bev_aug=self.bev_aug,
-                image_aug=self.image_aug or self.model_config.get("image_aug"),
+                image_aug=self.image_aug or image_aug_for(self.model_size),
                 seed=self.seed,
                 infos_file=info_files(self.infos, self.version)[split] if self.infos else None,
                 infos_box_convention=self.infos_box_convention,

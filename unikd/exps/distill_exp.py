@@ -43,7 +43,7 @@ from torch import nn
 
 from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
-from unikd.exps.base_exp import BaseExp
+from unikd.exps.base_exp import BaseExp, image_aug_for
 from unikd.exps.checkpoints import check_state_dict, read_checkpoint
 from unikd.interop import detector_state
 
@@ -127,7 +127,7 @@ class DistillExp(BaseExp):
             )
         self.teacher.requires_grad_(False).eval()
         if "camera" not in self.modalities and self.image_aug is None:
-            self.image_aug = self.teacher.config.get("image_aug")
+            self.image_aug = image_aug_for(self.teacher_model_size)  # the camera teacher's images
         self.distiller = Distiller(
             self.distill_terms, self.distill_weights, self.model, self.teacher, self.num_train_samples_if_needed()
         )

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 
-from unikd.data.nuscenes_dataset import ImageAugConfig
-
 NUSCENES_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
 SMALL_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 
@@ -45,7 +43,6 @@ _SIZES: dict[str, dict] = {
         "backbone": {"out_channels": (128, 256), "layer_nums": (5, 5), "layer_strides": (1, 2)},
         "neck": {"out_channels": (256, 256), "upsample_strides": (1, 2)},
         "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
-        "image_aug": ImageAugConfig(),
     },
     # Same-modality compression student: 0.1 m voxels, narrower encoder and decoder, 256-channel neck.
     "student": {
@@ -97,7 +94,6 @@ _SIZES: dict[str, dict] = {
         "backbone": {"out_channels": (64, 128), "layer_nums": (2, 2), "layer_strides": (1, 2)},
         "neck": {"out_channels": (64, 64), "upsample_strides": (1, 2)},
         "head": {"shared_channels": 32, "head_conv": 32, "score_threshold": 0.1, "post_max_size": 83},
-        "image_aug": ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23),
     },
 }
 _SIZES["student"] = {**copy.deepcopy(_SIZES["nuscenes"]), **_SIZES["student"]}
@@ -129,5 +125,4 @@ def model_config(size: str, modalities: tuple[str, ...]) -> dict:
         config.pop("fuser_channels", None)
     if "camera" not in modalities:
         config.pop("depth_loss_weight", None)
-        config.pop("image_aug", None)
     return config
