@@ -12,7 +12,8 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from unikd.data.collate import collate_batch
-from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller
+from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
+from unikd.distill.losses import TERM_KINDS, DistillTerm, register_term
 from unikd.distill.recorder import FeatureRecorder
 from unikd.exps.checkpoints import CheckpointError
 from unikd.exps.distill_exp import (
@@ -181,6 +182,26 @@ def test_distiller_rejects_what_it_cannot_align() -> None:
         Distiller({"crd": {"loss": "crd", "feature": "bev"}}, {"crd": 1.0}, camera, lidar)
     with pytest.raises(ValueError, match="input is 'neck'"):
         Distiller({"mask": {"loss": "learned_mask", "feature": "bev"}}, {"mask": 1.0}, camera, lidar)
+
+
+def test_kinds_come_from_the_registry_and_specs_are_checked() -> None:
+    camera = BEVFusion(model_config("small", ("camera",)))
+    lidar = BEVFusion(model_config("small", ("lidar",)))
+    assert set(TERM_KINDS) >= {"feature", "relation", "response", "infonce", "heatmap_kd", "crd", "learned_mask"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_term("feature")(type("Again", (DistillTerm,), {}))
+    with pytest.raises(TypeError, match=r"'r' \(response\): options \['radius'\]"):
+        Distiller({"r": {"loss": "response", "feature": "head", "radius": 1}}, {"r": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="reads the head outputs"):
+        Distiller({"r": {"loss": "response", "feature": "neck"}}, {"r": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="dense BEV output"):
+        Distiller({"f": {"loss": "feature", "feature": "backbone"}}, {"f": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="must list named outputs"):
+        Distiller({"i": {"loss": "infonce", "feature": "neck"}}, {"i": 1.0}, lidar, lidar)
+    spec = {"c": {"loss": "crd", "feature": "neck"}}
+    assert needs_train_samples(spec, {"c": 1.0}) and not needs_train_samples(spec, {"c": 0.0})
+    response = Distiller(UNIDISTILL_TERMS, {"response": 1.0}, camera, lidar).terms["response"]
+    assert (response.student_temperature, response.teacher_temperature, response.min_radius) == (1.0, 2.0, 0)
 
 
 # ----------------------------------------------------------------------------- DistillExp (no data)
@@ -453,6 +474,8 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
     assert exp.distiller.module_paths == [path]
     exp.train()
     (batch,) = training_batches(exp, 1)
+    with pytest.raises(RuntimeError, match="recording"):  # the distiller records module paths itself
+        exp.distiller({}, {}, batch)
     with FeatureRecorder(exp, ["model", "teacher"]) as recorder:
         losses = exp.training_losses(batch)
     # The recorded stage output is the first backbone level of each network's named outputs.
