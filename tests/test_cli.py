@@ -72,6 +72,7 @@ def test_output_root_that_is_a_file(synthetic_root: Path, tmp_path: Path, capsys
         (("max_epochs=2.5",), TypeError, "max_epochs=2.5: expected int"),
         (("version=v9",), ValueError, "unknown nuScenes version 'v9'"),
         (("eval_backend=fast",), ValueError, "eval_backend must be one of"),
+        (("infos_box_convention='0.x'",), ValueError, "pass them with --infos"),
     ],
 )
 def test_bad_options_fail_before_any_folder_is_made(

@@ -43,7 +43,7 @@ import numpy as np
 
 from unikd.data.classes import CAMERAS, CATEGORY_TO_CLASS, CLASSES
 from unikd.data.infos import SPLITS_BY_VERSION, pose_matrix
-from unikd.data.nuscenes_boxes import mmdet3d_to_boxes, wrap_angle
+from unikd.data.nuscenes_boxes import mmdet3d_to_boxes
 
 # nuScenes split -> the part of mmdet3d's file name (`nuscenes_infos_<part>.pkl`)
 FILE_PART_OF_SPLIT = {"train": "train", "mini_train": "train", "val": "val", "mini_val": "val", "test": "test"}
@@ -248,9 +248,7 @@ def lidar_boxes(boxes, velocity, convention: str) -> np.ndarray:
     """[K, 9] unikd boxes of [K, 7] info boxes (z at the centre) and their [K, 2] velocities."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
     velocity = np.nan_to_num(np.asarray(velocity, dtype=np.float64).reshape(-1, 2))
-    out = mmdet3d_to_boxes(np.concatenate([boxes, velocity], axis=1), convention, z_origin=0.5)
-    out[:, 6] = wrap_angle(out[:, 6])  # [-pi, pi), as the devkit path's (mmdet3d's yaw may be pi)
-    return out
+    return mmdet3d_to_boxes(np.concatenate([boxes, velocity], axis=1), convention, z_origin=0.5)
 
 
 def check_sweeps(path: Path, infos: list[dict], max_sweeps: int) -> None:

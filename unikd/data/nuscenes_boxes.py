@@ -81,7 +81,8 @@ def lidar_boxes_to_global(boxes_lidar: np.ndarray, lidar2global: np.ndarray) -> 
 
 
 def mmdet3d_to_boxes(boxes: np.ndarray, convention: str = "1.x", z_origin: float = 0.0) -> np.ndarray:
-    """mmdet3d LiDAR boxes [K, 7 or 9] (module docstring) -> [K, 9] unikd boxes (velocity 0 when absent)."""
+    """mmdet3d LiDAR boxes [K, 7 or 9] (module docstring) -> [K, 9] unikd boxes (velocity 0 when absent,
+    yaw wrapped to [-pi, pi) as the devkit path's)."""
     boxes = np.asarray(boxes, dtype=np.float64)
     if boxes.ndim != 2 or boxes.shape[1] not in (7, 9):
         raise ValueError(f"mmdet3d boxes must be [K, 7] or [K, 9], got {boxes.shape}")
@@ -92,6 +93,7 @@ def mmdet3d_to_boxes(boxes: np.ndarray, convention: str = "1.x", z_origin: float
     out[:, 2] += (0.5 - z_origin) * boxes[:, 5]
     if convention == "0.x":
         out[:, 3:5] = boxes[:, [4, 3]]
-        out[:, 6] = wrap_angle(-boxes[:, 6] - np.pi / 2)
+        out[:, 6] = -boxes[:, 6] - np.pi / 2
+    out[:, 6] = wrap_angle(out[:, 6])
     return out
 

@@ -116,6 +116,8 @@ class BaseExp(pl.LightningModule):
             raise ValueError(f"eval_backend must be one of {self.eval_backends}, got {self.eval_backend!r}")
         if self.batch_size_per_device < 1:
             raise ValueError(f"batch size per device must be at least 1, got {self.batch_size_per_device}")
+        if self.infos_box_convention is not None and not self.infos:
+            raise ValueError("--infos_box_convention is for mmdet3d info files: pass them with --infos")
         if self.num_sweeps < 1:
             raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {self.num_sweeps}")
 
