@@ -155,3 +155,21 @@ def test_failed_start_keeps_latest_and_evaluation_names_the_checkpoint_epoch(
     assert json.loads(summary.read_text())["meta"]["split"] == "mini_val"
     assert not list((evaluated.output_dir / "eval").glob("*epoch0*"))
     assert latest.resolve() == evaluated.output_dir.resolve()
+
+
+def test_a_truncated_validation_file_stops_training_before_the_first_step(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both splits are opened (and checked) when training starts, not when the first validation reaches them."""
+    from test_dataset import linked_copy, replace_file
+
+    root = linked_copy(synthetic_root, tmp_path / "nuscenes")
+    exp = LIDAR(data_root=str(root), exp_options={"model_size": "small"})
+    broken = root / exp.dataset(exp.val_split, training=False).infos[0]["lidar_path"]
+    replace_file(broken, broken.read_bytes()[:-3])
+
+    steps = []
+    monkeypatch.setattr(LIDAR, "training_step", lambda self, batch, index: steps.append(index))
+    with pytest.raises(OSError, match="truncated"):
+        run_cli(LIDAR, argv(root, tmp_path / "out", "--max_epochs", "1"))
+    assert steps == [] and not run_folders(tmp_path / "out")
