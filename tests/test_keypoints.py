@@ -99,3 +99,23 @@ def test_points_in_rotated_box():
         ]
     )
     assert points_in_boxes_bev(points, box)[:, 0].tolist() == [True, False, False]
+
+
+def test_sample_bev_gradient_matches_grid_sample():
+    """The custom backward gives grid_sample's gradient, points near and outside the border included."""
+    gen = torch.Generator().manual_seed(0)
+    feature = torch.randn(2, 3, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    points = torch.stack(
+        [
+            torch.rand(2, 11, generator=gen, dtype=torch.float64) * 46 - 23,  # x beyond [-20, 20] too
+            torch.rand(2, 11, generator=gen, dtype=torch.float64) * 46 - 13,  # y beyond [-10, 30] too
+        ],
+        dim=-1,
+    )
+    assert torch.autograd.gradcheck(lambda f: sample_bev(f, points, GRID), feature)
+    grad_out = torch.randn(2, 3, 11, generator=gen, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(sample_bev(feature, points, GRID), feature, grad_out)
+    normalized = GRID.metric_to_normalized(points)[:, None]
+    reference = torch.nn.functional.grid_sample(feature, normalized, align_corners=False)[:, :, 0]
+    (expected,) = torch.autograd.grad(reference, feature, grad_out)
+    torch.testing.assert_close(ours, expected)

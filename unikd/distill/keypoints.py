@@ -12,6 +12,8 @@ box frame (forward = along the heading, left = 90 degrees counter-clockwise from
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -53,12 +55,47 @@ def points_in_boxes_bev(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tens
     return (forward.abs() <= boxes[:, 3] / 2) & (left.abs() <= boxes[:, 4] / 2)
 
 
+class _BilinearSample(torch.autograd.Function):
+    """`grid_sample`'s bilinear read (zero padding, align_corners=False) of [B, C, H, W] at normalised
+    points [B, 1, P, 2], with a backward that adds each point's four weighted corners into the map's
+    gradient one channel plane at a time (`scatter_add_`): on CPU about half the time of
+    `grid_sample`'s backward, which walks all channels of a point at once (one plane apart each)."""
+
+    @staticmethod
+    def forward(ctx: Any, feature: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(normalized)
+        ctx.map_shape = feature.shape
+        return F.grid_sample(feature, normalized, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (normalized,) = ctx.saved_tensors
+        batch, channels, height, width = ctx.map_shape
+        # continuous pixel coordinates (align_corners=False), then the four corners and their weights
+        x = ((normalized[:, 0, :, 0] + 1) * width - 1) / 2  # [B, P]
+        y = ((normalized[:, 0, :, 1] + 1) * height - 1) / 2
+        x0, y0 = x.floor(), y.floor()
+        cells, weights = [], []
+        for dy in (0, 1):
+            for dx in (0, 1):
+                col, row = x0 + dx, y0 + dy
+                inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+                weight = (1 - (x - col).abs()) * (1 - (y - row).abs()) * inside
+                cells.append((row.clamp(0, height - 1) * width + col.clamp(0, width - 1)).long())
+                weights.append(weight.to(grad_output.dtype))
+        cells = torch.stack(cells, dim=-1).flatten(1)  # [B, 4P]
+        values = (grad_output[:, :, 0, :, None] * torch.stack(weights, dim=-1)[:, None]).flatten(2)  # [B, C, 4P]
+        grad = grad_output.new_zeros(batch, channels, height * width)
+        grad.scatter_add_(2, cells[:, None].expand(batch, channels, -1), values)
+        return grad.view(batch, channels, height, width), None
+
+
 def sample_bev(feature: torch.Tensor, points: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
     """Bilinearly sample a BEV feature [B, C, H, W] at metric (x, y) points [B, ..., 2] -> [B, C, ...].
 
     One `grid_sample` call for the whole batch, each sample at its own points. `grid` gives the metric
     region the feature covers (its resolution is the feature's own). Points outside the region read
-    zeros (`grid_sample` zero padding, align_corners=False).
+    zeros (`grid_sample` zero padding, align_corners=False). The gradient reaches the feature only.
     """
     if feature.dim() != 4 or points.dim() < 3 or points.shape[0] != feature.shape[0] or points.shape[-1] != 2:
         raise ValueError(
@@ -67,6 +104,5 @@ def sample_bev(feature: torch.Tensor, points: torch.Tensor, grid: BEVGrid) -> to
         )
     batch, channels = feature.shape[:2]
     point_shape = points.shape[1:-1]
-    normalized = grid.metric_to_normalized(points.reshape(batch, 1, -1, 2).to(feature.dtype))
-    sampled = F.grid_sample(feature, normalized, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.reshape(batch, channels, *point_shape)
+    normalized = grid.metric_to_normalized(points.reshape(batch, 1, -1, 2).to(feature.dtype)).detach()
+    return _BilinearSample.apply(feature, normalized).reshape(batch, channels, *point_shape)
