@@ -8,8 +8,8 @@ M = `gaussian_gt_mask` (unikd.models.heads) at the teacher head's resolution:
     L_reg = sum_{b,h,w} M mean_c |R_T - R_S|_c / (sum M + 1e-4)
     L_resp = L_cls + L_reg
 
-Defaults are UniDistill's as it trains: T_S = 1 (its head hands the loss sigmoid probabilities),
-T_T = 2, and the mask's radius max(0, int(r)) with r the CornerNet radius at min_overlap 0.7 (no
+Defaults are UniDistill's as it trains: T_S = 1 (its head hands the loss sigmoid probabilities,
+clamped to [1e-4, 1 - 1e-4]; unikd does not clamp, which differs only where |logit| > 9.2), T_T = 2, and the mask's radius max(0, int(r)) with r the CornerNet radius at min_overlap 0.7 (no
 minimum radius, unlike the detection targets' 2). Student maps of another resolution are resized
 (bilinear) to the teacher's first.
 """
