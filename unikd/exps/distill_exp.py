@@ -39,13 +39,11 @@ from typing import Any
 
 import torch
 from pytorch_lightning.utilities import move_data_to_device
-from torch import nn
 
 from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
 from unikd.exps.base_exp import BaseExp, image_aug_for
-from unikd.exps.checkpoints import check_state_dict, read_checkpoint
-from unikd.interop import detector_state
+from unikd.exps.checkpoints import load_detector_weights
 
 DISTILLER_STATE_KEY = "distiller_state"
 DISTILL_PREFIXES = ("teacher.", "distiller.")  # state left out of the student's state dict
@@ -70,24 +68,6 @@ def load_exp_class(path: str | Path) -> type[BaseExp]:
     if not hasattr(module, name):
         raise AttributeError(f"experiment file {path} defines no class named {name}")
     return getattr(module, name)
-
-
-def load_detector_weights(model: nn.Module, path: str | Path, target: str, role: str = "teacher checkpoint") -> None:
-    """Load a checkpoint of any known format (`unikd.interop`) into `model` strictly; a mismatch is a
-    CheckpointError that summarises it by module and says what the checkpoint is."""
-    checkpoint = read_checkpoint(path, role)
-    state, source = detector_state(checkpoint, model.state_dict())
-    print(f"{role} {path}: {source}", file=sys.stderr)
-    check_state_dict(
-        state,
-        model.state_dict(),
-        path,
-        target,
-        checkpoint,
-        hint=lambda meta: f"set --exp_options teacher_model_size={meta['model_size']} and a pairing whose teacher "
-        f"is {meta['experiment']}",
-    )
-    model.load_state_dict(state, strict=True)
 
 
 class DistillExp(BaseExp):
