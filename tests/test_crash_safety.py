@@ -4,6 +4,7 @@ and a resumed run that replays exactly the batches of an uninterrupted one."""
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -40,6 +41,9 @@ def test_atomic_save_never_leaves_a_partial_checkpoint(tmp_path: Path, monkeypat
     io = AtomicCheckpointIO(on_saved=saved.append)
     io.save_checkpoint({"step": torch.tensor(1)}, path)
     assert saved == [path] and torch.load(path)["step"] == 1
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any file the user writes
 
     def disk_full(obj, f) -> None:
         f.write(b"x" * 1000)  # part of the file, then the disk is full
@@ -68,14 +72,18 @@ def test_resuming_from_a_truncated_last_checkpoint_names_the_earlier_ones(synthe
 
 class Recording(LIDAR):
     """The LiDAR experiment with a trivial loss that records the samples of each training step, and
-    sends itself SIGTERM at `kill_at_step`."""
+    sends SIGTERM to its data-loading workers at `kill_at_step` and to itself one step later."""
 
     seen: list[list[str]] = []
     kill_at_step: int | None = None
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         Recording.seen.append(list(batch["sample_token"]))
-        if self.global_step == Recording.kill_at_step:
+        kill_at = Recording.kill_at_step
+        if self.global_step == kill_at:  # as a cluster does: every process of the job, not all at once
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGTERM)
+        if kill_at is not None and self.global_step == kill_at + 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return {"zero": sum(p.sum() for p in self.model.head.parameters()) * 0.0}
 
@@ -93,15 +101,15 @@ def test_sigterm_saves_and_resume_replays_the_uninterrupted_batches(synthetic_ro
     uninterrupted = Recording.seen
     assert len(uninterrupted) == 16 and uninterrupted[:8] != uninterrupted[8:]  # 64 samples, 2 epochs
 
-    Recording.seen, Recording.kill_at_step = [], 5
+    Recording.seen, Recording.kill_at_step = [], 2  # early: the workers have batches left to make
     with pytest.raises(TrainingInterrupted) as stop:
         recording_run(synthetic_root, tmp_path / "cut", "--checkpoint_every_n_steps", "2")
-    assert stop.value.code == 128 + signal.SIGTERM and stop.value.step == 6
+    assert stop.value.code == 128 + signal.SIGTERM and stop.value.step == 4
     assert "resume with --ckpt_path" in str(stop.value)
     checkpoint = torch.load(stop.value.checkpoint, weights_only=True)
-    assert checkpoint["global_step"] == 6 and checkpoint["epoch"] == 0
+    assert checkpoint["global_step"] == 4 and checkpoint["epoch"] == 0
     step_checkpoints = sorted(p.name for p in stop.value.checkpoint.parent.glob("step=*.ckpt"))
-    assert step_checkpoints == ["step=4.ckpt"]  # every 2 steps, only the newest kept
+    assert step_checkpoints == ["step=2.ckpt"]  # every 2 steps
 
     Recording.kill_at_step = None
     recording_run(synthetic_root, tmp_path / "cut", "--ckpt_path", str(stop.value.checkpoint))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,14 @@ def one_cycle_factor(step: int, total_steps: int, warmup: float = 0.4, start: fl
     if progress < warmup:
         return start + (1 - start) * (1 - math.cos(math.pi * progress / warmup)) / 2
     return end + (1 - end) * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))) / 2
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a data-loading worker: leave SIGTERM / SIGUSR1 to the training process, which saves and stops at
+    the end of its batch (a cluster signals every process of a job; a worker that died of it would
+    fail the batch before the checkpoint). The workers still end with their loader."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 class BaseExp(pl.LightningModule):
@@ -170,6 +179,7 @@ class BaseExp(pl.LightningModule):
             collate_fn=collate_batch,
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle,  # training
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> DataLoader:

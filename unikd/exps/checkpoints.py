@@ -57,6 +57,7 @@ def save_atomically(obj: Any, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a checkpoint is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -66,6 +67,12 @@ def save_atomically(obj: Any, path: Path) -> None:
         os.fsync(directory)  # the rename itself survives a crash
     finally:
         os.close(directory)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_checkpoint(path: str | os.PathLike, role: str = "checkpoint", trusted: bool = False) -> dict[str, Any]:
