@@ -16,6 +16,7 @@ setup(
         "nuscenes-devkit>=1.1.10,<2",
         "numpy>=1.22,<2",
         "pillow>=9,<14",
+        "matplotlib>=3.5,<4",
         "tqdm>=4.60,<5",
         "tensorboard>=2.10,<3",
     ],
