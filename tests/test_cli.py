@@ -44,6 +44,7 @@ def test_limit_batches_whole_numbers_count_batches() -> None:
     [
         (["-e", "-p", "--allow_untrained"], "not allowed with argument"),
         (["--precision", "16-mixed"], "needs a GPU"),
+        (["--sync_batchnorm"], "does not run on CPU tensors"),
         (["-b", "0"], "at least 1"),
         (["--limit_train_batches", "2.5"], "fraction in"),
     ],

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus", type=int, default=None, help="GPUs per node (DDP when > 1); 0 = CPU")
     parser.add_argument("--devices", type=positive_int, default=None, help="processes per node on CPU (gloo DDP)")
     parser.add_argument("--num_nodes", type=positive_int, default=1, help="machines (multi-node DDP, see README)")
-    parser.add_argument("--sync_batchnorm", action="store_true", help="SyncBatchNorm over all devices")
+    parser.add_argument("--sync_batchnorm", action="store_true", help="SyncBatchNorm over all GPUs")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-e", "--evaluate", action="store_true", help="evaluate --ckpt_path on the validation split")
     mode.add_argument("-p", "--predict", action="store_true", help="write a nuScenes submission JSON")
@@ -133,6 +133,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, e
             f"--precision {args.precision} needs a GPU: on CPU Lightning turns 16-mixed into bf16, which the CPU "
             "build of spconv does not compute; use --precision 32 on CPU"
         )
+    if accelerator == "cpu" and args.sync_batchnorm:
+        parser.error("--sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on CPU tensors")
     if args.predict and args.eval_backend:
         parser.error("--eval_backend is for training and -e; -p writes a submission")
 
