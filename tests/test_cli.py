@@ -45,6 +45,8 @@ def test_limit_batches_whole_numbers_count_batches() -> None:
         (["-e", "-p", "--allow_untrained"], "not allowed with argument"),
         (["--precision", "16-mixed"], "needs a GPU"),
         (["--sync_batchnorm"], "does not run on CPU tensors"),
+        pytest.param(["--gpus", "8"], "sees no CUDA device; pass --gpus 0",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")),
         (["-b", "0"], "at least 1"),
         (["--limit_train_batches", "2.5"], "fraction in"),
     ],

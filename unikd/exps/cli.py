@@ -102,11 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def accelerator_and_devices(gpus: int | None, devices: int | None) -> tuple[str, int]:
-    """(accelerator, devices per node): CUDA when asked for and present, else CPU processes."""
-    if gpus and torch.cuda.is_available():
-        return "gpu", gpus
+    """(accelerator, devices per node): `gpus` CUDA devices, or `devices` CPU processes when `gpus` is 0/None.
+
+    GPUs asked for on a machine without CUDA are an error, not a run on the CPU.
+    """
     if gpus:
-        print(f"--gpus {gpus} asked for, but CUDA is not available: running on CPU", file=sys.stderr)
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--gpus {gpus}: torch {torch.__version__} sees no CUDA device; pass --gpus 0 (or leave it out) "
+                "to run on the CPU, or install a CUDA build of torch"
+            )
+        return "gpu", gpus
     return "cpu", devices or 1
 
 
@@ -169,7 +175,10 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
     """Parse the command line, check it, build the experiment and run it. Returns the experiment."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    accelerator, devices = accelerator_and_devices(args.gpus, args.devices)
+    try:
+        accelerator, devices = accelerator_and_devices(args.gpus, args.devices)
+    except ValueError as error:
+        parser.error(str(error))
     check_arguments(parser, args, exp_class, accelerator)
     if args.ckpt_path:  # resolve `latest/...` now: this run may re-point `latest` at itself
         args.ckpt_path = str(Path(args.ckpt_path).resolve())
