@@ -96,12 +96,21 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
 
 
 class Recorder:
-    """Forward outputs of named submodules."""
+    """Forward outputs of named submodules while in the `with` block (the hooks are removed after it)."""
 
     def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        self.model, self.names = model, names
         self.outputs: dict = {}
-        for name in names:
-            model.get_submodule(name).register_forward_hook(self._hook(name))
+        self._handles: list = []
+
+    def __enter__(self) -> Recorder:
+        for name in self.names:
+            self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
@@ -110,13 +119,15 @@ class Recorder:
         return hook
 
 
-def run(model: torch.nn.Module, points: torch.Tensor) -> tuple[dict, dict, list]:
-    """(voxel dict, recorded outputs, decoded InstanceData list) of one sample."""
+LEVELS = ["pts_voxel_encoder", "pts_middle_encoder", "pts_backbone", "pts_neck", "pts_bbox_head"]
+
+
+def run(model: torch.nn.Module, points: torch.Tensor, names: list[str] = LEVELS) -> tuple[dict, dict, list]:
+    """(voxel dict, outputs of the named submodules, decoded InstanceData list) of one sample."""
     from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 
-    recorder = Recorder(model, ["pts_voxel_encoder", "pts_middle_encoder", "pts_backbone", "pts_neck", "pts_bbox_head"])
     sample = Det3DDataSample(metainfo={"box_type_3d": LiDARInstance3DBoxes})
-    with torch.no_grad():
+    with torch.no_grad(), Recorder(model, names) as recorder:
         voxels = model.data_preprocessor.voxelize([points], [sample])
         features = model.extract_pts_feat(voxels, points=[points], batch_input_metas=[sample.metainfo])
         predictions = model.pts_bbox_head(features)
@@ -130,10 +141,9 @@ def steer_heatmaps(model: torch.nn.Module, points: torch.Tensor, generator: torc
     its bias puts the best cell no point reaches SCORE_MARGIN below the score threshold. (With plain
     random weights the best scores sit at the map edges, where the zero padding differs, and the boxes
     would test the decoding but not the converted weights.)"""
-    hidden = {}
-    for task, head in enumerate(model.pts_bbox_head.task_heads):
-        head.heatmap[0].register_forward_hook(lambda module, inputs, output, task=task: hidden.update({task: output}))
-    _, outputs, _ = run(model, points)
+    heads = model.pts_bbox_head.task_heads
+    inputs = [f"pts_bbox_head.task_heads.{task}.heatmap.0" for task in range(len(heads))]  # of the last convs
+    _, outputs, _ = run(model, points, ["pts_middle_encoder", *inputs])
     occupied = outputs["pts_middle_encoder"].abs().sum(1)[0] > 0
     reached = torch.nn.functional.max_pool2d(occupied[None, None].float(), 9, 1, 4)[0, 0] > 0
     inner = torch.zeros_like(occupied)
@@ -141,8 +151,8 @@ def steer_heatmaps(model: torch.nn.Module, points: torch.Tensor, generator: torc
     candidates = torch.nonzero(occupied & inner)
     empty_row, empty_col = torch.nonzero(~reached & inner)[0].tolist()
     threshold = float(np.log(0.1 / 0.9))
-    for task, head in enumerate(model.pts_bbox_head.task_heads):
-        features = hidden[task][0]  # [C, H, W], the input of the last heatmap convolution
+    for task, head in enumerate(heads):
+        features = outputs[inputs[task]][0]  # [C, H, W]
         empty = features[:, empty_row - 1 : empty_row + 2, empty_col - 1 : empty_col + 2]
         final = head.heatmap[-1]
         for cls in range(final.weight.shape[0]):

@@ -189,19 +189,33 @@ def _module(key: str) -> str:
     return ".".join(key.split(".")[:2])
 
 
+def teacher_hint(meta: Mapping[str, Any]) -> str:
+    """The flags that load a checkpoint with `meta` as a teacher."""
+    return f"set --exp_options teacher_model_size={meta['model_size']} and a pairing whose teacher is {meta['experiment']}"
+
+
+def experiment_hint(meta: Mapping[str, Any]) -> str:
+    """The flags that load a checkpoint with `meta` into its own experiment."""
+    return f"use {meta['experiment']}.py --exp_options model_size={meta['model_size']}"
+
+
 def load_detector_weights(model: nn.Module, path: str | Path, target: str, role: str = "teacher checkpoint") -> None:
-    """Load a checkpoint of any known format (`unikd.interop`) into `model` strictly; a mismatch is a
-    CheckpointError that summarises it by module and says what the checkpoint is."""
-    checkpoint = read_checkpoint(path, role)
+    """Read a checkpoint and load it as `load_detector_checkpoint` does, as a teacher."""
+    load_detector_checkpoint(model, read_checkpoint(path, role), path, target, role, teacher_hint)
+
+
+def load_detector_checkpoint(
+    model: nn.Module,
+    checkpoint: Mapping[str, Any],
+    path: str | Path,
+    target: str,
+    role: str,
+    hint: Callable[[Mapping[str, Any]], str],
+) -> None:
+    """Load a read checkpoint of any known format (`unikd.interop`) into `model` strictly; a mismatch is a
+    CheckpointError that summarises it by module, says what the checkpoint is and, through `hint`,
+    which flags would load it."""
     state, source = detector_state(checkpoint, model.state_dict())
     print(f"{role} {path}: {source}", file=sys.stderr)
-    check_state_dict(
-        state,
-        model.state_dict(),
-        path,
-        target,
-        checkpoint,
-        hint=lambda meta: f"set --exp_options teacher_model_size={meta['model_size']} and a pairing whose teacher "
-        f"is {meta['experiment']}",
-    )
+    check_state_dict(state, model.state_dict(), path, target, checkpoint, hint=hint)
     model.load_state_dict(state, strict=True)

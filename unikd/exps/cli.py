@@ -23,7 +23,8 @@ from unikd.exps.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
     check_state_dict,
-    load_detector_weights,
+    experiment_hint,
+    load_detector_checkpoint,
     read_checkpoint,
 )
 from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
@@ -152,22 +153,16 @@ def restored_checkpoint(exp: pl.LightningModule, path: str, training: bool) -> s
     (`unikd.interop`), for -e / -p, is converted and loaded into the model here, and None is returned.
     """
     checkpoint = read_checkpoint(path, "--ckpt_path")
+    target = f"{type(exp).__name__} (model_size={exp.model_size})"
     if not any(key.startswith("model.") for key in checkpoint.get("state_dict", {})):
         if training:
             raise CheckpointError(
                 f"--ckpt_path {path} is not a unikd checkpoint: training resumes only from unikd checkpoints "
                 "(convert another framework's once with tools/convert_checkpoint.py; -e and -p take it as it is)"
             )
-        load_detector_weights(exp.model, path, f"{type(exp).__name__} (model_size={exp.model_size})", "--ckpt_path")
+        load_detector_checkpoint(exp.model, checkpoint, path, target, "--ckpt_path", experiment_hint)
         return None
-    check_state_dict(
-        checkpoint["state_dict"],
-        exp.state_dict(),
-        path,
-        f"{type(exp).__name__} (model_size={exp.model_size})",
-        checkpoint,
-        hint=lambda meta: f"use {meta['experiment']}.py --exp_options model_size={meta['model_size']}",
-    )
+    check_state_dict(checkpoint["state_dict"], exp.state_dict(), path, target, checkpoint, hint=experiment_hint)
     return path
 
 

@@ -57,7 +57,7 @@ class CheckpointOnSignal(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Lightning stops DDP ranks itself when SIGTERM lands between two batches: save there too."""
-        if isinstance(exception, SIGTERMException) and not isinstance(exception, TrainingInterrupted):
+        if isinstance(exception, SIGTERMException):
             self._save_and_stop(trainer)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

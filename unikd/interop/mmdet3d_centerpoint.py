@@ -24,8 +24,6 @@ import torch
 
 from unikd.interop.spconv_layout import spconv1_kernel, spconv2_kernel
 
-FORMAT = "mmdet3d-centerpoint"
-SOURCE_PREFIX = "pts_"
 _BLOCK_PARTS = ("conv1", "bn1", "conv2", "bn2")
 
 # (mmdet3d key, unikd key) templates of the keys that map one to one; {name} matches a word, {which}
@@ -53,10 +51,14 @@ def _template_regex(template: str) -> re.Pattern:
     return re.compile(f"^{pattern}$")
 
 
+# per pair: (mmdet3d regex, unikd regex), compiled once
+_KEY_REGEXES = tuple((_template_regex(mm), _template_regex(ours)) for mm, ours in _KEY_PAIRS)
+
+
 def _translate(key: str, direction: int) -> str | None:
     """`key` through the first template pair whose side `direction` (0 mmdet3d, 1 unikd) matches."""
-    for pair in _KEY_PAIRS:
-        match = _template_regex(pair[direction]).match(key)
+    for pair, regexes in zip(_KEY_PAIRS, _KEY_REGEXES, strict=True):
+        match = regexes[direction].match(key)
         if match:
             return pair[1 - direction].format(**match.groupdict())
     return None
@@ -102,8 +104,8 @@ def mmdet3d_key(key: str, value: torch.Tensor) -> str | None:
 
 def convert_box_convention(state: dict[str, torch.Tensor]) -> None:
     """Rewrite (in place) the last `dim` and `rot` convolutions of every task from mmdet3d 0.x's box
-    convention to unikd's (module docstring). The map is its own inverse up to the sign pattern, so
-    `convert_box_convention` also takes unikd maps back to 0.x ones."""
+    convention to unikd's (module docstring). The map is its own inverse, so it also takes unikd maps
+    back to 0.x ones."""
     for key in list(state):
         match = re.match(r"^(head\.task_heads\.\d+\.heads)\.(dim|rot)\.1\.(weight|bias)$", key)
         if not match:
