@@ -69,7 +69,7 @@ class BEVFusion(nn.Module):
 
         self.fuser = None
         if len(bev_channels) > 1:
-            self.fuser = ConvFuser(bev_channels, config["fuser_channels"])
+            self.fuser = ConvFuser(bev_channels, config["fuser_channels"], config.get("fuser_attention", False))
             decoder_in = config["fuser_channels"]
         else:
             decoder_in = bev_channels[0]

@@ -1,10 +1,22 @@
-"""Image neck: fuse the backbone stages into one map at the stride of the shallowest one."""
+"""Image necks: fuse the backbone stages into one map.
+
+`LSSFPN` (unikd's default) fuses top-down at the stride of the shallowest stage; `image_neck`
+also builds mmdet3d's SECONDFPN as an image neck (BEVDepth, UniDistill: each stage to a common
+stride by a strided conv when its upsample stride s < 1, kernel = stride = 1/s, a transposed conv
+when s > 1, a 1x1 conv when s = 1; BN eps 1e-3, momentum 0.01; the levels concatenated).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unikd.models.decoder import SECONDFPN
+
+IMAGE_NECKS = ("lss", "secondfpn")
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
@@ -46,3 +58,34 @@ class LSSFPN(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = smooth(lateral(torch.cat([skip, x], dim=1)))
         return x
+
+
+def image_neck(
+    kind: str,
+    in_channels: Sequence[int],
+    in_strides: Sequence[int],
+    channels: int | Sequence[int],
+    upsample_strides: Sequence[float] | None = None,
+) -> tuple[nn.Module, int, int]:
+    """(neck, its output channels, its output stride) over backbone stages of `in_channels` at `in_strides`.
+
+    "lss": `LSSFPN` with `channels` (an int) output channels. "secondfpn": SECONDFPN with `channels`
+    per level (a sequence, one per stage) and `upsample_strides`, which must bring every stage to one
+    stride (stage stride / upsample stride).
+    """
+    if kind == "lss":
+        if not isinstance(channels, int) or upsample_strides is not None:
+            raise ValueError(f"the lss neck takes one channel count and no upsample strides, got {channels}, {upsample_strides}")
+        return LSSFPN(list(in_channels), channels), channels, in_strides[0]
+    if kind == "secondfpn":
+        if isinstance(channels, int) or upsample_strides is None or not len(channels) == len(upsample_strides) == len(in_channels):
+            raise ValueError(
+                f"the secondfpn neck takes one channel count and one upsample stride per stage ({len(in_channels)}), "
+                f"got {channels} and {upsample_strides}"
+            )
+        strides = {stride / up for stride, up in zip(in_strides, upsample_strides, strict=True)}
+        if len(strides) != 1 or not float(next(iter(strides))).is_integer():
+            raise ValueError(f"upsample strides {tuple(upsample_strides)} do not bring stages at strides {tuple(in_strides)} to one stride")
+        neck = SECONDFPN(in_channels, channels, upsample_strides)
+        return neck, neck.out_channels, int(next(iter(strides)))
+    raise ValueError(f"image neck must be one of {IMAGE_NECKS}, got {kind!r}")

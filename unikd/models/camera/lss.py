@@ -6,6 +6,15 @@ covers the augmented pixels [i*s, (i+1)*s) x [j*s, (j+1)*s), its centre is the p
 `cam2img`), and depth bin k is lifted at its centre `start + (k + 0.5) * step` (camera z).
 Lift: augmented pixel -> original pixel (inverse `img_aug`) -> camera (inverse `cam2img`,
 times the depth) -> LiDAR (inverse `lidar2cam`) -> augmented LiDAR (`bda`).
+
+`geometry="bevdepth"` is BEVDepth's LSSFPN instead (which UniDistill uses), point for point:
+feature cell (i, j) of an H_f x W_f map of an H x W image sits at the pixel
+(j * (W - 1) / (W_f - 1), i * (H - 1) / (H_f - 1)) (`linspace(0, W - 1, W_f)`), depth bin k at
+its start `start + k * step`; the lift is the same chain of matrices, evaluated as BEVDepth
+does (inverse `img_aug` on (u, v, d, 1), then `inverse(lidar2cam) @ inverse(cam2img)`, then
+`bda`), and a point's cell is `int((p - lower) / cell)`: truncated toward zero, so points up to
+one cell below the grid's lower x, y or z edge land in its first cell. The pooled map is
+y-major ([B, C, Y, X], row 0 at y_min) as unikd's.
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins
-from unikd.models.camera.fpn import LSSFPN, conv_bn_relu
+from unikd.models.camera.fpn import conv_bn_relu, image_neck
 from unikd.models.camera.resnet import ResNet, load_torchvision_state_dict
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.bev_pool import bev_pool
 
 NUSCENES_POINT_RANGE = (-54.0, -54.0, -10.0, 54.0, 54.0, 10.0)
+GEOMETRIES = ("unikd", "bevdepth")
+DEPTH_NETS = ("3x3+1x1", "1x1")
 
 
 def camera_rays(
@@ -75,6 +86,9 @@ class LSSViewTransform(nn.Module):
     stride `bev_downsample`, then resampled to `output_grid` when that grid differs.
     Geometry depends only on the matrices and the feature size; the last one is cached and
     reused when the same values come again.
+
+    `depth_net`: "3x3+1x1" (3x3 conv + BN + ReLU, then the 1x1 conv to D + C channels) or "1x1"
+    (the 1x1 conv alone, BEVDepth/UniDistill). `geometry`: "unikd" or "bevdepth" (module doc).
     """
 
     def __init__(
@@ -87,20 +101,39 @@ class LSSViewTransform(nn.Module):
         bev_cell: float = 0.3,
         bev_downsample: int = 2,
         output_grid: BEVGrid | None = None,
+        depth_net: str = "3x3+1x1",
+        geometry: str = "unikd",
     ):
         super().__init__()
+        if depth_net not in DEPTH_NETS or geometry not in GEOMETRIES:
+            raise ValueError(
+                f"depth_net must be one of {DEPTH_NETS} and geometry one of {GEOMETRIES}, "
+                f"got {depth_net!r} and {geometry!r}"
+            )
         self.context_channels = context_channels
         self.feature_stride = feature_stride
+        self.geometry_convention = geometry
         self.depth_bins = tuple(depth_bins)
         self.num_bins = num_depth_bins(self.depth_bins)
-        start, _, step = self.depth_bins
-        self.register_buffer(
-            "bin_depths",
-            start + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * step,
-            persistent=False,
-        )
+        start, stop, step = self.depth_bins
+        if geometry == "bevdepth":
+            bin_depths = torch.arange(start, stop, step, dtype=torch.float32)  # bin starts, as BEVDepth
+            if len(bin_depths) != self.num_bins:
+                raise ValueError(f"depth bins {depth_bins}: arange gives {len(bin_depths)} bins, not {self.num_bins}")
+        else:
+            bin_depths = start + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * step
+        self.register_buffer("bin_depths", bin_depths, persistent=False)
         self.z_range = (point_cloud_range[2], point_cloud_range[5])
         self.splat_grid = BEVGrid.from_range(point_cloud_range, bev_cell)
+        grid, depth_z = self.splat_grid, self.z_range[1] - self.z_range[0]
+        # BEVDepth's voxel size and first voxel centre (x, y, one z bin), float32 as it computes them
+        self.register_buffer("voxel_size", torch.tensor([grid.cell_x, grid.cell_y, depth_z]), persistent=False)
+        self.register_buffer(
+            "voxel_lower",
+            torch.tensor([grid.x_min + grid.cell_x / 2, grid.y_min + grid.cell_y / 2, self.z_range[0] + depth_z / 2])
+            - self.voxel_size / 2,
+            persistent=False,
+        )
         if self.splat_grid.height % bev_downsample or self.splat_grid.width % bev_downsample:
             raise ValueError(
                 f"splat grid {self.splat_grid.height}x{self.splat_grid.width} is not divisible by bev_downsample={bev_downsample}"
@@ -109,10 +142,11 @@ class LSSViewTransform(nn.Module):
             self.splat_grid.height // bev_downsample, self.splat_grid.width // bev_downsample
         )
         self.output_grid = output_grid or self.bev_grid
-        self.depth_net = nn.Sequential(
-            conv_bn_relu(in_channels, in_channels, 3),
-            nn.Conv2d(in_channels, self.num_bins + context_channels, 1),
-        )
+        head = nn.Conv2d(in_channels, self.num_bins + context_channels, 1)
+        if depth_net == "1x1":
+            self.depth_net = nn.Sequential(head)
+        else:
+            self.depth_net = nn.Sequential(conv_bn_relu(in_channels, in_channels, 3), head)
         if bev_downsample == 1:
             self.downsample = nn.Identity()
         else:
@@ -132,6 +166,8 @@ class LSSViewTransform(nn.Module):
         feature_size: tuple[int, int],
     ) -> torch.Tensor:
         """Augmented-LiDAR xyz of every frustum point, [B, Ncam, D, H_f, W_f, 3]."""
+        if self.geometry_convention == "bevdepth":
+            return self._bevdepth_frustum_points(lidar2cam, cam2img, img_aug, bda, feature_size)
         height, width = feature_size
         stride = self.feature_stride
         device = lidar2cam.device
@@ -143,6 +179,46 @@ class LSSViewTransform(nn.Module):
         # [B, N, D, M, 3]
         points = origin[:, :, None] + self.bin_depths.view(-1, 1, 1) * direction[:, :, None]
         return points.view(*points.shape[:3], height, width, 3)
+
+    def _bevdepth_frustum_points(
+        self,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+        feature_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """`frustum_points` as BEVDepth's LSSFPN computes them, operation for operation (module doc)."""
+        height, width = feature_size
+        stride = self.feature_stride
+        batch, num_cams = lidar2cam.shape[:2]
+        device = lidar2cam.device
+        shape = (self.num_bins, height, width)
+        depths = self.bin_depths.view(-1, 1, 1).expand(shape)
+        u = torch.linspace(0, width * stride - 1, width, device=device).view(1, 1, width).expand(shape)
+        v = torch.linspace(0, height * stride - 1, height, device=device).view(1, height, 1).expand(shape)
+        frustum = torch.stack((u, v, depths, torch.ones_like(depths)), -1).unsqueeze(-1)  # [D, H, W, 4, 1]
+        per_camera = (batch, num_cams, 1, 1, 1, 4, 4)
+        points = img_aug.float().view(per_camera).inverse().matmul(frustum)
+        points = torch.cat((points[..., :2, :] * points[..., 2:3, :], points[..., 2:, :]), 5)
+        combine = torch.inverse(lidar2cam.float()).matmul(torch.inverse(cam2img.float()))
+        points = combine.view(per_camera).matmul(points)
+        points = (bda.float().unsqueeze(1).repeat(1, num_cams, 1, 1).view(per_camera) @ points).squeeze(-1)
+        return points[..., :3]
+
+    def _cells(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(col, row, inside) of frustum points [..., 3] on the splat grid."""
+        grid = self.splat_grid
+        if self.geometry_convention == "bevdepth":
+            col, row, level = ((points - self.voxel_lower) / self.voxel_size).int().long().unbind(-1)
+            inside = (level >= 0) & (level < 1)
+        else:
+            col = torch.floor((points[..., 0] - grid.x_min) / grid.cell_x).long()
+            row = torch.floor((points[..., 1] - grid.y_min) / grid.cell_y).long()
+            z = points[..., 2]
+            inside = (z >= self.z_range[0]) & (z < self.z_range[1])
+        inside &= (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
+        return col, row, inside
 
     def geometry(
         self,
@@ -159,11 +235,7 @@ class LSSViewTransform(nn.Module):
             return self._geometry_cache[1]
         points = self.frustum_points(lidar2cam, cam2img, img_aug, bda, feature_size)
         grid = self.splat_grid
-        col = torch.floor((points[..., 0] - grid.x_min) / grid.cell_x).long()
-        row = torch.floor((points[..., 1] - grid.y_min) / grid.cell_y).long()
-        z = points[..., 2]
-        inside = (col >= 0) & (col < grid.width) & (row >= 0) & (row < grid.height)
-        inside &= (z >= self.z_range[0]) & (z < self.z_range[1])
+        col, row, inside = self._cells(points)
         batch = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1, 1, 1)
         cell = (batch * grid.height + row) * grid.width + col
         point_index = inside.view(-1).nonzero().squeeze(1)
@@ -223,6 +295,9 @@ class CameraBEVEncoder(nn.Module):
     torchvision ImageNet weights (`pretrained`: path of a torchvision state dict file).
     A small CPU setting: `backbone_depth=18, base_width=16, out_indices=(2, 3)` (stride 16),
     `neck_channels=32, context_channels=16, depth_bins=(1, 60, 2), bev_cell=1.2`.
+    UniDistill's camera encoder (BEVDepth's LSSFPN) is `neck="secondfpn"` with
+    `neck_upsample_strides`, `depth_net="1x1"` and `geometry="bevdepth"` (`unikd.models.configs`,
+    size `unidistill_camera`); `fpn.image_neck` and `LSSViewTransform` say what they change.
     """
 
     def __init__(
@@ -231,22 +306,27 @@ class CameraBEVEncoder(nn.Module):
         base_width: int = 64,
         out_indices: tuple[int, ...] = (1, 2, 3),
         pretrained: str | os.PathLike | None = None,
-        neck_channels: int = 256,
+        neck_channels: int | tuple[int, ...] = 256,
         context_channels: int = 80,
         depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5),
         point_cloud_range: tuple[float, ...] = NUSCENES_POINT_RANGE,
         bev_cell: float = 0.3,
         bev_downsample: int = 2,
         output_grid: BEVGrid | None = None,
+        neck: str = "lss",
+        neck_upsample_strides: tuple[float, ...] | None = None,
+        depth_net: str = "3x3+1x1",
+        geometry: str = "unikd",
     ):
         super().__init__()
         self.backbone = ResNet(backbone_depth, out_indices, base_width)
         if pretrained is not None:
             load_torchvision_state_dict(self.backbone, pretrained)
-        self.neck = LSSFPN(self.backbone.out_channels, neck_channels)
-        self.feature_stride = self.backbone.out_strides[0]
+        self.neck, neck_out, self.feature_stride = image_neck(
+            neck, self.backbone.out_channels, self.backbone.out_strides, neck_channels, neck_upsample_strides
+        )
         self.view_transform = LSSViewTransform(
-            in_channels=neck_channels,
+            in_channels=neck_out,
             context_channels=context_channels,
             feature_stride=self.feature_stride,
             depth_bins=depth_bins,
@@ -254,6 +334,8 @@ class CameraBEVEncoder(nn.Module):
             bev_cell=bev_cell,
             bev_downsample=bev_downsample,
             output_grid=output_grid,
+            depth_net=depth_net,
+            geometry=geometry,
         )
         self.out_channels = context_channels
         self.output_grid = self.view_transform.output_grid
