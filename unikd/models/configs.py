@@ -106,6 +106,22 @@ _SIZES["centerpoint_0075"] = copy.deepcopy(_SIZES["nuscenes"])
 _SIZES["centerpoint_01"] = copy.deepcopy(_SIZES["nuscenes"])
 _SIZES["centerpoint_01"].update(point_cloud_range=SMALL_RANGE, bev_cell=0.8)
 _SIZES["centerpoint_01"]["lidar"]["voxel_size"] = (0.1, 0.1, 0.2)
+# UniDistill's LiDAR detector (BEVFusion_nuscenes_centerhead_lidar_exp, `unikd.interop.unidistill`), layer for
+# layer: the nuScenes LiDAR branch and decoder (its VoxelResBackBone8x, HeightCompression and BaseBEVBackbone are
+# this SparseEncoder, SECOND and SECONDFPN) and CenterHeadIouAware: an `iou` map per task, decoding ranked by
+# score^0.35 * iou^0.65, top 1500 per task, score > 0.1, centres within post_center_range, dims clamped to
+# [0.001, 30] m, rotated BEV NMS at IoU 0.1, 100 kept per task. (Its voxelizer keeps 120000 voxels in
+# training and testing: the test value of its config is never read.)
+_SIZES["unidistill_lidar"] = copy.deepcopy(_SIZES["nuscenes"])
+_SIZES["unidistill_lidar"]["head"].update(
+    top_k=1500,
+    post_max_size=100,
+    iou_rectifier=(0.65,) * 6,
+    nms_type="rotated",
+    nms_iou_threshold=0.1,
+    post_center_range=(-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+    dim_range=(0.001, 30.0),
+)
 
 MODALITIES = ("lidar", "camera")
 

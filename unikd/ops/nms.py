@@ -1,8 +1,11 @@
-"""Circle NMS: greedy suppression by bird's-eye-view centre distance (CenterPoint)."""
+"""Greedy NMS in the bird's-eye view: by centre distance (circle NMS, CenterPoint) or by the IoU of
+rotated boxes (UniDistill / OpenPCDet's `nms_gpu`)."""
 
 from __future__ import annotations
 
 import torch
+
+from unikd.ops.rotated_iou import rotated_bev_iou
 
 
 def circle_nms(centers: torch.Tensor, scores: torch.Tensor, sq_dist_threshold: float) -> torch.Tensor:
@@ -27,10 +30,31 @@ def circle_nms(centers: torch.Tensor, scores: torch.Tensor, sq_dist_threshold: f
     ranked = centers[order]
     delta = ranked[:, None, :] - ranked[None, :, :]
     sq_dist = delta[..., 0] ** 2 + delta[..., 1] ** 2
-    suppresses = torch.triu(sq_dist <= sq_dist_threshold, diagonal=1)
-    keep = torch.ones(len(order), dtype=torch.bool, device=centers.device)
+    return order[_greedy_keep(torch.triu(sq_dist <= sq_dist_threshold, diagonal=1))]
+
+
+def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Indices of the boxes kept by greedy NMS on the BEV IoU of rotated boxes, highest score first.
+
+    Boxes [N, >=7] (x, y, z, l, w, h, yaw, ...) are visited by decreasing score (ties keep input order);
+    one is suppressed when its BEV IoU with an already kept box is > `iou_threshold` (strictly, as
+    OpenPCDet's `nms_gpu`). Returns int64 indices [K] into the inputs.
+    """
+    if boxes.ndim != 2 or boxes.shape[1] < 7 or scores.shape != boxes.shape[:1]:
+        raise ValueError(
+            f"rotated_nms expects boxes [N, >=7] and scores [N], got {tuple(boxes.shape)} and {tuple(scores.shape)}"
+        )
+    order = torch.argsort(scores, descending=True, stable=True)
+    ranked = boxes[order]
+    return order[_greedy_keep(torch.triu(rotated_bev_iou(ranked, ranked) > iou_threshold, diagonal=1))]
+
+
+def _greedy_keep(suppresses: torch.Tensor) -> torch.Tensor:
+    """Kept mask [N] of greedy suppression over ranked detections, `suppresses[i, j]` meaning i (ranked
+    before j) suppresses j when i is kept; computed as the fixed point of circle_nms's docstring."""
+    keep = torch.ones(suppresses.shape[0], dtype=torch.bool, device=suppresses.device)
     while True:
         new_keep = ~(suppresses & keep[:, None]).any(dim=0)
         if torch.equal(new_keep, keep):
-            return order[keep]
+            return keep
         keep = new_keep

@@ -2,6 +2,11 @@
 
 Outputs per task: `heatmap` [B, n_classes, H, W] logits and, per `common_heads` name,
 `reg` (2), `height` (1), `dim` (3), `rot` (2), `vel` (2) maps, coded as in `box_coder`.
+
+With `iou_rectifier` (UniDistill's CenterHeadIouAware) each task also predicts an `iou` map [B, 1, H, W]:
+2 * (BEV IoU of the box decoded at a cell with its object) - 1. Decoding then ranks the detections by
+score^(1 - alpha) * clamp(iou / 2 + 0.5, 0, 1)^alpha (alpha per task) for the NMS, while the scores it
+returns stay the heatmap's, as UniDistill's IouAwareGenProposals does.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from unikd.data.classes import CLASSES, TASKS
 from unikd.models.heads.box_coder import CODE_SIZE, CODE_SLICES, decode_boxes
 from unikd.models.heads.center_targets import TaskTargets, build_targets
 from unikd.ops.bev_grid import BEVGrid
-from unikd.ops.nms import circle_nms
+from unikd.ops.nms import circle_nms, rotated_nms
+from unikd.ops.rotated_iou import paired_bev_iou
 
 DEFAULT_COMMON_HEADS: dict[str, int] = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
 REQUIRED_HEADS = ("reg", "height", "dim", "rot")
@@ -23,6 +29,7 @@ REQUIRED_HEADS = ("reg", "height", "dim", "rot")
 DEFAULT_NMS_RADIUS = (4.0, 12.0, 10.0, 1.0, 0.85, 0.175)
 HEATMAP_INIT_BIAS = -2.19
 SIGMOID_CLAMP = 1e-4
+NMS_TYPES = ("circle", "rotated")
 
 
 def gaussian_focal_loss(
@@ -80,6 +87,12 @@ class CenterHead(nn.Module):
     as CenterPoint's `min_radius`. `common_heads` must hold reg, height, dim, rot (vel optional,
     decoded as 0 when absent) with the widths of `box_coder`; `code_weights` weigh its channels
     in that order.
+
+    UniDistill's decoding (module docstring): `iou_rectifier[t]` is task t's alpha (None: no `iou` map),
+    trained by an L1 loss weighted `iou_loss_weight`; `nms_type` "rotated" suppresses a box whose BEV
+    IoU with a kept one is > `nms_iou_threshold` (instead of circle NMS); `post_center_range`
+    (x_min, y_min, z_min, x_max, y_max, z_max) drops decoded centres outside it, bounds included;
+    `dim_range` (min, max) clamps the decoded (l, w, h).
     """
 
     def __init__(
@@ -100,10 +113,17 @@ class CenterHead(nn.Module):
         top_k: int = 500,
         post_max_size: int = 83,
         nms_radius: Sequence[float] = DEFAULT_NMS_RADIUS,
+        iou_rectifier: Sequence[float] | None = None,
+        iou_loss_weight: float = 1.0,
+        nms_type: str = "circle",
+        nms_iou_threshold: float = 0.1,
+        post_center_range: Sequence[float] | None = None,
+        dim_range: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         common_heads = dict(DEFAULT_COMMON_HEADS if common_heads is None else common_heads)
         self._check_config(tasks, common_heads, code_weights, nms_radius)
+        self._check_decoding(len(tasks), iou_rectifier, nms_type, post_center_range, dim_range)
         self.grid = grid
         self.tasks = tuple(tuple(names) for names in tasks)
         self.task_class_ids = tuple(tuple(CLASSES.index(name) for name in names) for names in self.tasks)
@@ -119,10 +139,17 @@ class CenterHead(nn.Module):
         self.top_k = top_k
         self.post_max_size = post_max_size
         self.nms_radius = tuple(nms_radius)
+        self.iou_rectifier = None if iou_rectifier is None else tuple(iou_rectifier)
+        self.iou_loss_weight = iou_loss_weight
+        self.nms_type = nms_type
+        self.nms_iou_threshold = nms_iou_threshold
+        self.post_center_range = None if post_center_range is None else tuple(post_center_range)
+        self.dim_range = None if dim_range is None else tuple(dim_range)
 
+        extra_heads = {} if iou_rectifier is None else {"iou": 1}
         self.shared_conv = _conv_bn_relu(in_channels, shared_channels)
         self.task_heads = nn.ModuleList(
-            SeparateHead(shared_channels, {"heatmap": len(names), **common_heads}, head_conv)
+            SeparateHead(shared_channels, {"heatmap": len(names), **common_heads, **extra_heads}, head_conv)
             for names in self.tasks
         )
 
@@ -149,6 +176,25 @@ class CenterHead(nn.Module):
             )
         if len(nms_radius) != len(tasks):
             raise ValueError(f"{len(nms_radius)} nms_radius values for {len(tasks)} tasks")
+
+    @staticmethod
+    def _check_decoding(
+        num_tasks: int,
+        iou_rectifier: Sequence[float] | None,
+        nms_type: str,
+        post_center_range: Sequence[float] | None,
+        dim_range: Sequence[float] | None,
+    ) -> None:
+        if iou_rectifier is not None and (
+            len(iou_rectifier) != num_tasks or not all(0 <= alpha <= 1 for alpha in iou_rectifier)
+        ):
+            raise ValueError(f"iou_rectifier needs one alpha in [0, 1] per task ({num_tasks}), got {iou_rectifier}")
+        if nms_type not in NMS_TYPES:
+            raise ValueError(f"nms_type must be one of {NMS_TYPES}, got {nms_type!r}")
+        if post_center_range is not None and len(post_center_range) != 6:
+            raise ValueError(f"post_center_range is (x_min, y_min, z_min, x_max, y_max, z_max), got {post_center_range}")
+        if dim_range is not None and (len(dim_range) != 2 or not 0 < dim_range[0] < dim_range[1]):
+            raise ValueError(f"dim_range is (min, max) with 0 < min < max, got {dim_range}")
 
     def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Per task: dict of `heatmap` logits [B, n_classes, H, W] and the regression maps."""
@@ -180,7 +226,9 @@ class CenterHead(nn.Module):
         gt_labels: Sequence[torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         """`heatmap_task{i}`: focal loss / max(1, positives); `bbox_task{i}`: weighted L1 of the
-        codes at object centres, times `loss_bbox_weight`, / max(1, objects)."""
+        codes at object centres, times `loss_bbox_weight`, / max(1, objects); with `iou_rectifier`,
+        `iou_task{i}`: L1 of the `iou` map at object centres against 2 * IoU - 1 of the box the
+        (detached) codes decode there with its object, times `iou_loss_weight`, / max(1, objects)."""
         device = preds[0]["heatmap"].device
         targets = self.get_targets([boxes.to(device) for boxes in gt_boxes], gt_labels)
         losses = {}
@@ -194,16 +242,40 @@ class CenterHead(nn.Module):
             )
             weights = target.mask[..., None] * self.code_weights
             l1 = ((pred_codes - target_codes).abs() * weights).sum()
-            losses[f"bbox_task{task}"] = self.loss_bbox_weight * l1 / target.mask.sum().clamp(min=1)
+            num_objects = target.mask.sum().clamp(min=1)
+            losses[f"bbox_task{task}"] = self.loss_bbox_weight * l1 / num_objects
+            if self.iou_rectifier is not None:
+                iou_target = 2 * self._code_iou(pred_codes.detach(), target_codes) - 1
+                iou_error = (_gather(pred["iou"], target.indices)[..., 0] - iou_target).abs() * target.mask
+                losses[f"iou_task{task}"] = self.iou_loss_weight * iou_error.sum() / num_objects
         return losses
+
+    def _code_iou(self, pred_codes: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """BEV IoU [B, K] of the boxes two code tensors [B, K, C] (channels in `common_heads` order)
+        decode to at the same cells."""
+        pred_slices, start = {}, 0
+        for name, channels in self.common_heads.items():
+            pred_slices[name] = slice(start, start + channels)
+            start += channels
+        boxes = []
+        for codes in (pred_codes, target_codes):
+            full = codes.new_zeros(*codes.shape[:2], CODE_SIZE)
+            for name, where in pred_slices.items():
+                full[..., CODE_SLICES[name]] = codes[..., where]
+            boxes.append(decode_boxes(torch.zeros_like(full[..., :2]), full.float(), self.grid))
+        pred_boxes, target_boxes = (b.flatten(0, 1) for b in boxes)
+        if self.dim_range is not None:
+            pred_boxes[:, 3:6] = pred_boxes[:, 3:6].clamp(*self.dim_range)
+        return paired_bev_iou(pred_boxes, target_boxes).view(pred_codes.shape[:2])
 
     @torch.no_grad()
     def decode(self, preds: list[dict[str, torch.Tensor]], nms: bool = True) -> list[dict[str, torch.Tensor]]:
         """Per sample: `boxes` [K, 9], `scores` [K], `labels` [K] (ids into `CLASSES`).
 
         Per task: top `top_k` (class, cell) pairs of the sigmoid heatmap, scores above
-        `score_threshold`, circle NMS (unless `nms` is False), at most `post_max_size` kept.
-        Decoding runs in float32 whatever the prediction dtype.
+        `score_threshold` (and centres inside `post_center_range`), NMS of `nms_type` (unless `nms`
+        is False) ranked by the score or, with `iou_rectifier`, the rectified score, at most
+        `post_max_size` kept. Decoding runs in float32 whatever the prediction dtype.
         """
         batch = preds[0]["heatmap"].shape[0]
         per_sample: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(batch)]
@@ -217,13 +289,24 @@ class CenterHead(nn.Module):
                 codes[..., CODE_SLICES[name]] = _gather(pred[name], cell).float()
             cells = torch.stack([cell % width, cell // width], dim=-1).to(codes.dtype)
             boxes = decode_boxes(cells, codes, self.grid)
+            if self.dim_range is not None:
+                boxes[..., 3:6] = boxes[..., 3:6].clamp(*self.dim_range)
+            ranking = scores
+            if self.iou_rectifier is not None:
+                alpha = self.iou_rectifier[task]
+                iou = (_gather(pred["iou"], cell)[..., 0].float() / 2 + 0.5).clamp(0, 1)
+                ranking = scores.pow(1 - alpha) * iou.pow(alpha)
+            selected = scores > self.score_threshold
+            if self.post_center_range is not None:
+                low, high = boxes.new_tensor(self.post_center_range).view(2, 3)
+                selected &= ((boxes[..., :3] >= low) & (boxes[..., :3] <= high)).all(dim=-1)
             task_ids = torch.tensor(self.task_class_ids[task], device=heatmap.device)
             for sample in range(batch):
-                keep = torch.nonzero(scores[sample] > self.score_threshold).flatten()
-                if nms:
-                    keep = keep[
-                        circle_nms(boxes[sample, keep, :2], scores[sample, keep], self.nms_radius[task])
-                    ]
+                keep = torch.nonzero(selected[sample]).flatten()
+                if nms and self.nms_type == "circle":
+                    keep = keep[circle_nms(boxes[sample, keep, :2], ranking[sample, keep], self.nms_radius[task])]
+                elif nms:
+                    keep = keep[rotated_nms(boxes[sample, keep, :7], ranking[sample, keep], self.nms_iou_threshold)]
                 keep = keep[: self.post_max_size]
                 per_sample[sample].append(
                     (boxes[sample, keep], scores[sample, keep], task_ids[classes[sample, keep]])
