@@ -123,6 +123,33 @@ _SIZES["unidistill_lidar"]["head"].update(
     dim_range=(0.001, 30.0),
 )
 
+# UniDistill's camera encoder (BEVDepth's LSSFPN as its camera and fusion experiments configure it):
+# mmdet ResNet-50 (all four stages), SECONDFPN image neck [256, 512, 1024, 2048] -> 4 x 128 at stride
+# 16, a 1x1 depth net 512 -> 112 depth bins [2, 58, 0.5] + 256 context channels, BEVDepth's frustum,
+# pooled straight into the 0.6 m, 180 x 180 BEV (no downsampling convs); trained without depth
+# supervision. Its fusion model gates the concatenation per channel before the 3x3 conv to 256.
+# (`unikd.interop.unidistill_camera`.) Sizes unidistill_camera (modalities camera) and unidistill_fusion
+# (lidar + camera): these with unidistill_lidar's LiDAR branch, decoder and head.
+UNIDISTILL_CAMERA = {
+    "backbone_depth": 50,
+    "base_width": 64,
+    "out_indices": (0, 1, 2, 3),
+    "pretrained": None,
+    "neck": "secondfpn",
+    "neck_channels": (128, 128, 128, 128),
+    "neck_upsample_strides": (0.25, 0.5, 1, 2),
+    "context_channels": 256,
+    "depth_bins": (2.0, 58.0, 0.5),
+    "bev_cell": 0.6,
+    "bev_downsample": 1,
+    "depth_net": "1x1",
+    "geometry": "bevdepth",
+}
+UNIDISTILL_FUSER = {"fuser_channels": 256, "fuser_attention": True}
+for _size in ("unidistill_camera", "unidistill_fusion"):
+    _SIZES[_size] = copy.deepcopy(_SIZES["unidistill_lidar"])
+    _SIZES[_size].update(camera=copy.deepcopy(UNIDISTILL_CAMERA), depth_loss_weight=0.0, **UNIDISTILL_FUSER)
+
 MODALITIES = ("lidar", "camera")
 
 
@@ -139,6 +166,7 @@ def model_config(size: str, modalities: tuple[str, ...]) -> dict:
             config.pop(modality, None)
     if set(modalities) != set(MODALITIES):
         config.pop("fuser_channels", None)
+        config.pop("fuser_attention", None)
     if "camera" not in modalities:
         config.pop("depth_loss_weight", None)
     return config
