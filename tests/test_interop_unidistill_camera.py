@@ -16,6 +16,7 @@ from unikd.interop.unidistill_camera import (
     GEOMETRY_BUFFERS,
     camera_to_unikd,
     check_geometry_buffers,
+    rgb_input,
     unikd_camera_key,
     unikd_camera_tensor,
 )
@@ -116,11 +117,32 @@ def test_fusion_channel_order_becomes_camera_then_lidar() -> None:
     torch.testing.assert_close(ours, theirs.relu(), atol=1e-5, rtol=1e-5)
 
 
+def test_the_rgb_stem_reads_unikds_images_as_unidistill_reads_its_own() -> None:
+    """UniDistill's network sees BGR normalised with the RGB statistics; the rewritten stem on unikd's
+    normalisation of the same picture gives the same map wherever conv1's window is inside the image."""
+    torch.manual_seed(0)
+    picture = torch.randint(0, 256, (1, 3, 40, 56)).double()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1).double()  # UniDistill's img_norm_cfg
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1).double()
+    theirs_input = (picture[:, [2, 1, 0]] - mean) / std
+    ours_input = (picture / 255.0 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    conv = torch.nn.Conv2d(3, 8, 7, stride=2, padding=3, bias=False).double()
+    norm = torch.nn.BatchNorm2d(8).double().eval()
+    norm.running_mean.normal_(), norm.running_var.uniform_(0.5, 1.5)
+    state = {"camera.backbone.conv1.weight": conv.weight.detach().clone(), "camera.backbone.bn1.running_mean": norm.running_mean.clone()}
+    theirs = norm(conv(theirs_input))
+    rgb_input(state)
+    conv.weight.data, norm.running_mean = state["camera.backbone.conv1.weight"], state["camera.backbone.bn1.running_mean"]
+    ours = norm(conv(ours_input.double()))
+    torch.testing.assert_close(ours[..., 2:-2, 2:-2], theirs[..., 2:-2, 2:-2], atol=1e-6, rtol=1e-5)  # float32 statistics
+    assert (ours[..., 0, :] - theirs[..., 0, :]).abs().max() > 1e-3  # the padded border: another colour
+
+
 def test_converted_camera_encoder_matches_unidistill_at_every_level() -> None:
     fixture = torch.load(FIXTURES / "camera_parity.pt", weights_only=True)
     config = unidistill_config(fixture["unikd_overrides"])
     check_geometry_buffers(fixture["state_dict"], config)
-    converted, unmapped = camera_to_unikd(fixture["state_dict"])
+    converted, unmapped = camera_to_unikd(fixture["state_dict"], rgb=False)  # exactly UniDistill's function
     assert unmapped == []
     encoder = camera_encoder(config)
     encoder.load_state_dict(part(converted, "camera"), strict=True)

@@ -16,6 +16,13 @@ BEVDepth's LSSFPN, which unikd's camera branch reproduces with the options of
 - `frustum`, `voxel_size`, `voxel_coord`, `voxel_num`: buffers derived from the configuration, which
   unikd derives from its own (`check_geometry_buffers` compares them).
 
+Images: UniDistill reads them as RGB (skimage) and normalises them with mmcv's imnormalize(to_rgb=True),
+which swaps them to BGR first, so its network sees channel c = (I[2 - c] - mean[c]) / std[c] (mean, std
+of ImageNet in RGB order, as unikd's, which feeds (I[c] - mean[c]) / std[c]). `rgb_input` rewrites the
+stem for unikd's images: conv1's input channels reversed and rescaled, the constant their offsets add
+folded into bn1's running mean. Exact wherever conv1's 7x7 window lies inside the image; in the
+outermost two output rows and columns of the stem the zero padding stands for another colour.
+
 The pooled camera BEV is [B, C, Y, X] (the voxel-pooling kernel writes cell (batch, y, x)), row 0 at
 y = -54 m: y-major like unikd's, so no map needs a transpose. The fusion encoder concatenates
 (LiDAR, camera) where unikd's fuser concatenates (camera, LiDAR): `att.1` (1x1 conv, channel c gates
@@ -29,6 +36,7 @@ from collections.abc import Mapping
 
 import torch
 
+from unikd.data.nuscenes_dataset import IMAGENET_MEAN, IMAGENET_STD
 from unikd.ops.bev_grid import BEVGrid
 
 CAMERA_PREFIX = "camera_encoder.backbone."
@@ -72,9 +80,26 @@ def unikd_camera_tensor(key: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def camera_to_unikd(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def rgb_input(state: dict[str, torch.Tensor]) -> None:
+    """Rewrite (in place) the stem of a converted camera branch (unikd keys) from UniDistill's BGR input
+    to unikd's RGB input (module docstring)."""
+    weight_key, mean_key = "camera.backbone.conv1.weight", "camera.backbone.bn1.running_mean"
+    weight = state[weight_key].double()
+    mean = torch.from_numpy(IMAGENET_MEAN).double()
+    std = torch.from_numpy(IMAGENET_STD).double()
+    flip = [2, 1, 0]
+    # UniDistill's channel c = (std[2 - c] * x[2 - c] + mean[2 - c] - mean[c]) / std[c] of unikd's x
+    state[weight_key] = (weight[:, flip] * (std / std[flip]).view(1, 3, 1, 1)).to(state[weight_key].dtype)
+    offset = ((mean[flip] - mean) / std).view(1, 3, 1, 1)
+    state[mean_key] = (state[mean_key].double() - (weight * offset).sum((1, 2, 3))).to(state[mean_key].dtype)
+
+
+def camera_to_unikd(
+    state: Mapping[str, torch.Tensor], rgb: bool = True
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(unikd keys and tensors of the camera and fusion encoders, the keys of `state` with no unikd
-    counterpart other than the geometry buffers)."""
+    counterpart other than the geometry buffers). With `rgb` (and an image backbone in `state`) the stem
+    reads unikd's RGB images (`rgb_input`); without, the modules compute exactly UniDistill's function."""
     converted, unmapped = {}, []
     for key, value in state.items():
         target = unikd_camera_key(key)
@@ -82,6 +107,8 @@ def camera_to_unikd(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
             converted[target] = unikd_camera_tensor(key, value)
         elif key not in GEOMETRY_BUFFERS:
             unmapped.append(key)
+    if rgb and "camera.backbone.conv1.weight" in converted:
+        rgb_input(converted)
     return converted, unmapped
 
 
