@@ -29,6 +29,8 @@ from unikd.models.configs import model_config
 # Sizes not listed use ImageAugConfig() (nuScenes: 1600x900 resized and cropped to 256x704).
 IMAGE_AUG_BY_SIZE: dict[str, ImageAugConfig] = {
     "small": ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23),
+    # UniDistill's ida_aug_cfg: resize in (0.386, 0.55) in training, max(256 / 900, 704 / 1600) = 0.44 in testing
+    **dict.fromkeys(("unidistill_camera", "unidistill_fusion"), ImageAugConfig(train_resize=(0.386, 0.55), test_resize=0.44)),
 }
 
 
