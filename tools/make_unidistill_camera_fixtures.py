@@ -4,8 +4,12 @@ UniDistill's own source; tests/test_interop_unidistill_camera.py compares unikd 
 Run in an mmdet3d environment (docs/INTEROP.md), from the repository root, with UniDistill's repository
 (a git repository; only its Python files are read) and a synthetic nuScenes-format set:
 
-    python tools/create_data.py synthetic --root /tmp/synthetic/nuscenes
+    python tools/create_data.py synthetic --root /tmp/synthetic/nuscenes --train-scenes 1 --val-scenes 1 \
+        --keyframes-per-scene 2 --sweeps-per-keyframe 0 --objects-per-scene 40
     python tools/make_unidistill_camera_fixtures.py --unidistill <UniDistill repo> --data-root /tmp/synthetic/nuscenes
+
+(The committed fixtures come from exactly these commands, UniDistill at commit 32f02b4, torch 2.13 on
+one thread; a rerun writes the same bytes.)
 
 UniDistill needs its prebuilt CUDA extension `voxel_pooling_ext` (py3.6) and mmcv 1.x-era builders;
 only these are replaced: `voxel_pooling_forward_wrapper` by `voxel_pooling_forward` below (the
