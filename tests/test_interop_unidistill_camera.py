@@ -22,6 +22,7 @@ from unikd.interop.unidistill_camera import (
 )
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.camera import CameraBEVEncoder, LSSViewTransform
+from unikd.models.camera.fpn import image_neck
 from unikd.models.configs import NUSCENES_RANGE, model_config
 from unikd.models.fuser import ConvFuser
 from unikd.ops.bev_grid import BEVGrid
@@ -219,3 +220,21 @@ def test_a_feature_in_front_left_lands_in_the_cell_of_its_x_and_y(geometry: str,
     assert bev[0, 0, row, col] == pytest.approx(1.0, abs=1e-6)
     bev[0, 0, row, col] = 0.0
     assert bev.abs().max() < 1e-6
+
+
+def test_camera_options_are_checked() -> None:
+    neck, channels, stride = image_neck("secondfpn", [16, 32, 64, 128], [4, 8, 16, 32], [8, 8, 8, 8], [0.25, 0.5, 1, 2])
+    assert (channels, stride) == (32, 16)
+    assert isinstance(neck.blocks[2][0], torch.nn.Conv2d) and neck.blocks[3][0].stride == (2, 2)
+    with pytest.raises(ValueError, match="do not bring stages"):
+        image_neck("secondfpn", [16, 32, 64, 128], [4, 8, 16, 32], [8, 8, 8, 8], [0.5, 0.5, 1, 2])
+    with pytest.raises(ValueError, match="one channel count and one upsample stride per stage"):
+        image_neck("secondfpn", [16, 32], [4, 8], 8, [0.5, 1])
+    with pytest.raises(ValueError, match="lss neck"):
+        image_neck("lss", [16, 32], [4, 8], [8, 8], None)
+    with pytest.raises(ValueError, match="image neck must be one of"):
+        image_neck("fpn", [16, 32], [4, 8], 8, None)
+    with pytest.raises(ValueError, match="geometry one of"):
+        LSSViewTransform(geometry="bevfusion")
+    with pytest.raises(ValueError, match="depth_net must be one of"):
+        LSSViewTransform(depth_net="3x3")
