@@ -199,11 +199,11 @@ class LSSViewTransform(nn.Module):
         v = torch.linspace(0, height * stride - 1, height, device=device).view(1, height, 1).expand(shape)
         frustum = torch.stack((u, v, depths, torch.ones_like(depths)), -1).unsqueeze(-1)  # [D, H, W, 4, 1]
         per_camera = (batch, num_cams, 1, 1, 1, 4, 4)
-        points = img_aug.float().view(per_camera).inverse().matmul(frustum)
+        points = img_aug.float().reshape(per_camera).inverse().matmul(frustum)
         points = torch.cat((points[..., :2, :] * points[..., 2:3, :], points[..., 2:, :]), 5)
         combine = torch.inverse(lidar2cam.float()).matmul(torch.inverse(cam2img.float()))
-        points = combine.view(per_camera).matmul(points)
-        points = (bda.float().unsqueeze(1).repeat(1, num_cams, 1, 1).view(per_camera) @ points).squeeze(-1)
+        points = combine.reshape(per_camera).matmul(points)
+        points = (bda.float().unsqueeze(1).repeat(1, num_cams, 1, 1).reshape(per_camera) @ points).squeeze(-1)
         return points[..., :3]
 
     def _cells(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
