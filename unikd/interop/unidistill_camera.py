@@ -12,7 +12,10 @@ BEVDepth's LSSFPN, which unikd's camera branch reproduces with the options of
   stride-1 level is a 1x1 ConvTranspose2d (weight [in, out, 1, 1]; mmdet3d's
   use_conv_for_no_stride=False), unikd's a 1x1 Conv2d ([out, in, 1, 1]): the same map with the
   first two weight dimensions swapped.
-- `depth_net.0`: the one 1x1 conv to 112 depth logits then 256 context channels.
+- `depth_net.0`: the one 1x1 conv to 112 depth logits then 256 context channels; the frustum, the
+  lift and the voxel pooling are `geometry="bevdepth"` of `camera.view_transform` (feature cells at
+  `linspace(0, W - 1, W_f)` pixels, depths at the bin starts 2, 2.5, ..., 57.5 m, cells by truncation
+  toward zero, one z bin over [-5, 3] m, pooled straight into the 0.6 m 180 x 180 grid).
 - `frustum`, `voxel_size`, `voxel_coord`, `voxel_num`: buffers derived from the configuration, which
   unikd derives from its own (`check_geometry_buffers` compares them).
 
@@ -40,7 +43,6 @@ from unikd.data.nuscenes_dataset import IMAGENET_MEAN, IMAGENET_STD
 from unikd.ops.bev_grid import BEVGrid
 
 CAMERA_PREFIX = "camera_encoder.backbone."
-FUSION_PREFIX = "fusion_encoder."
 GEOMETRY_BUFFERS = tuple(CAMERA_PREFIX + name for name in ("frustum", "voxel_size", "voxel_coord", "voxel_num"))
 
 _RULES = (
