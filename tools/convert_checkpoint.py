@@ -1,9 +1,10 @@
 """Convert another framework's checkpoint into a unikd one, once, for repeated use.
 
     python tools/convert_checkpoint.py centerpoint_0075voxel_....pth --out teachers/centerpoint_0075.ckpt
+    python tools/convert_checkpoint.py unidistill_lidar.ckpt --out teachers/unidistill_lidar.ckpt
 
 The source format is recognised from its keys and metadata (`unikd.interop`); the unikd model size
-from the checkpoint's config text, or `--model-size`. The result is a unikd checkpoint of the LiDAR
+from its keys (UniDistill) or config text (mmdet3d), or `--model-size`. The result is a unikd checkpoint of the LiDAR
 experiment (`BEVFusion_nuscenes_centerhead_lidar_exp`): pass it as `--teacher_ckpt` (with
 `teacher_model_size` = the size printed) or evaluate it with `-e --exp_options model_size=...`.
 It holds weights only: training cannot resume from it.
@@ -20,8 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pytorch_lightning as pl  # noqa: E402
 
 from unikd.exps.checkpoints import METADATA_KEY, check_state_dict, read_checkpoint, save_atomically  # noqa: E402
-from unikd.interop import detector_state  # noqa: E402
-from unikd.interop.mmdet3d_centerpoint import model_size_of  # noqa: E402
+from unikd.interop import detector_state, model_size_of  # noqa: E402
 from unikd.models.bevfusion import BEVFusion  # noqa: E402
 from unikd.models.configs import model_config  # noqa: E402
 
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(source: Path, out: Path, model_size: str | None, box_convention: str | None, trusted: bool) -> str:
     """Write the unikd checkpoint of `source` to `out`; returns the model size."""
     checkpoint = read_checkpoint(source, "source checkpoint", trusted=trusted)
-    model_size = model_size or model_size_of(checkpoint.get("meta") or {})
+    model_size = model_size or model_size_of(checkpoint)
     if model_size is None:
-        raise SystemExit(f"{source}: its metadata has no config with a voxel_size: pass --model-size")
+        raise SystemExit(f"{source}: neither its keys nor its metadata (a config with a voxel_size) say the model size: pass --model-size")
     model = BEVFusion(model_config(model_size, ("lidar",)))
     state, described = detector_state(checkpoint, model.state_dict(), box_convention)
     check_state_dict(state, model.state_dict(), source, f"a unikd LiDAR detector of size {model_size}", checkpoint)

@@ -30,6 +30,7 @@ from unikd.exps.checkpoints import (
 from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
 from unikd.exps.options import parse_options
 from unikd.exps.run_dir import discard_if_empty, is_launch_rank_zero, point_latest, resolve_run_dir
+from unikd.interop import is_unikd_checkpoint
 
 CPU_PRECISIONS = ("32", "32-true")  # the CPU build of spconv computes in float32 only
 
@@ -154,7 +155,7 @@ def restored_checkpoint(exp: pl.LightningModule, path: str, training: bool) -> s
     """
     checkpoint = read_checkpoint(path, "--ckpt_path")
     target = f"{type(exp).__name__} (model_size={exp.model_size})"
-    if not any(key.startswith("model.") for key in checkpoint.get("state_dict", {})):
+    if not is_unikd_checkpoint(checkpoint):
         if training:
             raise CheckpointError(
                 f"--ckpt_path {path} is not a unikd checkpoint: training resumes only from unikd checkpoints "

@@ -3,7 +3,7 @@
 `detector_state(checkpoint, expected)` returns the unikd detector state dict of a checkpoint in
 any known format and names the format; one it does not know is an error that says what was
 looked for. Known: unikd (a Lightning checkpoint with `model.*` keys, or a detector state dict),
-mmdet3d CenterPoint (`mmdet3d_centerpoint`).
+mmdet3d CenterPoint (`mmdet3d_centerpoint`), UniDistill's BEVFusion (`unidistill`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from unikd.interop import mmdet3d_centerpoint, unidistill
 from unikd.interop.mmdet3d_centerpoint import centerpoint_to_unikd, is_centerpoint_state
 
 UNIKD_MODULES = ("voxel_encoder", "middle_encoder", "camera", "fuser", "backbone", "neck", "head")
@@ -25,9 +26,38 @@ class CheckpointFormatError(RuntimeError):
 
 LOOKED_FOR = (
     "a unikd checkpoint ('state_dict' with 'model.*' keys), a unikd detector state dict "
-    f"(keys under {', '.join(UNIKD_MODULES)}), or an mmdet3d CenterPoint checkpoint "
-    "(keys under pts_middle_encoder. and pts_bbox_head.task_heads.)"
+    f"(keys under {', '.join(UNIKD_MODULES)}), an mmdet3d CenterPoint checkpoint "
+    "(keys under pts_middle_encoder. and pts_bbox_head.task_heads.), or a UniDistill BEVFusion checkpoint "
+    "('state_dict' with model.* keys or 'model_state', under det_head.dense_head. and bev_encoder.backbone_2d.)"
 )
+
+
+def checkpoint_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's state dict: its `state_dict` (Lightning, mmdet3d), its `model_state`
+    (OpenPCDet-style files such as UniDistill's teachers), or the checkpoint itself."""
+    state = checkpoint
+    for name in ("state_dict", "model_state"):
+        if isinstance(checkpoint.get(name), Mapping):
+            state = checkpoint[name]
+            break
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def is_unikd_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint is one of unikd's experiments (a `state_dict` with `model.*` keys that no
+    other known format claims)."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, Mapping) or not any(key.startswith("model.") for key in state):
+        return False
+    return unidistill.model_state(state) is None
+
+
+def model_size_of(checkpoint: Mapping[str, Any]) -> str | None:
+    """The unikd model size of another framework's checkpoint, when its keys or metadata say it."""
+    uni = unidistill.model_state(checkpoint_state(checkpoint))
+    if uni is not None:
+        return unidistill.MODEL_SIZES.get(unidistill.modalities(uni))
+    return mmdet3d_centerpoint.model_size_of(checkpoint.get("meta") or {})
 
 
 def mmdet3d_box_convention(checkpoint: Mapping[str, Any]) -> tuple[str, str]:
@@ -56,8 +86,13 @@ def detector_state(
     `box_convention` overrides what an mmdet3d checkpoint's metadata says. Keys a source has that
     unikd does not are kept under their source name, so that the strict check reports them.
     """
-    state = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
-    state = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    state = checkpoint_state(checkpoint)
+    uni = unidistill.model_state(state)
+    if uni is not None:
+        converted, unmapped, dropped = unidistill.unidistill_to_unikd(uni, expected)
+        converted.update({key: uni[key] for key in unmapped})
+        modality = "+".join(unidistill.modalities(uni))
+        return converted, f"UniDistill BEVFusion ({modality}; dropped as training-only: {', '.join(dropped) or 'none'})"
     if is_centerpoint_state(state):
         if box_convention is None:
             box_convention, source = mmdet3d_box_convention(checkpoint)
