@@ -152,6 +152,23 @@ def test_full_width_key_list_converts_without_a_missing_unexpected_or_misshaped_
     assert unmapped == [] and dropped == ["det_head.dense_head.auto_loss.params"]
 
 
+@pytest.mark.parametrize(("size", "camera_list", "modalities"), [
+    ("unidistill_camera", "camera_keys.json", ("camera",)),
+    ("unidistill_fusion", "fusion_camera_keys.json", ("lidar", "camera")),
+])
+def test_camera_and_fusion_checkpoints_convert_through_the_camera_rules(size: str, camera_list: str, modalities: tuple) -> None:
+    """The camera and fusion experiments' checkpoints: their camera/fusion keys (the camera engineer's key
+    lists) with this BEV encoder and head (and, fused, this LiDAR encoder)."""
+    lidar = json.loads((FIXTURES / "lidar_keys.json").read_text())["keys"]
+    camera = json.loads((FIXTURES / camera_list).read_text())["keys"]
+    shared = {key: shape for key, shape in lidar.items() if "lidar" in modalities or not key.startswith("model.lidar_encoder.")}
+    source = {**shared, **{f"model.{key}": shape for key, shape in camera.items()}}
+    model = BEVFusion(model_config(size, modalities))
+    state, described = detector_state({"state_dict": {key: torch.zeros(shape) for key, shape in source.items()}}, model.state_dict())
+    assert described.startswith(f"UniDistill BEVFusion ({'+'.join(sorted(modalities))};")
+    check_state_dict(state, model.state_dict(), "key lists", size, {})
+
+
 def test_convert_tool_writes_a_unikd_checkpoint_of_a_unidistill_lightning_checkpoint(tmp_path: Path) -> None:
     import importlib.util
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unikd.ops.rotated_iou import rotated_bev_iou
+from unikd.ops.rotated_iou import paired_bev_iou
 
 
 def circle_nms(centers: torch.Tensor, scores: torch.Tensor, sq_dist_threshold: float) -> torch.Tensor:
@@ -46,7 +46,13 @@ def rotated_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         )
     order = torch.argsort(scores, descending=True, stable=True)
     ranked = boxes[order]
-    return order[_greedy_keep(torch.triu(rotated_bev_iou(ranked, ranked) > iou_threshold, diagonal=1))]
+    # only pairs (i ranked before j) whose circumscribed circles meet can overlap
+    radius = 0.5 * ranked[:, 3:5].norm(dim=1)
+    near = torch.cdist(ranked[:, :2], ranked[:, :2]) < radius[:, None] + radius[None, :]
+    rows, cols = torch.nonzero(torch.triu(near, diagonal=1), as_tuple=True)
+    suppresses = torch.zeros_like(near)
+    suppresses[rows, cols] = paired_bev_iou(ranked[rows], ranked[cols]) > iou_threshold
+    return order[_greedy_keep(suppresses)]
 
 
 def _greedy_keep(suppresses: torch.Tensor) -> torch.Tensor:
