@@ -21,7 +21,7 @@ reg = (x, y) offsets from the cell corner), so no kernel or map is transposed. W
 Checkpoints: its Lightning checkpoints hold `state_dict` with the `model.` prefix (the experiment's
 `self.model`; in a distillation experiment's, the student, beside `teacher_model.`); the teacher files its
 distillation experiments read hold `model_state` without it.
-Camera and fusion encoder keys go to `unikd.interop.unidistill_camera` (`_camera_state`).
+Camera and fusion encoder keys go through `unikd.interop.unidistill_camera.camera_to_unikd`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from collections.abc import Callable, Mapping
 import torch
 
 from unikd.interop.spconv_layout import spconv2_kernels
+from unikd.interop.unidistill_camera import camera_to_unikd
 
 MODEL_PREFIX = "model."
-LIDAR_ROOTS = ("lidar_encoder.", "bev_encoder.", "det_head.")
 CAMERA_ROOTS = ("camera_encoder.", "fusion_encoder.")
 TRAINING_ONLY = ("det_head.dense_head.auto_loss.params",)  # AutomaticWeightedLoss: weights of its loss terms
 HEAD_NAMES = {"hm": "heatmap"}  # UniDistill's SepHead branch names that unikd's CenterHead calls otherwise
@@ -108,13 +108,6 @@ def _fold_biases(state: dict[str, torch.Tensor]) -> None:
                 break
 
 
-def _camera_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The one place where camera and fusion encoder keys are converted (`unikd.interop.unidistill_camera`)."""
-    from unikd.interop.unidistill_camera import camera_to_unikd
-
-    return camera_to_unikd(state)
-
-
 def unidistill_to_unikd(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
@@ -141,8 +134,8 @@ def unidistill_to_unikd(
     kernels = {key: (value, tuple(expected[key].shape)) for key, value in converted.items() if value.ndim == 5 and key in expected}
     converted.update(spconv2_kernels(kernels))
     camera = {key: value for key, value in state.items() if key.startswith(CAMERA_ROOTS)}
-    if camera:
-        camera_converted, camera_unmapped = _camera_state(camera)
+    if camera:  # the camera and fusion encoders: unikd.interop.unidistill_camera's rules
+        camera_converted, camera_unmapped = camera_to_unikd(camera)
         converted.update(camera_converted)
         unmapped += camera_unmapped
     return converted, unmapped, dropped
