@@ -8,6 +8,10 @@ shapely), from the repository root:
     python tools/make_unidistill_key_lists.py --points data/synthetic/samples/LIDAR_TOP/<key frame>.pcd.bin \\
         [--repo /work/.mirror/megvii-research+CVPR2023-UniDistill/repo]
 
+(The committed fixtures: UniDistill at commit 32f02b4, key frame n008-2018-07-23-23-28-47-0400__LIDAR_TOP__
+1532402927000000 of the synthetic set, whose 6,000 chosen points the parity file holds; a rerun writes the
+same bytes.)
+
 It extracts the repository's HEAD into a temporary folder and imports UniDistill's modules from there.
 What is not UniDistill's own code, and why:
 
@@ -62,7 +66,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_parity_fixtures import separating_kernel  # noqa: E402
+from make_parity_fixtures import (  # noqa: E402  (the CenterPoint fixtures' helpers)
+    Recorder,
+    at_cells,
+    load_points,
+    randomise,
+    sampled_cells,
+    separating_kernel,
+)
 
 DEFAULT_REPO = Path("/work/.mirror/megvii-research+CVPR2023-UniDistill/repo")
 EXPERIMENT = "BEVFusion_nuscenes_centerhead_lidar_exp"
@@ -255,45 +266,6 @@ def build(root: Path, reduced: bool) -> torch.nn.Module:
     return detector(model_cfg=mmcv.Config(lidar_config(reduced)))
 
 
-def randomise(model: torch.nn.Module, seed: int) -> None:
-    """Random weights, biases and BatchNorm statistics (eval-mode BN is then not an identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            channels = module.num_features
-            module.running_mean.copy_(torch.randn(channels, generator=generator) * 0.1)
-            module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-            module.weight.data.copy_(torch.rand(channels, generator=generator) + 0.5)
-            module.bias.data.copy_(torch.randn(channels, generator=generator) * 0.1)
-        elif isinstance(getattr(module, "weight", None), torch.nn.Parameter) and module.weight.ndim > 1:
-            weight = module.weight
-            weight.data.copy_(torch.randn(weight.shape, generator=generator) / weight[0].numel() ** 0.5)
-            if getattr(module, "bias", None) is not None:
-                module.bias.data.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-
-
-class Recorder:
-    """Forward outputs of named submodules while in the `with` block (hooks removed after it)."""
-
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
-        self.model, self.names, self.outputs, self._handles = model, names, {}, []
-
-    def __enter__(self) -> Recorder:
-        for name in self.names:
-            self._handles.append(self.model.get_submodule(name).register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-    def _hook(self, name: str):
-        def hook(module, inputs, output):
-            self.outputs[name] = output
-
-        return hook
-
-
 LEVELS = ["lidar_encoder", "lidar_encoder.vfe", "bev_encoder.backbone_2d"]
 
 
@@ -353,21 +325,6 @@ def steer_heatmaps(model: torch.nn.Module, lidar_bev: torch.Tensor, bev: torch.T
         final.bias.data = -logits[:, ~reached].amax(dim=1) + threshold - SCORE_MARGIN - offsets
 
 
-def sampled_cells(bev: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
-    """[count] flat cell indices: half among occupied cells, half anywhere."""
-    flat = bev.abs().sum(1)[0].flatten()
-    occupied = torch.nonzero(flat > 0).flatten()
-    near = occupied[torch.randperm(len(occupied), generator=generator)[: count // 2]]
-    anywhere = torch.randperm(flat.numel(), generator=generator)[: count - len(near)]
-    return torch.cat([near, anywhere])
-
-
-def at_cells(maps: torch.Tensor, cells: torch.Tensor, stride: int, width: int) -> torch.Tensor:
-    """[C, K] values of maps [1, C, H', W'] at the first level's flat cells, on a level `stride` coarser."""
-    rows, cols = cells // width // stride, cells % width // stride
-    return maps[0][:, rows, cols].clone()
-
-
 def geometry_probe(model: torch.nn.Module) -> dict:
     """Where UniDistill puts one point at PROBE_POINT in its BEV, and the box its decoding reads from a
     map with one peak at PROBE_PEAK (reg (0.25, 0.75), yaw 0.5, dims (4, 2, 1.5), z 0.3, vel (1, -2));
@@ -395,10 +352,11 @@ def geometry_probe(model: torch.nn.Module) -> dict:
             "peak": peak, "boxes": decoded["pred_boxes"][:1].clone(), "scores": decoded["pred_scores"][:1].clone()}
 
 
-def make_fixtures(root: Path, points: torch.Tensor, out_dir: Path) -> None:
+def make_fixtures(root: Path, commit: str, points: torch.Tensor, out_dir: Path) -> None:
     full = build(root, reduced=False)
     keys = {f"model.{key}": list(value.shape) for key, value in full.state_dict().items()}
-    (out_dir / "lidar_keys.json").write_text(json.dumps({"experiment": EXPERIMENT, "keys": keys}, indent=0))
+    listed = {"experiment": EXPERIMENT, "unidistill_commit": commit, "keys": keys}
+    (out_dir / "lidar_keys.json").write_text(json.dumps(listed, indent=0))
     del full
 
     model = build(root, reduced=True)
@@ -438,14 +396,6 @@ def make_fixtures(root: Path, points: torch.Tensor, out_dir: Path) -> None:
     print(f"{len(keys)} full-width keys; reduced: {len(voxels['coords'])} voxels, {len(fixture['boxes'])} boxes")
 
 
-def load_points(path: Path, count: int) -> torch.Tensor:
-    """A key frame's points (x, y, z, intensity, time lag 0), `count` of them chosen with a fixed seed."""
-    points = np.fromfile(path, dtype=np.float32).reshape(-1, 5)
-    points[:, 4] = 0.0
-    keep = np.sort(np.random.default_rng(0).permutation(len(points))[:count])
-    return torch.from_numpy(points[keep].copy())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=Path, required=True, help="a key-frame .pcd.bin of the synthetic set")
@@ -458,7 +408,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="unidistill-") as tmp:
         root = extract(args.repo, Path(tmp))
         install_stubs(root)
-        make_fixtures(root, points, args.out)
+        commit = subprocess.run(["git", "-C", str(args.repo), "rev-parse", "HEAD"], check=True, capture_output=True, text=True)
+        make_fixtures(root, commit.stdout.strip(), points, args.out)
 
 
 if __name__ == "__main__":
