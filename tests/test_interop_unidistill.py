@@ -270,7 +270,9 @@ def test_iou_aware_decoding_threshold_range_and_dim_clamp() -> None:
     decoded = iou_aware_head().decode([maps])[0]
     assert decoded["scores"].tolist() == pytest.approx([0.6])  # 0.09 is below the threshold
     assert decoded["boxes"][0, 3].item() == pytest.approx(30.0)  # exp(5) = 148 m, clamped
-    assert len(iou_aware_head(post_center_range=None).decode([maps])[0]["scores"]) == 2
+    assert iou_aware_head(post_center_range=None).decode([maps])[0]["scores"].tolist() == pytest.approx([0.6, 0.5])
+    # at most max_per_sample per sample, the best scored (the devkit's limit is 500; UniDistill's 6 x 100)
+    assert iou_aware_head(post_center_range=None, max_per_sample=1).decode([maps])[0]["scores"].tolist() == pytest.approx([0.6])
 
 
 def test_iou_loss_is_l1_to_twice_the_iou_minus_one() -> None:

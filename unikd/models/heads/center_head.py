@@ -92,7 +92,8 @@ class CenterHead(nn.Module):
     trained by an L1 loss weighted `iou_loss_weight`; `nms_type` "rotated" suppresses a box whose BEV
     IoU with a kept one is > `nms_iou_threshold` (instead of circle NMS); `post_center_range`
     (x_min, y_min, z_min, x_max, y_max, z_max) drops decoded centres outside it, bounds included;
-    `dim_range` (min, max) clamps the decoded (l, w, h).
+    `dim_range` (min, max) clamps the decoded (l, w, h). `max_per_sample` keeps at most that many
+    detections per sample over all tasks, the best scored (the nuScenes devkit takes at most 500).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class CenterHead(nn.Module):
         nms_iou_threshold: float = 0.1,
         post_center_range: Sequence[float] | None = None,
         dim_range: Sequence[float] | None = None,
+        max_per_sample: int | None = None,
     ) -> None:
         super().__init__()
         common_heads = dict(DEFAULT_COMMON_HEADS if common_heads is None else common_heads)
@@ -145,6 +147,7 @@ class CenterHead(nn.Module):
         self.nms_iou_threshold = nms_iou_threshold
         self.post_center_range = None if post_center_range is None else tuple(post_center_range)
         self.dim_range = None if dim_range is None else tuple(dim_range)
+        self.max_per_sample = max_per_sample
 
         extra_heads = {} if iou_rectifier is None else {"iou": 1}
         self.shared_conv = _conv_bn_relu(in_channels, shared_channels)
@@ -275,7 +278,8 @@ class CenterHead(nn.Module):
         Per task: top `top_k` (class, cell) pairs of the sigmoid heatmap, scores above
         `score_threshold` (and centres inside `post_center_range`), NMS of `nms_type` (unless `nms`
         is False) ranked by the score or, with `iou_rectifier`, the rectified score, at most
-        `post_max_size` kept. Decoding runs in float32 whatever the prediction dtype.
+        `post_max_size` kept; then at most `max_per_sample` per sample. Decoding runs in float32 whatever
+        the prediction dtype.
         """
         batch = preds[0]["heatmap"].shape[0]
         per_sample: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in range(batch)]
@@ -311,11 +315,11 @@ class CenterHead(nn.Module):
                 per_sample[sample].append(
                     (boxes[sample, keep], scores[sample, keep], task_ids[classes[sample, keep]])
                 )
-        return [
-            {
-                "boxes": torch.cat([boxes for boxes, _, _ in results]),
-                "scores": torch.cat([scores for _, scores, _ in results]),
-                "labels": torch.cat([labels for _, _, labels in results]),
-            }
-            for results in per_sample
-        ]
+        decoded = []
+        for results in per_sample:
+            boxes, scores, labels = (torch.cat(parts) for parts in zip(*results, strict=True))
+            if self.max_per_sample is not None and len(scores) > self.max_per_sample:
+                best = scores.topk(self.max_per_sample).indices.sort().values  # tasks' order kept
+                boxes, scores, labels = boxes[best], scores[best], labels[best]
+            decoded.append({"boxes": boxes, "scores": scores, "labels": labels})
+        return decoded
