@@ -262,6 +262,10 @@ def test_iou_aware_decoding_ranks_by_the_rectified_score_and_returns_the_heatmap
     # ranked by the heatmap score alone (alpha 0) A would win
     plain = iou_aware_head(iou_rectifier=(0.0,)).decode([maps])[0]
     torch.testing.assert_close(plain["scores"], torch.tensor([0.5, 0.3]))
+    # the iou map is read as iou / 2 + 0.5: D (0.5, 0.2 -> 0.6) ranks 0.563 over E (0.4, 0.3 -> 0.65) 0.549
+    # (read as the IoU itself, E would win: 0.332 over 0.276)
+    close = peak_maps([(5, 10, 0.5, 0.2, math.log(2.0)), (5, 11, 0.4, 0.3, math.log(2.0))])
+    torch.testing.assert_close(iou_aware_head().decode([close])[0]["scores"], torch.tensor([0.5]))
 
 
 def test_iou_aware_decoding_threshold_range_and_dim_clamp() -> None:

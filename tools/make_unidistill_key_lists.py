@@ -39,8 +39,9 @@ It writes under tests/fixtures/unidistill/:
   Lightning checkpoint of the experiment (a `.pth` teacher file keeps the same keys without it, under
   `model_state`);
 - `lidar_parity.pt`: the detector at a quarter of the sparse backbone's width (its channel constants
-  16/32/64/128 divided by 4 in the class's source, nothing else changed) and a narrower BEV backbone and
-  head (through the config), random weights with seed 0 (conv biases and BatchNorm statistics included),
+  16/32/64/128 divided by 4 in the class's source, nothing else changed), a narrower BEV backbone and
+  shared head conv (through the config) and 16-channel SepHead branches (the default head_conv of
+  SepHead, which the config cannot reach), random weights with seed 0 (conv biases and BatchNorm statistics included),
   heatmap convolutions steered so that only cells near the points pass the score threshold; its state dict,
   the input points, the voxels, every level's output at 256 fixed cells (half of them reached by
   points), the head maps there, the decoded boxes, and a geometry probe (the BEV cell that one point at
@@ -86,6 +87,7 @@ REDUCED_BEV_ENCODER = {
     "backbone2d_num_upsample_filters": [24, 16],  # stride-1 deblock 16 -> 24: a non-square 1x1 kernel
 }
 REDUCED_SHARE_CONV = 8
+REDUCED_HEAD_CONV = 16  # SepHead's head_conv: a default UniDistill's CenterHead does not pass (64)
 # the same model as unikd model-config overrides (unidistill_lidar)
 REDUCED_UNIKD = {
     "lidar.sparse_encoder.base_channels": 4,
@@ -94,7 +96,7 @@ REDUCED_UNIKD = {
     "backbone.out_channels": (16, 32),
     "neck.out_channels": (24, 16),
     "head.shared_channels": REDUCED_SHARE_CONV,
-    "head.head_conv": 64,  # SepHead's default: UniDistill's CenterHead does not pass it
+    "head.head_conv": REDUCED_HEAD_CONV,
 }
 NUM_POINTS = 6000
 NUM_SAMPLED_CELLS = 256
@@ -261,9 +263,16 @@ def lidar_config(reduced: bool) -> dict:
 
 def build(root: Path, reduced: bool) -> torch.nn.Module:
     import mmcv
+    from unidistill.layers.head.det3d.center_head import SepHead
 
     detector = detector_class(root, reduced_sparse_backbone(root) if reduced else None)
-    return detector(model_cfg=mmcv.Config(lidar_config(reduced)))
+    defaults = SepHead.__init__.__defaults__
+    if reduced:  # (head_conv, name, final_kernel, bn, init_bias, directional_classifier)
+        SepHead.__init__.__defaults__ = (REDUCED_HEAD_CONV, *defaults[1:])
+    try:
+        return detector(model_cfg=mmcv.Config(lidar_config(reduced)))
+    finally:
+        SepHead.__init__.__defaults__ = defaults
 
 
 LEVELS = ["lidar_encoder", "lidar_encoder.vfe", "bev_encoder.backbone_2d"]
