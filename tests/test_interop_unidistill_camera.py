@@ -238,3 +238,40 @@ def test_camera_options_are_checked() -> None:
         LSSViewTransform(geometry="bevfusion")
     with pytest.raises(ValueError, match="depth_net must be one of"):
         LSSViewTransform(depth_net="3x3")
+
+
+def test_convert_tool_writes_a_camera_experiment_checkpoint_and_checks_the_recorded_geometry(tmp_path: Path) -> None:
+    import importlib.util
+
+    from unikd.interop.unidistill_camera import expected_geometry_buffers
+
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", Path(__file__).parents[1] / "tools/convert_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    # a UniDistill camera experiment's Lightning checkpoint: its camera encoder, BEV encoder and head
+    camera_keys = json.loads((FIXTURES / "camera_keys.json").read_text())["keys"]
+    lidar_keys = json.loads((FIXTURES / "lidar_keys.json").read_text())["keys"]
+    shapes = {f"model.{key}": shape for key, shape in camera_keys.items()}
+    shapes.update({key: shape for key, shape in lidar_keys.items() if not key.startswith("model.lidar_encoder.")})
+    generator = torch.Generator().manual_seed(0)
+    source = {key: torch.randn(shape, generator=generator) if shape else torch.tensor(7) for key, shape in shapes.items()}
+    geometry = expected_geometry_buffers(unidistill_config())
+    prefix = "model.camera_encoder.backbone."
+    for name in ("voxel_size", "voxel_coord", "voxel_num"):
+        source[prefix + name] = geometry[name]
+    source[prefix + "frustum"][..., 2] = geometry["depths"].view(-1, 1, 1)
+    path = tmp_path / "unidistill_camera.ckpt"
+    torch.save({"state_dict": source, "epoch": 19}, path)
+
+    assert tool.convert(path, tmp_path / "unikd.ckpt", None, None, trusted=False) == "unidistill_camera"
+    written = torch.load(tmp_path / "unikd.ckpt", weights_only=True)
+    assert written["unikd"]["experiment"] == "BEVFusion_nuscenes_centerhead_camera_exp"
+    assert written["unikd"]["modalities"] == ["camera"]
+    model = BEVFusion(model_config("unidistill_camera", ("camera",)))
+    assert set(written["state_dict"]) == {f"model.{key}" for key in model.state_dict()}
+
+    source[prefix + "voxel_size"] = torch.tensor([0.8, 0.8, 8.0])  # a checkpoint made for another grid
+    torch.save({"state_dict": source}, path)
+    with pytest.raises(SystemExit, match="geometry differs.*voxel_size"):
+        tool.convert(path, tmp_path / "other.ckpt", None, None, trusted=False)
+    assert not (tmp_path / "other.ckpt").exists()

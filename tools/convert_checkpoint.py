@@ -4,10 +4,11 @@
     python tools/convert_checkpoint.py unidistill_lidar.ckpt --out teachers/unidistill_lidar.ckpt
 
 The source format is recognised from its keys and metadata (`unikd.interop`); the unikd model size
-from its keys (UniDistill) or config text (mmdet3d), or `--model-size`. The result is a unikd checkpoint of the LiDAR
-experiment (`BEVFusion_nuscenes_centerhead_lidar_exp`): pass it as `--teacher_ckpt` (with
-`teacher_model_size` = the size printed) or evaluate it with `-e --exp_options model_size=...`.
-It holds weights only: training cannot resume from it.
+from its keys (UniDistill) or config text (mmdet3d), or `--model-size`; the sensors from its encoders
+(UniDistill LiDAR, camera or fusion; mmdet3d CenterPoint is LiDAR). The result is a unikd checkpoint of
+the experiment of those sensors (`BEVFusion_nuscenes_centerhead_{lidar,camera,fusion}_exp`): pass it as
+`--teacher_ckpt` (with `teacher_model_size` = the size printed) or evaluate it with that experiment's
+`-e --exp_options model_size=...`. It holds weights only: training cannot resume from it.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pytorch_lightning as pl  # noqa: E402
 
 from unikd.exps.checkpoints import METADATA_KEY, check_state_dict, read_checkpoint, save_atomically  # noqa: E402
-from unikd.interop import detector_state, model_size_of  # noqa: E402
+from unikd.interop import CheckpointFormatError, checkpoint_modalities, detector_state, model_size_of  # noqa: E402
 from unikd.models.bevfusion import BEVFusion  # noqa: E402
 from unikd.models.configs import model_config  # noqa: E402
 
-LIDAR_EXPERIMENT = "BEVFusion_nuscenes_centerhead_lidar_exp"
+EXPERIMENTS = {
+    ("lidar",): "BEVFusion_nuscenes_centerhead_lidar_exp",
+    ("camera",): "BEVFusion_nuscenes_centerhead_camera_exp",
+    ("camera", "lidar"): "BEVFusion_nuscenes_centerhead_fusion_exp",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,25 +51,31 @@ def convert(source: Path, out: Path, model_size: str | None, box_convention: str
     model_size = model_size or model_size_of(checkpoint)
     if model_size is None:
         raise SystemExit(f"{source}: neither its keys nor its metadata (a config with a voxel_size) say the model size: pass --model-size")
-    model = BEVFusion(model_config(model_size, ("lidar",)))
-    state, described = detector_state(checkpoint, model.state_dict(), box_convention)
-    check_state_dict(state, model.state_dict(), source, f"a unikd LiDAR detector of size {model_size}", checkpoint)
+    modalities = tuple(sorted(checkpoint_modalities(checkpoint)))
+    experiment = EXPERIMENTS[modalities]
+    model = BEVFusion(model_config(model_size, modalities))
+    try:
+        state, described = detector_state(checkpoint, model.state_dict(), box_convention, config=model.config)
+    except CheckpointFormatError as error:
+        raise SystemExit(f"{source}: {error}") from None
+    target = f"a unikd {'+'.join(modalities)} detector of size {model_size}"
+    check_state_dict(state, model.state_dict(), source, target, checkpoint)
     model.load_state_dict(state, strict=True)
     save_atomically(
         {
             "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
             "pytorch-lightning_version": pl.__version__,
             METADATA_KEY: {
-                "experiment": LIDAR_EXPERIMENT,
+                "experiment": experiment,
                 "model_size": model_size,
-                "modalities": ["lidar"],
+                "modalities": list(modalities),
                 "version": "v1.0-trainval",
                 "converted_from": f"{source.name}: {described}",
             },
         },
         out,
     )
-    print(f"{source} ({described}) -> {out}: unikd {LIDAR_EXPERIMENT}, model_size={model_size}")
+    print(f"{source} ({described}) -> {out}: unikd {experiment}, model_size={model_size}")
     return model_size
 
 

@@ -215,7 +215,7 @@ def load_detector_checkpoint(
     """Load a read checkpoint of any known format (`unikd.interop`) into `model` strictly; a mismatch is a
     CheckpointError that summarises it by module, says what the checkpoint is and, through `hint`,
     which flags would load it."""
-    state, source = detector_state(checkpoint, model.state_dict())
+    state, source = detector_state(checkpoint, model.state_dict(), config=getattr(model, "config", None))
     print(f"{role} {path}: {source}", file=sys.stderr)
     check_state_dict(state, model.state_dict(), path, target, checkpoint, hint=hint)
     model.load_state_dict(state, strict=True)

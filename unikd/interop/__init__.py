@@ -16,6 +16,7 @@ import torch
 
 from unikd.interop import mmdet3d_centerpoint, unidistill
 from unikd.interop.mmdet3d_centerpoint import centerpoint_to_unikd, is_centerpoint_state
+from unikd.interop.unidistill_camera import check_geometry_buffers
 
 UNIKD_MODULES = ("voxel_encoder", "middle_encoder", "camera", "fuser", "backbone", "neck", "head")
 
@@ -60,6 +61,13 @@ def model_size_of(checkpoint: Mapping[str, Any]) -> str | None:
     return mmdet3d_centerpoint.model_size_of(checkpoint.get("meta") or {})
 
 
+def checkpoint_modalities(checkpoint: Mapping[str, Any]) -> tuple[str, ...]:
+    """The sensors another framework's checkpoint reads: a UniDistill model's from its encoders' keys,
+    ("lidar",) for mmdet3d CenterPoint."""
+    uni = unidistill.model_state(checkpoint_state(checkpoint))
+    return unidistill.modalities(uni) if uni is not None else ("lidar",)
+
+
 def mmdet3d_box_convention(checkpoint: Mapping[str, Any]) -> tuple[str, str]:
     """("0.x" or "1.x", the version it was read from) of an mmdet3d checkpoint's metadata."""
     meta = checkpoint.get("meta") or {}
@@ -78,17 +86,27 @@ def mmdet3d_box_convention(checkpoint: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def detector_state(
-    checkpoint: Mapping[str, Any], expected: Mapping[str, torch.Tensor], box_convention: str | None = None
+    checkpoint: Mapping[str, Any],
+    expected: Mapping[str, torch.Tensor],
+    box_convention: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """(unikd detector state dict, a description of the source format) of `checkpoint`.
 
     `expected` is the target detector's state dict (the shapes that decide sparse-kernel layouts);
-    `box_convention` overrides what an mmdet3d checkpoint's metadata says. Keys a source has that
+    `box_convention` overrides what an mmdet3d checkpoint's metadata says; `config`, the target's model
+    configuration, is checked against what a source records of its geometry (a UniDistill camera
+    encoder's grid and depth bins: a CheckpointFormatError when they differ). Keys a source has that
     unikd does not are kept under their source name, so that the strict check reports them.
     """
     state = checkpoint_state(checkpoint)
     uni = unidistill.model_state(state)
     if uni is not None:
+        if config is not None and "camera" in config:
+            try:
+                check_geometry_buffers(uni, config)
+            except ValueError as error:
+                raise CheckpointFormatError(str(error)) from None
         converted, unmapped, dropped = unidistill.unidistill_to_unikd(uni, expected)
         converted.update({key: uni[key] for key in unmapped})
         modality = "+".join(unidistill.modalities(uni))

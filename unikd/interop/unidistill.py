@@ -142,4 +142,4 @@ def unidistill_to_unikd(
 
 
 # the unikd model size of each UniDistill model, by its modalities
-MODEL_SIZES = {("lidar",): "unidistill_lidar"}
+MODEL_SIZES = {("lidar",): "unidistill_lidar", ("camera",): "unidistill_camera", ("camera", "lidar"): "unidistill_fusion"}
