@@ -30,7 +30,7 @@ PAIRING = EXP_DIR / "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar.py"
 
 def tiny_settings(root: Path, out: Path) -> StudySettings:
     return StudySettings(
-        pairing=PAIRING, name="study_test", seeds=(0,), epochs=2, teacher_epochs=1, data_root=root,
+        pairing=PAIRING, name="study_test", seeds=(0,), epochs=2, teacher_epochs=1, data_root=root, version="v1.0-mini",
         limit_train_batches="1", limit_val_batches="1", exp_options=("num_workers=0", "num_sweeps=2"),
         output_root=out, jobs=2,
     )

@@ -13,7 +13,7 @@ from unikd.study.study import StudySettings, run_study
 EXP_DIR = Path(__file__).resolve().parents[2] / "exps" / "nuscenes" / "BEVFusion"
 CAMERA_FROM_LIDAR = EXP_DIR / "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar.py"
 # --quick: a short schedule on part of each epoch (the default demo's budget is 30 minutes on 2 cores)
-QUICK = {"teacher_epochs": 4, "epochs": 3, "limit_train_batches": "20"}
+QUICK = {"teacher_epochs": 2, "epochs": 2, "limit_train_batches": "30"}
 
 
 def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.ArgumentParser:
@@ -31,6 +31,8 @@ def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.
     parser.add_argument("--teacher_model_size", default=None, help="default: --model_size")
     parser.add_argument("--data_root", type=Path, default=defaults.data_root)
     parser.add_argument("--version", default=defaults.version)
+    parser.add_argument("--train_scenes", type=int, default=defaults.train_scenes, help="of a synthetic set it builds")
+    parser.add_argument("--val_scenes", type=int, default=defaults.val_scenes, help="of a synthetic set it builds")
     parser.add_argument("-b", "--batch_size", type=int, default=defaults.batch_size)
     parser.add_argument("--limit_train_batches", default=None, help="passed to every training run")
     parser.add_argument("--limit_val_batches", default=None, help="passed to every validation and -e")
@@ -57,6 +59,7 @@ def main(name: str, seeds: list[int], make_synthetic: bool, argv: list[str] | No
         pairing=args.pairing, name=args.name, seeds=tuple(args.seeds), epochs=args.epochs,
         teacher_epochs=args.teacher_epochs, teacher_seed=args.teacher_seed, model_size=args.model_size,
         teacher_model_size=args.teacher_model_size, data_root=args.data_root, version=args.version,
+        train_scenes=args.train_scenes, val_scenes=args.val_scenes,
         batch_size=args.batch_size, limit_train_batches=args.limit_train_batches,
         limit_val_batches=args.limit_val_batches, exp_options=tuple(args.exp_options),
         distill_options=tuple(args.distill_options), output_root=args.output_root, jobs=args.jobs,
