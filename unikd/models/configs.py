@@ -80,7 +80,7 @@ _SIZES: dict[str, dict] = {
         "camera": {
             "backbone_depth": 18,
             "base_width": 16,
-            "out_indices": (2, 3),
+            "out_indices": (1, 2, 3),  # stride 8: the step time of stride 16 (the decoder dominates), finer rows
             "pretrained": None,
             "neck_channels": 32,
             "context_channels": 32,

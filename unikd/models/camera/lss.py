@@ -293,8 +293,7 @@ class CameraBEVEncoder(nn.Module):
     splat grid over [-54, 54] m downsampled to 180x180. ResNet-50 is the default because it is
     the camera student of UniDistill's nuScenes setting (BEVDepth-style, 256x704) and has
     torchvision ImageNet weights (`pretrained`: path of a torchvision state dict file).
-    A small CPU setting: `backbone_depth=18, base_width=16, out_indices=(2, 3)` (stride 16),
-    `neck_channels=32, context_channels=16, depth_bins=(1, 60, 2), bev_cell=1.2`.
+    The CPU setting is `unikd.models.configs`' size `small` (ResNet-18 at width 16, stride 8).
     UniDistill's camera encoder (BEVDepth's LSSFPN) is `neck="secondfpn"` with
     `neck_upsample_strides`, `depth_net="1x1"` and `geometry="bevdepth"` (`unikd.models.configs`,
     size `unidistill_camera`); `fpn.image_neck` and `LSSViewTransform` say what they change.
