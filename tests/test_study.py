@@ -100,6 +100,8 @@ def test_mean_and_standard_deviation_over_seeds() -> None:
     assert summary["plain"]["NDS"]["values"] == [0.05, 0.15]
     assert summary["teacher"]["mAP"] == {"mean": 0.5, "std": None, "values": [0.5]}
     assert mean_std([1.0, 2.0, 4.0])["std"] == pytest.approx(math.sqrt(7 / 3))
+    undefined = mean_std([0.5, math.nan, 0.7])  # statistics.stdev raises on a NaN among the values
+    assert math.isnan(undefined["mean"]) and math.isnan(undefined["std"]) and undefined["values"][0] == 0.5
 
 
 def test_tables_show_mean_std_and_every_run() -> None:

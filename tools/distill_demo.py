@@ -1,6 +1,7 @@
-"""The distillation demo on the embedded synthetic data: build the set if absent, train the LiDAR
-teacher (or reuse a finished one), the plain and the LiDAR-distilled camera student (small config,
-one seed), evaluate all three and write outputs/distill_demo/<timestamp>/report.{json,md,png}.
+"""The distillation demo on the embedded synthetic data: build the set if absent (the synthetic trainval
+variant, 400 + 100 samples), train the LiDAR teacher (or reuse a finished one), the plain and the
+LiDAR-distilled camera student (small config, one seed), evaluate all three and write
+outputs/distill_demo/<timestamp>/report.{json,md,png}.
 
     python tools/distill_demo.py            # about 30 minutes on 2 CPU cores
     python tools/distill_demo.py --quick    # a short schedule, within 8 minutes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ def val_map_per_epoch(train_run_dir: Path) -> list[tuple[int, float]]:
 
 
 def mean_std(values: list[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (None for one value) and the values themselves."""
+    """Mean, sample standard deviation (None for one value) and the values themselves. A figure that some
+    run leaves undefined (NaN, e.g. the devkit's orientation error of a class it does not score) has an
+    undefined mean and deviation (NaN)."""
+    if any(math.isnan(value) for value in values):
+        return {"mean": math.nan, "std": math.nan if len(values) > 1 else None, "values": list(values)}
     std = statistics.stdev(values) if len(values) > 1 else None
     return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
