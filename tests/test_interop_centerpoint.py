@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lidar_parity import assert_boxes_match, assert_levels_match
 
-from unikd.data.classes import CLASSES
 from unikd.data.nuscenes_boxes import mmdet3d_to_boxes
 from unikd.exps.checkpoints import check_state_dict
 from unikd.interop import CheckpointFormatError, detector_state
@@ -56,60 +56,16 @@ def converted(voxel: str, state: dict | None = None) -> tuple[BEVFusion, dict]:
     return model, fixture
 
 
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, name: str) -> None:
-    scale = theirs.abs().max().clamp(min=1e-6)
-    error = (ours - theirs).abs().max() / scale
-    assert error < 1e-4, f"{name}: relative error {error:.2e}"
-
-
-def at_cells(maps: torch.Tensor, cells: torch.Tensor, stride: int, width: int) -> torch.Tensor:
-    rows, cols = cells // width // stride, cells % width // stride
-    return maps[0][:, rows, cols]
-
-
 @pytest.mark.parametrize("voxel", sorted(VOXELS))
 def test_converted_centerpoint_matches_mmdet3d_at_every_level(voxel: str) -> None:
     torch.set_num_threads(1)  # spconv's CPU build races with more threads
     model, fixture = converted(voxel)
     with torch.no_grad():
         outputs = model({"points": [fixture["points"]]})
-    voxels = outputs["voxel_encoder"]
-    order_ours = np.lexsort(voxels.coords.numpy().T[::-1])
-    order_theirs = np.lexsort(fixture["voxel_coords"].numpy().T[::-1])
-    assert torch.equal(voxels.coords[order_ours].int(), fixture["voxel_coords"][order_theirs].int())
-    assert_close(voxels.features[order_ours], fixture["voxel_features"][order_theirs], "voxel_encoder")
-
-    cells, width = fixture["cells"], outputs["middle_encoder"].shape[-1]
-    assert_close(at_cells(outputs["middle_encoder"], cells, 1, width), fixture["middle_encoder"], "middle_encoder")
-    for level, (ours, theirs, stride) in enumerate(
-        zip(outputs["backbone"], fixture["backbone"], fixture["backbone_strides"], strict=True)
-    ):
-        assert_close(at_cells(ours, cells, stride, width), theirs, f"backbone[{level}]")
-    assert_close(at_cells(outputs["neck"], cells, 1, width), fixture["neck"], "neck")
-    for task, (ours, theirs) in enumerate(zip(outputs["head"], fixture["head"], strict=True)):
-        for name, maps in theirs.items():
-            assert_close(at_cells(ours[name], cells, 1, width), maps, f"head[{task}].{name}")
-
-    # decoded boxes: mmdet3d's (bottom-centre z) through the one box conversion, both sides in the
-    # order (label, x, y) so that equal scores cannot pair different boxes
-    detections = model.decode(outputs)[0]
-    ours = np.concatenate([detections["boxes"].numpy(), detections["scores"].numpy()[:, None]], axis=1)
-    our_labels = detections["labels"].numpy()
-    theirs = np.concatenate(
-        [mmdet3d_to_boxes(fixture["boxes"].numpy(), "1.x", z_origin=0.0), fixture["scores"].numpy()[:, None]], axis=1
-    )
-    their_labels = np.array([CLASSES.index(fixture["class_names"][label]) for label in fixture["labels"]])
-    assert len(ours) == len(theirs) > 0
-    ours, our_labels = ours[by_label_and_place(ours, our_labels)], np.sort(our_labels)
-    theirs, their_labels = theirs[by_label_and_place(theirs, their_labels)], np.sort(their_labels)
-    assert our_labels.tolist() == their_labels.tolist()
-    np.testing.assert_allclose(ours[:, :6], theirs[:, :6], atol=1e-3)
-    assert np.abs(np.angle(np.exp(1j * (ours[:, 6] - theirs[:, 6])))).max() < 1e-3
-    np.testing.assert_allclose(ours[:, 7:], theirs[:, 7:], atol=1e-3, rtol=1e-4)
-
-
-def by_label_and_place(boxes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.lexsort((np.round(boxes[:, 1], 2), np.round(boxes[:, 0], 2), labels))
+    assert_levels_match(outputs, fixture)
+    # decoded boxes: mmdet3d's (bottom-centre z) through the one box conversion
+    their_boxes = mmdet3d_to_boxes(fixture["boxes"].numpy(), "1.x", z_origin=0.0)
+    assert_boxes_match(model.decode(outputs)[0], their_boxes, fixture, min_count=0)
 
 
 @pytest.mark.parametrize("voxel", sorted(VOXELS))
