@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lidar_parity import assert_close
 
 from unikd.exps.checkpoints import check_state_dict
 from unikd.interop.unidistill_camera import (
@@ -55,12 +56,6 @@ def prefixed(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
 
 def part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {key.removeprefix(prefix + "."): value for key, value in state.items() if key.startswith(prefix + ".")}
-
-
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, name: str) -> None:
-    scale = theirs.abs().max().clamp(min=1e-6)
-    error = (ours - theirs).abs().max() / scale
-    assert error < 1e-4, f"{name}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("name", ["camera_keys", "fusion_camera_keys"])
