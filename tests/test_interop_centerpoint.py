@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lidar_parity import assert_boxes_match, assert_levels_match
+from parity import assert_boxes_match, assert_levels_match
 
 from unikd.data.nuscenes_boxes import mmdet3d_to_boxes
 from unikd.exps.checkpoints import check_state_dict

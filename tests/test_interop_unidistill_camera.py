@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lidar_parity import assert_close
+from parity import assert_close
 
 from unikd.exps.checkpoints import check_state_dict
 from unikd.interop.unidistill_camera import (

@@ -1,6 +1,6 @@
-"""Level-by-level comparison of a converted LiDAR detector with the answers of its source framework
-(a parity fixture: voxels, each level at fixed cells, head maps, decoded boxes), shared by the
-mmdet3d CenterPoint and UniDistill parity tests."""
+"""Comparison of a converted model with the answers of its source framework (parity fixtures): the
+relative-error check every parity test uses, and the level-by-level and box comparison of the mmdet3d
+CenterPoint and UniDistill LiDAR tests (voxels, each level at fixed cells, head maps, decoded boxes)."""
 
 from __future__ import annotations
 
