@@ -49,6 +49,14 @@ UNIDISTILL_TERMS: dict[str, dict[str, Any]] = {
     "response": {"loss": "response", "feature": "head"},
     "infonce": {"loss": "infonce", "feature": ["voxel_encoder", "middle_encoder", "backbone", "neck"]},
 }
+# Map segmentation pairings: the map covers the whole grid, not only the boxes, so the BEV features are
+# imitated everywhere (fitnet) or under the boxes' Gaussian masks (masked), and the response is the
+# per-cell binary KL of the segmentation logits.
+SEGMENTATION_TERMS: dict[str, dict[str, Any]] = {
+    "feature": {"loss": "fitnet", "feature": "bev"},
+    "masked": {"loss": "masked", "feature": "bev"},
+    "seg_response": {"loss": "seg_response", "feature": "seg"},
+}
 
 
 def term_kind(name: str, spec: Mapping[str, Any]) -> type[DistillTerm]:
@@ -79,6 +87,13 @@ def _read_shapes(
         levels = [feature]
     if kind.reads == "head" and feature != "head":
         raise ValueError(f"distill term {name!r} ({kind.kind}) reads the head outputs ('head'), got {feature!r}")
+    if kind.reads == "head":
+        for network, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
+            if "head" not in shapes:
+                raise ValueError(
+                    f"distill term {name!r} ({kind.kind}) reads the detection head's outputs, but the {network} has "
+                    "no detection head (model config 'head'; a segmentation model outputs 'seg')"
+                )
     if module_shapes is not None:
         if kind.reads != "dense" or set(module_shapes) != {"student", "teacher"}:
             raise ValueError(

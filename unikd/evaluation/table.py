@@ -33,3 +33,16 @@ def format_metrics(summary: dict[str, Any]) -> str:
 def print_metrics(summary: dict[str, Any]) -> None:
     """Print `format_metrics(summary)`."""
     print(format_metrics(summary))
+
+
+def format_map_metrics(summary: dict[str, Any]) -> str:
+    """Map segmentation (`map_segmentation.map_summary`): per class the best IoU and the IoU at each threshold,
+    then mIoU."""
+    thresholds = [f"{t:.2f}" for t in summary["thresholds"]]
+    header = [f"{'Map Class':<20}", f"{'IoU':<6}"] + [f"@{t:<5}" for t in thresholds]
+    lines = ["Map segmentation IoU:", "\t".join(header)]
+    for name, iou in summary["class_iou"].items():
+        at = summary["class_iou_at"][name]
+        lines.append("\t".join([f"{name:<20}", f"{iou:<6.3f}"] + [f"{at[t]:<6.3f}" for t in thresholds]))
+    lines.append(f"mIoU: {summary['mean_iou']:.4f} ({summary['num_samples']} samples)")
+    return "\n".join(lines)

@@ -153,6 +153,11 @@ class LearnedMaskDistillLoss(DistillTerm):
                 "a learned_mask term learns its masks through the teacher's head, whose input is 'neck'; "
                 f"got {setup.feature!r}"
             )
+        if getattr(setup.teacher, "head", None) is None:
+            raise ValueError(
+                "a learned_mask term learns its masks through the teacher's detection head, and the teacher has none "
+                "(model config 'head')"
+            )
         return cls(setup.student_shape, setup.teacher_shape, teacher_head=setup.teacher.head, **options)
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
