@@ -1,6 +1,8 @@
-"""Camera branch: ResNet backbone, LSS FPN neck, LSS view transform and depth supervision."""
+"""Camera branch: ResNet or Swin backbone, LSS FPN neck, LSS view transform (with BEVFusion's DepthLSS depth
+net as an option) and depth supervision."""
 
-from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins
+from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins, project_points
+from unikd.models.camera.depth_lss import DepthLSSNet, lidar_depth_image
 from unikd.models.camera.fpn import LSSFPN
 from unikd.models.camera.lss import (
     CameraBEVEncoder,
@@ -11,18 +13,23 @@ from unikd.models.camera.lss import (
     resample_bev,
 )
 from unikd.models.camera.resnet import ResNet, load_torchvision_state_dict
+from unikd.models.camera.swin import SwinTransformer
 
 __all__ = [
     "LSSFPN",
     "CameraBEVEncoder",
     "CameraBEVOutput",
+    "DepthLSSNet",
     "LSSViewTransform",
     "ResNet",
+    "SwinTransformer",
     "camera_rays",
     "depth_loss",
     "depth_targets",
+    "lidar_depth_image",
     "load_torchvision_state_dict",
     "num_depth_bins",
     "pixel_to_lidar",
+    "project_points",
     "resample_bev",
 ]

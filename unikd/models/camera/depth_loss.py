@@ -19,6 +19,28 @@ def num_depth_bins(depth_bins: tuple[float, float, float]) -> int:
     return round((stop - start) / step)
 
 
+def project_points(
+    xyz: torch.Tensor,
+    lidar2cam: torch.Tensor,
+    cam2img: torch.Tensor,
+    img_aug: torch.Tensor,
+    bda: torch.Tensor | None,
+    min_depth: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augmented-image pixels [Ncam, P, 2] and camera depths (z) [Ncam, P] of one sample's points [P, 3]
+    (augmented LiDAR frame; back through `bda` [4, 4], or taken as they are when None) in each camera
+    (matrices [Ncam, 4, 4]). The pixel divides by the depth clamped to at least `min_depth`: points
+    behind a camera get far-away pixels, and the caller keeps the depths it wants."""
+    xyz1 = F.pad(xyz.float(), (0, 1), value=1.0)  # [P, 4]
+    to_cam = lidar2cam if bda is None else lidar2cam @ torch.linalg.inv(bda)
+    cam = torch.einsum("nij,pj->npi", to_cam, xyz1)  # [Ncam, P, 4]
+    depth = cam[..., 2]
+    pixel = torch.einsum("nij,npj->npi", cam2img, cam)
+    uv = pixel[..., :2] / depth.clamp(min=min_depth).unsqueeze(-1)
+    uv01 = torch.cat([uv, torch.zeros_like(uv[..., :1]), torch.ones_like(uv[..., :1])], dim=-1)
+    return torch.einsum("nij,npj->npi", img_aug, uv01)[..., :2], depth
+
+
 def depth_targets(
     points: list[torch.Tensor],
     lidar2cam: torch.Tensor,
@@ -45,14 +67,7 @@ def depth_targets(
     height, width = image_size[0] // feature_stride, image_size[1] // feature_stride
     targets = torch.full((batch, num_cams, height, width), -1, dtype=torch.long, device=lidar2cam.device)
     for b in range(batch):
-        xyz1 = F.pad(points[b][:, :3].float(), (0, 1), value=1.0)  # [P, 4]
-        to_cam = lidar2cam[b] if bda is None else lidar2cam[b] @ torch.linalg.inv(bda[b])
-        cam = torch.einsum("nij,pj->npi", to_cam, xyz1)  # [Ncam, P, 4]
-        depth = cam[..., 2]
-        pixel = torch.einsum("nij,npj->npi", cam2img[b], cam)
-        uv = pixel[..., :2] / depth.clamp(min=1e-3).unsqueeze(-1)  # only depths >= start are kept
-        uv01 = torch.cat([uv, torch.zeros_like(uv[..., :1]), torch.ones_like(uv[..., :1])], dim=-1)
-        aug = torch.einsum("nij,npj->npi", img_aug[b], uv01)
+        aug, depth = project_points(points[b][:, :3], lidar2cam[b], cam2img[b], img_aug[b], None if bda is None else bda[b])
         col = torch.floor((aug[..., 0] + 0.5) / feature_stride).long()
         row = torch.floor((aug[..., 1] + 0.5) / feature_stride).long()
         keep = (depth >= start) & (depth < stop)

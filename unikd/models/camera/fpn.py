@@ -30,7 +30,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: 
 
 
 class LSSFPN(nn.Module):
-    """Top-down fusion (BEVFusion's GeneralizedLSSFPN role), one output map.
+    """Top-down fusion, one output map: the first output of BEVFusion's GeneralizedLSSFPN, which is all its
+    view transform reads (`unikd.interop.bevfusion_camera` maps the keys; parity in its test).
 
     From the deepest stage up: upsample the running map to the next shallower stage (bilinear),
     concatenate, 1x1 conv + BN + ReLU to `out_channels`, then 3x3 conv + BN + ReLU. With ResNet

@@ -7,7 +7,8 @@ covers the augmented pixels [i*s, (i+1)*s) x [j*s, (j+1)*s), its centre is the p
 Lift: augmented pixel -> original pixel (inverse `img_aug`) -> camera (inverse `cam2img`,
 times the depth) -> LiDAR (inverse `lidar2cam`) -> augmented LiDAR (`bda`).
 
-`geometry="bevdepth"` is BEVDepth's LSSFPN instead (which UniDistill uses), point for point:
+`geometry="bevdepth"` is BEVDepth's LSSFPN instead (which UniDistill uses; mmdet3d BEVFusion's
+DepthLSSTransform builds and pools the same frustum, with `splat_z_range` its zbound), point for point:
 feature cell (i, j) of an H_f x W_f map of an H x W image sits at the pixel
 (j * (W - 1) / (W_f - 1), i * (H - 1) / (H_f - 1)) (`linspace(0, W - 1, W_f)`), depth bin k at
 its start `start + k * step`; the lift is the same chain of matrices, evaluated as BEVDepth
@@ -27,14 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins
+from unikd.models.camera.depth_lss import DEPTH_IMAGE_STRIDE, DepthLSSNet, lidar_depth_image
 from unikd.models.camera.fpn import conv_bn_relu, image_neck
 from unikd.models.camera.resnet import ResNet, load_torchvision_state_dict
+from unikd.models.camera.swin import SwinTransformer
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.bev_pool import bev_pool
 
 NUSCENES_POINT_RANGE = (-54.0, -54.0, -10.0, 54.0, 54.0, 10.0)
 GEOMETRIES = ("unikd", "bevdepth")
-DEPTH_NETS = ("3x3+1x1", "1x1")
+DEPTH_NETS = ("3x3+1x1", "1x1", "depth_lss")
+BACKBONES = ("resnet", "swin")
 
 
 def camera_rays(
@@ -87,8 +91,11 @@ class LSSViewTransform(nn.Module):
     Geometry depends only on the matrices and the feature size; the last one is cached and
     reused when the same values come again.
 
-    `depth_net`: "3x3+1x1" (3x3 conv + BN + ReLU, then the 1x1 conv to D + C channels) or "1x1"
-    (the 1x1 conv alone, BEVDepth/UniDistill). `geometry`: "unikd" or "bevdepth" (module doc).
+    `depth_net`: "3x3+1x1" (3x3 conv + BN + ReLU, then the 1x1 conv to D + C channels), "1x1"
+    (the 1x1 conv alone, BEVDepth/UniDistill) or "depth_lss" (BEVFusion's, `depth_lss.DepthLSSNet`: it also
+    reads the LiDAR depth image of the batch's points, so `forward` needs them; feature stride 8).
+    `geometry`: "unikd" or "bevdepth" (module doc). `splat_z_range`: the (z_min, z_max) of the pooled
+    frustum points, when it is not the point cloud range's.
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class LSSViewTransform(nn.Module):
         output_grid: BEVGrid | None = None,
         depth_net: str = "3x3+1x1",
         geometry: str = "unikd",
+        splat_z_range: tuple[float, float] | None = None,
     ):
         super().__init__()
         if depth_net not in DEPTH_NETS or geometry not in GEOMETRIES:
@@ -110,6 +118,9 @@ class LSSViewTransform(nn.Module):
                 f"depth_net must be one of {DEPTH_NETS} and geometry one of {GEOMETRIES}, "
                 f"got {depth_net!r} and {geometry!r}"
             )
+        if depth_net == "depth_lss" and feature_stride != DEPTH_IMAGE_STRIDE:
+            raise ValueError(f"depth_net 'depth_lss' reads features at stride {DEPTH_IMAGE_STRIDE}, got stride {feature_stride}")
+        self.needs_points = depth_net == "depth_lss"
         self.context_channels = context_channels
         self.feature_stride = feature_stride
         self.geometry_convention = geometry
@@ -123,7 +134,9 @@ class LSSViewTransform(nn.Module):
         else:
             bin_depths = start + (torch.arange(self.num_bins, dtype=torch.float32) + 0.5) * step
         self.register_buffer("bin_depths", bin_depths, persistent=False)
-        self.z_range = (point_cloud_range[2], point_cloud_range[5])
+        self.z_range = tuple(splat_z_range) if splat_z_range is not None else (point_cloud_range[2], point_cloud_range[5])
+        if len(self.z_range) != 2 or not self.z_range[0] < self.z_range[1]:
+            raise ValueError(f"splat_z_range must be (z_min, z_max) with z_min < z_max, got {splat_z_range}")
         self.splat_grid = BEVGrid.from_range(point_cloud_range, bev_cell)
         grid, depth_z = self.splat_grid, self.z_range[1] - self.z_range[0]
         # BEVDepth's voxel size and first voxel centre (x, y, one z bin), float32 as it computes them
@@ -142,11 +155,12 @@ class LSSViewTransform(nn.Module):
             self.splat_grid.height // bev_downsample, self.splat_grid.width // bev_downsample
         )
         self.output_grid = output_grid or self.bev_grid
-        head = nn.Conv2d(in_channels, self.num_bins + context_channels, 1)
-        if depth_net == "1x1":
-            self.depth_net = nn.Sequential(head)
+        if depth_net == "depth_lss":
+            self.depth_net = DepthLSSNet(in_channels, self.num_bins, context_channels)
         else:
-            self.depth_net = nn.Sequential(conv_bn_relu(in_channels, in_channels, 3), head)
+            head = nn.Conv2d(in_channels, self.num_bins + context_channels, 1)
+            hidden = [conv_bn_relu(in_channels, in_channels, 3)] if depth_net == "3x3+1x1" else []
+            self.depth_net = nn.Sequential(*hidden, head)
         if bev_downsample == 1:
             self.downsample = nn.Identity()
         else:
@@ -253,11 +267,19 @@ class LSSViewTransform(nn.Module):
         cam2img: torch.Tensor,
         img_aug: torch.Tensor,
         bda: torch.Tensor,
+        points: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, Ncam, C_in, H_f, W_f] image features -> (camera BEV [B, C, H, W] on `output_grid`,
-        depth probabilities [B, Ncam, D, H_f, W_f])."""
+        depth probabilities [B, Ncam, D, H_f, W_f]). `points`: the batch's, for the "depth_lss" depth net."""
         batch, num_cams, _, height, width = features.shape
-        out = self.depth_net(features.flatten(0, 1))  # [B*N, D + C, H_f, W_f]
+        if self.needs_points:
+            if points is None:
+                raise ValueError("the depth_lss depth net reads the LiDAR depth image: pass the batch's points")
+            image_size = (height * self.feature_stride, width * self.feature_stride)
+            depth_image = lidar_depth_image(points, lidar2cam, cam2img, img_aug, bda, image_size)
+            out = self.depth_net(features.flatten(0, 1), depth_image.flatten(0, 1))
+        else:
+            out = self.depth_net(features.flatten(0, 1))  # [B*N, D + C, H_f, W_f]
         depth = out[:, : self.num_bins].softmax(dim=1)
         context = out[:, self.num_bins :]
         point_index, cell_index = self.geometry(lidar2cam, cam2img, img_aug, bda, (height, width))
@@ -280,6 +302,31 @@ def _same_key(cached: tuple, key: tuple) -> bool:
     )
 
 
+def image_backbone(
+    kind: str,
+    out_indices: tuple[int, ...],
+    depth: int | None,
+    base_width: int | None,
+    swin: dict | None,
+    pretrained: str | os.PathLike | None,
+) -> ResNet | SwinTransformer:
+    """The image backbone of `CameraBEVEncoder` (its docstring); settings of the other kind are an error."""
+    if kind == "resnet":
+        if swin is not None:
+            raise ValueError(f"the resnet backbone takes no swin settings, got swin={swin}")
+        model = ResNet(50 if depth is None else depth, out_indices, 64 if base_width is None else base_width)
+        if pretrained is not None:
+            load_torchvision_state_dict(model, pretrained)
+        return model
+    if kind == "swin":
+        if depth is not None or base_width is not None:
+            raise ValueError(f"the swin backbone takes no backbone_depth / base_width, got {depth} / {base_width}")
+        if pretrained is not None:
+            raise ValueError("pretrained (a torchvision ResNet file) does not apply to the swin backbone")
+        return SwinTransformer(out_indices=out_indices, **(swin or {}))
+    raise ValueError(f"camera backbone must be one of {BACKBONES}, got {kind!r}")
+
+
 class CameraBEVOutput(NamedTuple):
     bev: torch.Tensor  # [B, C, H, W] on the encoder's output grid
     depth_probs: torch.Tensor  # [B, Ncam, D, H_f, W_f]
@@ -297,12 +344,19 @@ class CameraBEVEncoder(nn.Module):
     UniDistill's camera encoder (BEVDepth's LSSFPN) is `neck="secondfpn"` with
     `neck_upsample_strides`, `depth_net="1x1"` and `geometry="bevdepth"` (`unikd.models.configs`,
     size `unidistill_camera`); `fpn.image_neck` and `LSSViewTransform` say what they change.
+    BEVFusion's camera branch (mmdet3d `projects/BEVFusion`) is `backbone="swin"` with `depth_net="depth_lss"`,
+    `geometry="bevdepth"` and `splat_z_range` (`unikd.models.configs.BEVFUSION_CAMERA`).
+
+    `backbone`: "resnet" (`backbone_depth`, default 50, and `base_width`, default 64) or "swin" (`swin`:
+    the `SwinTransformer` settings other than `out_indices`, default Swin-T).
     """
 
     def __init__(
         self,
-        backbone_depth: int = 50,
-        base_width: int = 64,
+        backbone: str = "resnet",
+        backbone_depth: int | None = None,
+        base_width: int | None = None,
+        swin: dict | None = None,
         out_indices: tuple[int, ...] = (1, 2, 3),
         pretrained: str | os.PathLike | None = None,
         neck_channels: int | tuple[int, ...] = 256,
@@ -316,11 +370,10 @@ class CameraBEVEncoder(nn.Module):
         neck_upsample_strides: tuple[float, ...] | None = None,
         depth_net: str = "3x3+1x1",
         geometry: str = "unikd",
+        splat_z_range: tuple[float, float] | None = None,
     ):
         super().__init__()
-        self.backbone = ResNet(backbone_depth, out_indices, base_width)
-        if pretrained is not None:
-            load_torchvision_state_dict(self.backbone, pretrained)
+        self.backbone = image_backbone(backbone, out_indices, backbone_depth, base_width, swin, pretrained)
         self.neck, neck_out, self.feature_stride = image_neck(
             neck, self.backbone.out_channels, self.backbone.out_strides, neck_channels, neck_upsample_strides
         )
@@ -335,7 +388,9 @@ class CameraBEVEncoder(nn.Module):
             output_grid=output_grid,
             depth_net=depth_net,
             geometry=geometry,
+            splat_z_range=splat_z_range,
         )
+        self.needs_points = self.view_transform.needs_points
         self.out_channels = context_channels
         self.output_grid = self.view_transform.output_grid
 
@@ -346,8 +401,10 @@ class CameraBEVEncoder(nn.Module):
         cam2img: torch.Tensor,
         img_aug: torch.Tensor,
         bda: torch.Tensor,
+        points: list[torch.Tensor] | None = None,
     ) -> CameraBEVOutput:
-        """[B, Ncam, 3, H, W] normalised images (H, W multiples of the feature stride) -> BEV and depth."""
+        """[B, Ncam, 3, H, W] normalised images (H, W multiples of the feature stride) -> BEV and depth.
+        `points` (the batch's, augmented frame): read only by the "depth_lss" depth net."""
         batch, num_cams, _, height, width = imgs.shape
         stride = self.feature_stride
         if height % stride or width % stride:
@@ -356,7 +413,7 @@ class CameraBEVEncoder(nn.Module):
         if tuple(features.shape[-2:]) != (height // stride, width // stride):
             raise ValueError(f"neck output {tuple(features.shape[-2:])} is not the image size / {stride}")
         features = features.view(batch, num_cams, *features.shape[1:])
-        bev, depth_probs = self.view_transform(features, lidar2cam, cam2img, img_aug, bda)
+        bev, depth_probs = self.view_transform(features, lidar2cam, cam2img, img_aug, bda, points)
         return CameraBEVOutput(bev, depth_probs)
 
     def depth_loss(
