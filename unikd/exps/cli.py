@@ -143,6 +143,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, e
         )
     if accelerator == "cpu" and args.sync_batchnorm:
         parser.error("--sync_batchnorm needs GPUs: torch's SyncBatchNorm does not run on CPU tensors")
+    if args.predict and exp_class.task != "detection":
+        parser.error(f"-p writes a detection submission; {exp_class.__name__} is a {exp_class.task} experiment")
     if args.predict and args.eval_backend:
         parser.error("--eval_backend is for training and -e; -p writes a submission")
 

@@ -1,0 +1,23 @@
+"""Camera map segmentation student distilled from the LiDAR + camera fusion segmentation teacher: BEV features
+imitated over the whole map (fitnet) and the per-cell binary KL of the segmentation logits."""
+
+from pathlib import Path
+
+from unikd.distill.distiller import SEGMENTATION_TERMS
+from unikd.exps.cli import run_cli
+from unikd.exps.distill_exp import DistillExp, load_exp_class
+
+HERE = Path(__file__).parent
+Student = load_exp_class(HERE / "BEVFusion_nuscenes_seg_camera_exp.py")
+Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_seg_fusion_exp.py")
+
+
+class BEVFusion_nuscenes_seg_camera_exp_distill_fusion(DistillExp, Student):
+    teacher_exp_class = Teacher
+    teacher_model_size = "nuscenes_seg"
+    distill_terms = SEGMENTATION_TERMS
+    distill_weights = {"feature": 1.0, "masked": 0.0, "seg_response": 10.0}
+
+
+if __name__ == "__main__":
+    run_cli(BEVFusion_nuscenes_seg_camera_exp_distill_fusion)
