@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 LIST_KEYS = ("points", "gt_boxes", "gt_labels", "sample_token")
-STACK_KEYS = ("imgs", "cam2img", "lidar2cam", "img_aug", "bda", "lidar2global")
+STACK_KEYS = ("imgs", "cam2img", "lidar2cam", "img_aug", "bda", "lidar2global", "gt_masks_bev")
 
 
 def collate_batch(items: list[dict]) -> dict:

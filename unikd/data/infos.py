@@ -4,7 +4,7 @@ An info holds everything a training sample needs, in plain numpy and strings, so
 dataset never touches the devkit per item and the list can be cached (`write_infos`: an `.npz`
 of columns, read without pickle, keyed on what it was built from):
 
-- `token`, `timestamp` (µs), `scene_name`
+- `token`, `timestamp` (µs), `scene_name`, `location` (the scene's log's: which map it is on)
 - `lidar_path`; `sweeps`: list of dicts (`path`, `sensor2lidar` 4x4, `time_lag` s) newest first
 - `lidar2global` 4x4 (key-frame LiDAR -> global)
 - `cams`: dict channel -> (`path`, `cam2img` 4x4, `lidar2cam` 4x4)
@@ -28,7 +28,7 @@ from unikd.data.nuscenes_boxes import nuscenes_to_boxes, transform_boxes
 from unikd.utils.file_stamps import table_stamps
 
 # Bump when the cached content or layout changes.
-INFOS_FORMAT = 1
+INFOS_FORMAT = 2
 
 NUSCENES_TABLES = (
     "attribute",
@@ -110,10 +110,14 @@ def build_infos(nusc, split: str, max_sweeps: int = 10) -> list[dict]:
     scene_names = {scene["token"]: scene["name"] for scene in nusc.scene}
     samples = [s for s in nusc.sample if s["scene_token"] in scene_tokens]
     samples.sort(key=lambda s: (scene_names[s["scene_token"]], s["timestamp"]))
-    return [sample_info(nusc, s, scene_names[s["scene_token"]], max_sweeps) for s in tqdm(samples, desc=f"infos {split}")]
+    locations = {scene["token"]: nusc.get("log", scene["log_token"])["location"] for scene in nusc.scene}
+    return [
+        sample_info(nusc, s, scene_names[s["scene_token"]], locations[s["scene_token"]], max_sweeps)
+        for s in tqdm(samples, desc=f"infos {split}")
+    ]
 
 
-def sample_info(nusc, sample: dict, scene_name: str, max_sweeps: int) -> dict:
+def sample_info(nusc, sample: dict, scene_name: str, location: str, max_sweeps: int) -> dict:
     lidar_token = sample["data"]["LIDAR_TOP"]
     lidar_sd = nusc.get("sample_data", lidar_token)
     lidar2global = sensor_to_global(nusc, lidar_token)
@@ -159,6 +163,7 @@ def sample_info(nusc, sample: dict, scene_name: str, max_sweeps: int) -> dict:
         "token": sample["token"],
         "timestamp": sample["timestamp"],
         "scene_name": scene_name,
+        "location": location,
         "lidar_path": lidar_sd["filename"],
         "sweeps": sweeps,
         "lidar2global": lidar2global,
@@ -275,6 +280,7 @@ def infos_to_arrays(infos: list[dict]) -> dict[str, np.ndarray]:
         "token": np.array([info["token"] for info in infos], dtype=str),
         "timestamp": np.array([info["timestamp"] for info in infos], dtype=np.int64),
         "scene_name": np.array([info["scene_name"] for info in infos], dtype=str),
+        "location": np.array([info["location"] for info in infos], dtype=str),
         "lidar_path": np.array([info["lidar_path"] for info in infos], dtype=str),
         "lidar2global": np.array([info["lidar2global"] for info in infos], dtype=np.float64).reshape(-1, 4, 4),
         "num_sweeps": np.array([len(info["sweeps"]) for info in infos], dtype=np.int64),
@@ -297,7 +303,7 @@ def arrays_to_infos(arrays: dict[str, np.ndarray], max_sweeps: int) -> list[dict
     sweep_start = np.concatenate([[0], np.cumsum(arrays["num_sweeps"])]).tolist()
     box_start = np.concatenate([[0], np.cumsum(arrays["num_boxes"])]).tolist()
     # Python str, int and float, as `build_infos` gives them.
-    names = ("token", "timestamp", "scene_name", "lidar_path", "sweep_path", "sweep_time_lag", "cam_path")
+    names = ("token", "timestamp", "scene_name", "location", "lidar_path", "sweep_path", "sweep_time_lag", "cam_path")
     columns = {name: arrays[name].tolist() for name in names}
     gt_names = arrays["gt_names"].astype(object)
     infos = []
@@ -308,6 +314,7 @@ def arrays_to_infos(arrays: dict[str, np.ndarray], max_sweeps: int) -> list[dict
                 "token": token,
                 "timestamp": columns["timestamp"][i],
                 "scene_name": columns["scene_name"][i],
+                "location": columns["location"][i],
                 "lidar_path": columns["lidar_path"][i],
                 "sweeps": [
                     {

@@ -23,8 +23,9 @@ What the records hold, against the devkit path (`build_infos`):
   mmdet3d's class table lacks `vehicle.emergency.*`, which the devkit counts as cars: 0.x keeps their
   category names and they are read as cars; 1.x labels them -1 with other ignored categories, so they
   are left out, with a warning.
-- `scene_name` is in neither layout: it is "" here. Records keep the file's order (mmdet3d's is the
-  sample table's), not the devkit path's scene order.
+- `scene_name` is in neither layout: it is "" here. `location` (the map) is read where the file has
+  one (BEVFusion's 0.x files), else "". Records keep the file's order (mmdet3d's is the sample
+  table's), not the devkit path's scene order.
 
 Loading a pickle can run code: a file is read only from a path the user names, with an unpickler
 that builds plain Python values and numpy arrays and refuses anything else.
@@ -186,6 +187,7 @@ def record_from_1x(info: dict, names: dict[int, str]) -> dict:
         "token": info["token"],
         "timestamp": timestamp,
         "scene_name": "",
+        "location": str(info.get("location", "")),
         "lidar_path": nuscenes_path(lidar["lidar_path"], "samples/LIDAR_TOP"),
         "sweeps": sweeps,
         "lidar2global": lidar2global,
@@ -233,6 +235,7 @@ def record_from_0x(info: dict, box_convention: str) -> dict:
         "token": info["token"],
         "timestamp": int(info["timestamp"]),
         "scene_name": "",
+        "location": str(info.get("location", "")),
         "lidar_path": nuscenes_path(info["lidar_path"], "samples/LIDAR_TOP"),
         "sweeps": sweeps,
         "lidar2global": lidar2global,

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from unikd.data.classes import CAMERAS, CLASSES
 from unikd.data.image_aug import apply_image_aug, ida_matrix
 from unikd.data.infos import load_or_build_infos
+from unikd.data.map_targets import MAP_GRID, MapTargets
 from unikd.data.mmdet3d_infos import read_mmdet3d_infos
 from unikd.data.transforms import (
     BEVAugConfig,
@@ -24,6 +25,7 @@ from unikd.data.transforms import (
     points_in_range,
     sample_bda,
 )
+from unikd.ops.bev_grid import BEVGrid
 
 POINT_FILE_DIMS = 5  # x, y, z, intensity, ring index (float32)
 POINT_BYTES = POINT_FILE_DIMS * 4
@@ -91,6 +93,8 @@ class NuScenesDetectionDataset(Dataset):
     always loaded (the LiDAR branch, a camera model's depth supervision, the BEV pictures); images
     only with `use_camera`. The samples come from the devkit (`load_or_build_infos`), or from the
     mmdet3d info file `infos_file` of this split (`read_mmdet3d_infos`, with `infos_box_convention`).
+    With `map_segmentation`, an item also holds `gt_masks_bev` [len(MAP_CLASSES), H, W] bool on
+    `map_grid` (`unikd.data.map_targets`), read from `<data_root>/maps/expansion/<location>.json`.
     """
 
     def __init__(
@@ -107,6 +111,8 @@ class NuScenesDetectionDataset(Dataset):
         seed: int = 0,
         infos_file: str | os.PathLike | None = None,
         infos_box_convention: str | None = None,
+        map_segmentation: bool = False,
+        map_grid: BEVGrid = MAP_GRID,
     ) -> None:
         self.data_root = Path(data_root)
         self.version = version
@@ -127,6 +133,18 @@ class NuScenesDetectionDataset(Dataset):
             source = infos_file or f"{self.data_root}/{version}"
             raise ValueError(f"split {split!r} of {source} has no samples")
         check_split_files(self.data_root, self.infos, split, num_sweeps, use_camera)
+        self.map_targets = self._map_targets(map_grid, infos_file) if map_segmentation else None
+
+    def _map_targets(self, grid: BEVGrid, infos_file: str | os.PathLike | None) -> MapTargets:
+        unplaced = sum(1 for info in self.infos if not info["location"])
+        if unplaced:
+            source = infos_file or f"{self.data_root}/{self.version}"
+            raise ValueError(
+                f"map segmentation needs the map location of every sample; {unplaced} of the {len(self.infos)} "
+                f"samples of {source} have none (mmdet3d's own info files do not record it, BEVFusion's do): "
+                "read the split through the devkit (no infos file)"
+            )
+        return MapTargets(self.data_root, {info["location"] for info in self.infos}, grid)
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -156,6 +174,8 @@ class NuScenesDetectionDataset(Dataset):
         item["points"] = torch.from_numpy(points[points_in_range(points, self.point_cloud_range)])
         if self.use_camera:
             item.update(self.load_cameras(info, rng))
+        if self.map_targets is not None:
+            item["gt_masks_bev"] = torch.from_numpy(self.map_targets(info["location"], info["lidar2global"], bda))
         return item
 
     def ground_truth(self, info: dict) -> tuple[np.ndarray, np.ndarray]:

@@ -47,9 +47,24 @@ SKY_HORIZON = np.array([0.80, 0.85, 0.92])
 FOG_DISTANCE = 180.0  # metres; surfaces fade toward the horizon colour with exp(-distance / this)
 SUN = np.array([0.5, 0.3, 0.81]) / np.linalg.norm([0.5, 0.3, 0.81])
 
-# Ground materials: colour and LiDAR reflectivity. Zones by |d| (distance from the centre line):
-# lanes < 7 m, bike lane < 8.6 m, parking strip < 11.6 m, sidewalk < 18.5 m, then grass.
-_ZONE_EDGES = (7.0, 8.6, 11.6, 18.5)
+# The road's cross-section and markings in road coordinates (s along the centre line, d to its left),
+# shared by the renderers and the semantic map (`road_map`). Zones by |d|: two lanes each way up to
+# LANES_EDGE, a bike lane, a parking strip (the carriageway ends at the curb, PARKING_EDGE), a
+# sidewalk, then grass.
+LANES_EDGE, BIKE_LANE_EDGE, PARKING_EDGE, SIDEWALK_EDGE = 7.0, 8.6, 11.6, 18.5
+_ZONE_EDGES = (LANES_EDGE, BIKE_LANE_EDGE, PARKING_EDGE, SIDEWALK_EDGE)
+CENTRE_LINE_HALF_WIDTH = 0.12  # the yellow line between the two directions
+# White lines along the road: |d| of the centre and the half width; the first (between the two lanes
+# of a direction) is dashed: 3 m dashes every 9 m.
+LANE_LINES = ((3.5, 0.075), (LANES_EDGE, 0.1), (BIKE_LANE_EDGE, 0.07))
+# Zebra crossings span the carriageway (|d| < PARKING_EDGE) over CROSSING_LENGTH along s, with bars
+# ZEBRA_BAR wide (along d) every 2 * ZEBRA_BAR. Before each crossing, the traffic of each direction
+# has a stop line across its lanes (0 < |d| < LANES_EDGE), STOP_LINE_WIDTH deep, STOP_LINE_GAP short
+# of the crossing.
+CROSSING_LENGTH = 4.0
+ZEBRA_BAR = 0.6
+STOP_LINE_GAP = 1.5
+STOP_LINE_WIDTH = 0.6
 # Rows: asphalt, bike lane, parking strip, paving, grass (zones 0..4), then dark paving and markings.
 _PAVING, _PAVING_DARK, _YELLOW, _WHITE = 3, 5, 6, 7
 _GROUND_COLOURS = np.array(
@@ -95,11 +110,15 @@ def hash_noise(a: np.ndarray, b: np.ndarray, cell: float) -> np.ndarray:
     return ((h >> 16) & 0xFF).astype(np.float32) * (1.0 / 256.0)
 
 
-def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ground_surface(
+    s: np.ndarray, d: np.ndarray, crossings: np.ndarray, drive_side: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Ground at road coordinates (s, d) [N]: RGB colour [N, 3] and LiDAR reflectivity [N].
 
     Two lanes each way with a yellow centre line, dashed white lane dividers and white edge lines;
-    then a bike lane, a parking strip, a sidewalk of paving tiles and grass.
+    then a bike lane, a parking strip, a sidewalk of paving tiles and grass. Zebra crossings are
+    centred at the sorted positions `crossings` along s; the traffic toward +s drives on the side
+    of d's sign `drive_side` (its stop lines come before a crossing, the other direction's after).
     """
     s, d = np.asarray(s, dtype=np.float32), np.asarray(d, dtype=np.float32)
     a = np.abs(d)
@@ -108,12 +127,32 @@ def ground_surface(s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray
         material += a >= edge
     dark_tile = ((_cells(s, 1.5) + _cells(d, 1.5)) & 1).astype(bool)
     material[(material == _PAVING) & dark_tile] = _PAVING_DARK
+    offset = _offset_to_nearest(s, np.asarray(crossings, dtype=np.float32))
+    on_crossing = (np.abs(offset) < CROSSING_LENGTH / 2) & (a < PARKING_EDGE)
     dashed = _cells(s, 3.0) % 3 == 0  # 3 m dashes every 9 m
-    white = ((np.abs(a - 3.5) < 0.075) & dashed) | (np.abs(a - 7.0) < 0.1) | (np.abs(a - 8.6) < 0.07)
-    material[white] = _WHITE
-    material[a < 0.12] = _YELLOW
+    (dashed_line, dashed_half), *solid_lines = LANE_LINES
+    white = (np.abs(a - dashed_line) < dashed_half) & dashed
+    for line, half in solid_lines:
+        white |= np.abs(a - line) < half
+    material[white & ~on_crossing] = _WHITE
+    material[(a < CENTRE_LINE_HALF_WIDTH) & ~on_crossing] = _YELLOW
+    material[on_crossing & (_cells(d, ZEBRA_BAR) % 2 == 0)] = _WHITE
+    # A stop line lies before the crossing for the traffic toward +s, after it for the other side's.
+    beyond = np.abs(offset) - (CROSSING_LENGTH / 2 + STOP_LINE_GAP)
+    approaching = (offset < 0) == (d * np.float32(drive_side) > 0)
+    material[(beyond >= 0) & (beyond < STOP_LINE_WIDTH) & (a < LANES_EDGE) & approaching] = _WHITE
     colour = _GROUND_COLOURS[material] * (0.85 + 0.3 * hash_noise(s, d, 0.35))[:, None]
     return colour, _GROUND_REFLECTIVITY[material]
+
+
+def _offset_to_nearest(s: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """s minus the nearest of the sorted `centres` (+inf where there are none)."""
+    if len(centres) == 0:
+        return np.full_like(s, np.inf)
+    index = np.searchsorted(centres, s)
+    to_before = s - centres[np.maximum(index - 1, 0)]
+    to_after = s - centres[np.minimum(index, len(centres) - 1)]
+    return np.where(np.abs(to_before) <= np.abs(to_after), to_before, to_after)
 
 
 def fog_keep(distance: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import heapq
 import cv2
 import numpy as np
 
-from unikd.data.synthetic.appearance import SKY_HORIZON, SKY_TOP, SUN, fog_keep, ground_surface
+from unikd.data.synthetic.appearance import SKY_HORIZON, SKY_TOP, SUN, fog_keep
 from unikd.data.synthetic.calibration import IMAGE_HEIGHT, IMAGE_WIDTH, CameraSpec
 from unikd.data.synthetic.scene import Road
 
@@ -88,7 +88,7 @@ class CameraRenderer:
         """RGB uint8 image [900, 1600, 3] of the ground and the given global boxes."""
         cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
         ground_xy = ego_xy + self._ground_xy @ np.array([[cos, sin], [-sin, cos]])
-        ground_colour, _ = ground_surface(*road.coords(ground_xy))
+        ground_colour, _ = road.surface(ground_xy)
         canvas = self._sky.copy()
         canvas[self._ground_start :] = np.minimum(
             ground_colour * self._ground_gain + self._ground_haze, 255.0

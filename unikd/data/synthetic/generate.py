@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import multiprocessing
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from nuscenes.utils import splits
 
-from unikd.data.synthetic.appearance import REFLECTIVITY, ground_surface
+from unikd.data.synthetic.appearance import REFLECTIVITY, SIDEWALK_EDGE
 from unikd.data.synthetic.calibration import (
     CAMERA_SPECS,
     IMAGE_HEIGHT,
@@ -27,6 +29,7 @@ from unikd.data.synthetic.calibration import (
 )
 from unikd.data.synthetic.camera import CameraRenderer
 from unikd.data.synthetic.lidar import LidarScan, cast_lidar, count_points_in_boxes
+from unikd.data.synthetic.road_map import MappedRoad, write_map_expansion
 from unikd.data.synthetic.scene import GUARANTEED_OBJECTS, SceneLayout, sample_layout
 from unikd.data.synthetic.writer import DatasetWriter
 
@@ -68,7 +71,8 @@ def generate_synthetic_nuscenes(
     key frames (samples) 0.5 s apart and `sweeps_per_keyframe` LiDAR sweeps evenly between two key
     frames (nuScenes has 9), and about `objects_per_scene` annotated objects. `lidar_noise` is the
     range noise in metres (0: exact). Scenes are built by `workers` processes. The same arguments
-    (whatever `workers`) always give the same bytes.
+    (whatever `workers`) always give the same bytes. Each location's semantic map is written to
+    `maps/expansion/<location>.json` (`road_map`); its scenes are placed apart (`place_scenes`).
     """
     if version not in VERSIONS:
         raise ValueError(f"unknown nuScenes version {version!r}; expected one of {sorted(VERSIONS)}")
@@ -86,6 +90,9 @@ def generate_synthetic_nuscenes(
 
     writer = DatasetWriter(root, version, seed)
     writer.start()
+    duration = (keyframes_per_scene - 1) * KEYFRAME_INTERVAL_US / 1e6
+    worlds = [sample_world(seed, index, duration, objects_per_scene) for index in range(len(names))]
+    offsets = place_scenes(worlds)
     jobs = [
         _SceneJob(
             root,
@@ -93,12 +100,13 @@ def generate_synthetic_nuscenes(
             seed,
             index,
             name,
+            world,
+            offset,
             keyframes_per_scene,
             sweeps_per_keyframe,
-            objects_per_scene,
             lidar_noise,
         )
-        for index, name in enumerate(names)
+        for index, (name, world, offset) in enumerate(zip(names, worlds, offsets, strict=True))
     ]
     if workers == 1:
         results = [_build_scene(job) for job in jobs]
@@ -111,8 +119,70 @@ def generate_synthetic_nuscenes(
     for tables in results:
         writer.extend(tables)
     writer.add_maps()
+    for location in sorted({world.location for world in worlds}):
+        roads = [
+            MappedRoad(world.layout.road, world.layout.mapped_s, (float(offset[0]), float(offset[1])))
+            for world, offset in zip(worlds, offsets, strict=True)
+            if world.location == location
+        ]
+        write_map_expansion(root, location, roads, writer.token)
     writer.write_tables()
     return root
+
+
+@dataclass(frozen=True)
+class SceneWorld:
+    """Where a scene is recorded, by which car, and what is in it (in the scene's own frame)."""
+
+    location: str
+    vehicle: str
+    utc_offset: int
+    layout: SceneLayout
+
+
+def sample_world(seed: int, index: int, duration: float, objects: int) -> SceneWorld:
+    """Scene `index`'s location, car and layout, drawn from (seed, index) alone."""
+    rng = np.random.default_rng([seed, index])
+    location, vehicle, utc_offset, left_hand = LOCATIONS[int(rng.integers(len(LOCATIONS)))]
+    return SceneWorld(location, vehicle, utc_offset, sample_layout(rng, duration, objects, left_hand))
+
+
+def place_scenes(worlds: list[SceneWorld]) -> list[np.ndarray]:
+    """Translation [2] of each scene's frame into the global frame, so that the mapped roads of the
+    scenes of one location keep apart: none where a scene's footprint (a disc holding its mapped road)
+    misses those placed before it, else onto the first free cell of a grid of the footprint's size.
+    Apart footprints keep every other scene's map more than MAP_MARGIN from a scene's LiDAR."""
+    placed: dict[str, list[tuple[np.ndarray, float]]] = {}
+    offsets = []
+    for world in worlds:
+        centre, radius = _footprint(world.layout)
+        others = placed.setdefault(world.location, [])
+        position = next(
+            candidate
+            for candidate in _candidate_centres(centre, radius)
+            if all(np.hypot(*(candidate - other)) >= radius + other_radius for other, other_radius in others)
+        )
+        others.append((position, radius))
+        offsets.append(position - centre)
+    return offsets
+
+
+def _footprint(layout: SceneLayout) -> tuple[np.ndarray, float]:
+    """Centre [2] and radius of a disc holding the mapped road: a chord is never longer than its arc."""
+    low, high = layout.mapped_s
+    centre, _ = layout.road.pose(np.array((low + high) / 2), np.array(0.0))
+    return centre, (high - low) / 2 + SIDEWALK_EDGE
+
+
+def _candidate_centres(centre: np.ndarray, radius: float) -> Iterator[np.ndarray]:
+    """The scene's own centre, then the cells of a grid of pitch 2 * radius, square ring by square ring."""
+    yield centre
+    pitch = 2.0 * radius
+    for ring in itertools.count():
+        for i in range(ring + 1):
+            for j in range(ring + 1):
+                if max(i, j) == ring:
+                    yield np.array([(i + 0.5) * pitch, (j + 0.5) * pitch])
 
 
 @dataclass(frozen=True)
@@ -122,22 +192,22 @@ class _SceneJob:
     seed: int
     index: int
     name: str
+    world: SceneWorld
+    offset: np.ndarray  # scene frame -> global frame (a translation in x, y)
     keyframes: int
     sweeps: int
-    objects: int
     lidar_noise: float
 
 
 def _build_scene(job: _SceneJob) -> dict[str, list[dict]]:
     """Write one scene's files and return its table records (run in a worker process or not)."""
     writer = DatasetWriter(job.root, job.version, job.seed)
-    rng = np.random.default_rng([job.seed, job.index])
-    location, vehicle, utc_offset, left_hand = LOCATIONS[int(rng.integers(len(LOCATIONS)))]
-    duration = (job.keyframes - 1) * KEYFRAME_INTERVAL_US / 1e6
-    layout = sample_layout(rng, duration, job.objects, left_hand)
+    world = job.world
     start_us = FIRST_SCENE_START_US + job.index * SCENE_SPACING_US
-    log = _add_log(writer, job.index, vehicle, location, utc_offset, start_us)
-    scene = _SceneWriter(writer, _camera_renderers(), layout, job.name, job.index, log, start_us)
+    log = _add_log(writer, job.index, world.vehicle, world.location, world.utc_offset, start_us)
+    scene = _SceneWriter(
+        writer, _camera_renderers(), world.layout, job.offset, job.name, job.index, log, start_us
+    )
     scene.write(job.keyframes, job.sweeps, np.random.default_rng([job.seed, job.index, 1]), job.lidar_noise)
     return writer.tables
 
@@ -201,6 +271,7 @@ class _SceneWriter:
         writer: DatasetWriter,
         renderers: tuple[CameraRenderer, ...],
         layout: SceneLayout,
+        offset: np.ndarray,
         name: str,
         index: int,
         log: dict,
@@ -209,6 +280,7 @@ class _SceneWriter:
         self.writer = writer
         self.renderers = renderers
         self.layout = layout
+        self.offset = np.array([offset[0], offset[1], 0.0])  # added to every global position written
         self.name = name
         self.index = index
         self.start_us = start_us
@@ -271,7 +343,7 @@ class _SceneWriter:
             "token": self.writer.token("ego_pose", self.index, channel, timestamp),
             "timestamp": timestamp,
             "rotation": yaw_quaternion(yaw),
-            "translation": [float(xy[0]), float(xy[1]), 0.0],
+            "translation": [float(xy[0] + self.offset[0]), float(xy[1] + self.offset[1]), 0.0],
         }
         return self.writer.add("ego_pose", record)
 
@@ -351,7 +423,7 @@ class _SceneWriter:
 
         def ground_reflectivity(xy: np.ndarray) -> np.ndarray:
             global_xy = position + xy @ to_sensor.T
-            return ground_surface(*self.layout.road.coords(global_xy))[1]
+            return self.layout.road.surface(global_xy)[1]
 
         return cast_lidar(
             local,
@@ -380,10 +452,10 @@ class _SceneWriter:
         return result
 
     def _box(self, centre: np.ndarray, yaw: float, index: int) -> tuple[list, list, list]:
-        """nuScenes translation, size (w, l, h) and rotation of a box."""
+        """nuScenes translation (global), size (w, l, h) and rotation of a box at a scene-frame centre."""
         length, width, height = self.layout.sizes[index]
         return (
-            [float(v) for v in centre],
+            [float(v) for v in centre + self.offset],
             [float(width), float(length), float(height)],
             yaw_quaternion(float(yaw)),
         )

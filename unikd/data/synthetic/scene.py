@@ -1,6 +1,8 @@
 """The world of one synthetic scene: a road, the ego car driving along it, and objects around it.
 
-Everything lives on the flat ground plane z = 0 of the global frame. Positions along the road
+Everything lives on the flat ground plane z = 0 of the scene's frame, which the written dataset
+shifts into the global frame so that the scenes of one location do not overlap (`generate`), and
+whose road, with its zebra crossings, the semantic map describes (`road_map`). Positions along the road
 are given in road coordinates (s, d): s is the arc length along the centre line, d the lateral
 offset to the left of it. Objects move along "tracks" (a lane, the bike lane, a sidewalk strip,
 ...) at a fixed lateral offset; all objects of a track share its motion, so they never collide,
@@ -9,11 +11,12 @@ and the tracks' lateral bands are disjoint, so objects of different tracks never
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from unikd.data.synthetic.appearance import object_colour
+from unikd.data.synthetic.appearance import CROSSING_LENGTH, ground_surface, object_colour
 
 SCENE_RADIUS = 70.0  # objects are placed so that they pass within this distance of the ego car
 EGO_LATERAL = 1.75  # the ego car drives in the inner lane of its side
@@ -33,6 +36,8 @@ TRACK_OFFSETS = {
     "yard": 16.6,
 }
 BUILDING_SETBACK = 19.5  # buildings start this far from the centre line
+MAP_MARGIN = 100.0  # metres of road mapped beyond the ego's first and last positions
+CROSSING_SPACING = (60.0, 110.0)  # metres between the centres of two zebra crossings
 
 # nuScenes category of each object kind (detection class, or bicycle rack).
 CATEGORIES = {
@@ -91,11 +96,18 @@ GUARANTEED_OBJECTS = 13  # one of each class, a bicycle rack with two bicycles (
 
 @dataclass(frozen=True)
 class Road:
-    """A centre line that starts at `origin` with `heading` and bends with constant `curvature`."""
+    """A centre line that starts at `origin` with `heading` and bends with constant `curvature`,
+    with zebra crossings centred at `crossings` (sorted positions along s)."""
 
     origin: tuple[float, float]
     heading: float
     curvature: float  # 1/m, positive bends left; 0 is straight
+    crossings: tuple[float, ...] = ()
+    drive_side: float = -1.0  # sign of d of the lanes whose traffic goes toward +s (-1: right-hand traffic)
+
+    def surface(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Colour [N, 3] and LiDAR reflectivity [N] of the ground at xy [N, 2]."""
+        return ground_surface(*self.coords(xy), np.asarray(self.crossings), self.drive_side)
 
     def pose(self, s: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Road coordinates -> global xy [..., 2] and the road heading there."""
@@ -160,11 +172,13 @@ class SceneObject:
 
 @dataclass
 class SceneLayout:
-    """A sampled scene: its road, the ego motion and all boxes."""
+    """A sampled scene: its road, the ego motion and all boxes. The semantic map covers the road
+    over `mapped_s` (an interval of s): MAP_MARGIN beyond where the ego starts and ends."""
 
     road: Road
     ego: Motion
     objects: list[SceneObject]
+    mapped_s: tuple[float, float]
 
     def __post_init__(self) -> None:
         motions = [obj.motion for obj in self.objects]
@@ -254,7 +268,22 @@ def sample_layout(
     objects = _scenery(rng, road, ego, duration, ego_side, tracks)
     _place_guaranteed(rng, ego, duration, tracks, objects)
     _fill(rng, num_objects, tracks, objects)
-    return SceneLayout(road, ego, objects)
+    mapped_s = (ego.s(0.0) - MAP_MARGIN, ego.s(duration) + MAP_MARGIN)
+    # Drawn last: nothing else in the layout depends on them.
+    crossings = _crossings(rng, mapped_s)
+    road = dataclasses.replace(road, crossings=crossings, drive_side=ego_side)
+    return SceneLayout(road, ego, objects, mapped_s)
+
+
+def _crossings(rng: np.random.Generator, s_range: tuple[float, float]) -> tuple[float, ...]:
+    """Crossing centres every CROSSING_SPACING metres (at random) along s_range, clear of its ends."""
+    low, high = s_range[0] + CROSSING_LENGTH, s_range[1] - CROSSING_LENGTH
+    centres = []
+    s = low + rng.uniform(0.0, CROSSING_SPACING[1])
+    while s < high:
+        centres.append(float(s))
+        s += rng.uniform(*CROSSING_SPACING)
+    return tuple(centres)
 
 
 def _sample_ego(rng: np.random.Generator, duration: float, ego_side: float) -> Motion:

@@ -114,7 +114,8 @@ class DatasetWriter:
 
     def add_maps(self) -> None:
         """One map record per location of the logs. The devkit opens each map's mask PNG when it
-        loads the dataset; the synthetic world has no semantic map, so the mask is a small empty image."""
+        loads the dataset; that raster prior is a small empty image here (the semantic map is the
+        map expansion, `road_map`)."""
         ok, encoded = cv2.imencode(".png", np.zeros((64, 64), dtype=np.uint8))
         if not ok:
             raise RuntimeError("PNG encoding failed for the map mask")
