@@ -15,6 +15,7 @@ setup(
         "torchmetrics>=1.2,<2",
         "nuscenes-devkit>=1.1.10,<2",
         "numpy>=1.22,<2",
+        "scipy>=1.7,<2",
         "pillow>=9,<14",
         "matplotlib>=3.5,<4",
         "tqdm>=4.60,<5",

@@ -1,10 +1,12 @@
-"""Temperature-scaled heatmap distillation for sigmoid (per-class, CenterHead) heatmaps: kind "heatmap_kd".
+"""Temperature-scaled heatmap distillation for sigmoid (per-class) dense heatmaps: kind "heatmap_kd".
 
 With p = sigmoid(logit / T) (each cell and class an independent Bernoulli):
     mode "l1":  L = mean |p_S - p_T|
     mode "bce": L = mean BCE(p_S; target p_T) = -mean [p_T log p_S + (1 - p_T) log(1 - p_S)]
-No T^2 rescaling is applied; fold it into the loss weight if wanted. The term reads all tasks'
-heatmaps; a student head of another resolution is resized (bilinear) to the teacher's first.
+No T^2 rescaling is applied; fold it into the loss weight if wanted. The term reads the dense class
+heatmap (a CenterHead's tasks' heatmaps, a TransFusionHead's `dense_heatmap`: `head_outputs`; both heads
+must have the same classes in the same order); a student head of another resolution is resized
+(bilinear) to the teacher's first.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unikd.distill.adapters import resize_to
-from unikd.distill.losses.response import HeadOutputs, concat_heatmaps
+from unikd.distill.losses.head_outputs import HeadOutputs, check_dense_heatmaps, dense_heatmap
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 
 
@@ -37,10 +39,11 @@ class HeatmapKDLoss(DistillTerm):
 
     @classmethod
     def build(cls, setup: TermSetup, **options: Any) -> HeatmapKDLoss:
+        check_dense_heatmaps(setup, cls.kind)
         return cls(resize=resize_to(setup.student_shape, setup.teacher_shape), **options)
 
     def distill(self, student: HeadOutputs, teacher: HeadOutputs, batch: Mapping[str, Any]) -> torch.Tensor:
-        return self(self.resize(concat_heatmaps(student)), concat_heatmaps(teacher))
+        return self(self.resize(dense_heatmap(student)), dense_heatmap(teacher))
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if student_logits.shape != teacher_logits.shape:

@@ -1,7 +1,8 @@
-"""Spatial Kullback-Leibler distillation of CenterHead heatmaps, one class channel at a time: kind "heatmap_kl".
+"""Spatial Kullback-Leibler distillation of dense class heatmaps, one class channel at a time: kind "heatmap_kl".
 
-Each class channel k of the heatmap logits z [B, K, H, W] (all tasks) is turned into a distribution
-over the H*W cells, q_k = softmax(flatten(z_k) / T); with the teacher's q^T and the student's q^S:
+Each class channel k of the dense heatmap logits z [B, K, H, W] (a CenterHead's tasks' heatmaps, a
+TransFusionHead's `dense_heatmap`: `head_outputs`; both heads with the same classes in order) is turned
+into a distribution over the H*W cells, q_k = softmax(flatten(z_k) / T); with the teacher's q^T and the student's q^S:
 
     L = T^2 * mean_{b,k} sum_cells q^T_k log(q^T_k / q^S_k)
 
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unikd.distill.adapters import resize_to
-from unikd.distill.losses.response import HeadOutputs, concat_heatmaps
+from unikd.distill.losses.head_outputs import HeadOutputs, check_dense_heatmaps, dense_heatmap
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 
 
@@ -37,6 +38,7 @@ class HeatmapKLLoss(DistillTerm):
 
     @classmethod
     def build(cls, setup: TermSetup, **options: Any) -> HeatmapKLLoss:
+        check_dense_heatmaps(setup, cls.kind)
         return cls(resize=resize_to(setup.student_shape, setup.teacher_shape), **options)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -50,4 +52,4 @@ class HeatmapKLLoss(DistillTerm):
         return self.temperature**2 * kl.mean()
 
     def distill(self, student: HeadOutputs, teacher: HeadOutputs, batch: Mapping[str, Any]) -> torch.Tensor:
-        return self(self.resize(concat_heatmaps(student)), concat_heatmaps(teacher))
+        return self(self.resize(dense_heatmap(student)), dense_heatmap(teacher))

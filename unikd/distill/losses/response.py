@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from unikd.distill.adapters import resize_to
+from unikd.distill.losses.head_outputs import dense_heatmap, require_center_heads
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.models.heads.center_targets import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
@@ -31,14 +32,9 @@ REGRESSION_KEYS = ("reg", "height", "dim", "rot", "vel")
 HeadOutputs = Sequence[Mapping[str, torch.Tensor]]
 
 
-def concat_heatmaps(head: HeadOutputs) -> torch.Tensor:
-    """All tasks' heatmap logits [B, num_classes, H, W]."""
-    return torch.cat([task["heatmap"] for task in head], dim=1)
-
-
 def class_max_heatmap(head: HeadOutputs, temperature: float) -> torch.Tensor:
     """max over every class of every task of sigmoid(logit / temperature): [B, H, W]."""
-    return (concat_heatmaps(head) / temperature).sigmoid().amax(dim=1)
+    return (dense_heatmap(head) / temperature).sigmoid().amax(dim=1)
 
 
 @register_term("response")
@@ -70,6 +66,7 @@ class ResponseDistillLoss(DistillTerm):
 
     @classmethod
     def build(cls, setup: TermSetup, **options: Any) -> ResponseDistillLoss:
+        require_center_heads(setup, cls.kind)
         return cls(setup.grid, resize_to(setup.student_shape, setup.teacher_shape), **options)
 
     def forward(self, student: HeadOutputs, teacher: HeadOutputs, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
