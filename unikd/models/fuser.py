@@ -2,14 +2,23 @@
 
 With `channel_attention` the concatenation is first gated per channel by sigmoid(1x1 conv of its
 global average), UniDistill's FusionEncoder (`att`, then `reduce_conv`).
+
+`build_fuser` builds a detector's fuser from its configuration: `config["fuser"]["type"]` "conv"
+(the default when `fuser` is absent: this ConvFuser, from `fuser_channels` and `fuser_attention`) or
+"mgfm" (`unikd.models.mgfm.ModalityGeneralFusion`, its settings the other keys of `fuser`).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from unikd.models.mgfm import ModalityGeneralFusion
+
+FUSER_TYPES = ("conv", "mgfm")
 
 
 class ChannelGate(nn.Sequential):
@@ -39,8 +48,19 @@ class ConvFuser(nn.Sequential):
         super().__init__(layers)
         self.in_channels = list(in_channels)
 
-    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """Fuse BEV maps given in the order of `in_channels` (e.g. [camera, lidar]) on the same grid."""
+    def forward(self, inputs: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """Fuse BEV maps given in the order of `in_channels` (e.g. [camera, lidar]) on the same grid.
+
+        A missing modality (None) enters as a zero map: the convolution has no notion of absence."""
+        if len(inputs) != len(self.in_channels):
+            raise ValueError(f"ConvFuser expects {len(self.in_channels)} inputs, got {len(inputs)}")
+        given = next((x for x in inputs if x is not None), None)
+        if given is None:
+            raise ValueError("ConvFuser needs at least one modality BEV; all inputs are None")
+        inputs = [
+            given.new_zeros(given.shape[0], channels, *given.shape[-2:]) if x is None else x
+            for channels, x in zip(self.in_channels, inputs, strict=True)
+        ]
         channels = [x.shape[1] for x in inputs]
         if channels != self.in_channels:
             raise ValueError(f"ConvFuser expects inputs with channels {self.in_channels}, got {channels}")
@@ -48,3 +68,24 @@ class ConvFuser(nn.Sequential):
         if len(sizes) != 1:
             raise ValueError(f"ConvFuser inputs must share one BEV size, got {sorted(sizes)}")
         return super().forward(torch.cat(inputs, dim=1))
+
+
+def build_fuser(in_channels: Sequence[int], config: dict, grid_size: tuple[int, int]) -> nn.Module:
+    """The fuser of a detector `config` (module doc) for inputs of `in_channels` on a `grid_size` BEV."""
+    settings = dict(config.get("fuser", {"type": "conv"}))
+    kind = settings.pop("type", None)
+    if kind not in FUSER_TYPES:
+        raise ValueError(f"config 'fuser' type must be one of {FUSER_TYPES}, got {kind!r}")
+    if kind == "conv":
+        if settings:
+            raise ValueError(
+                "config 'fuser' of type 'conv' takes no settings (a ConvFuser's are fuser_channels and "
+                f"fuser_attention), got {sorted(settings)}"
+            )
+        return ConvFuser(in_channels, config["fuser_channels"], config.get("fuser_attention", False))
+    if config.get("fuser_attention", False):
+        raise ValueError("fuser_attention is a ConvFuser setting; config 'fuser' has type 'mgfm'")
+    try:
+        return ModalityGeneralFusion(in_channels, config["fuser_channels"], grid_size, **settings)
+    except TypeError as error:
+        raise TypeError(f"config 'fuser' (mgfm): settings {sorted(settings)}: {error}") from error
