@@ -180,8 +180,8 @@ def test_distiller_rejects_what_it_cannot_align() -> None:
     assert not Distiller(UNIDISTILL_TERMS, {"feature": 0.0}, camera, lidar).terms  # weight 0: term off
     with pytest.raises(ValueError, match="num_train_samples"):
         Distiller({"crd": {"loss": "crd", "feature": "bev"}}, {"crd": 1.0}, camera, lidar)
-    with pytest.raises(ValueError, match="input is 'neck'"):
-        Distiller({"mask": {"loss": "learned_mask", "feature": "bev"}}, {"mask": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="through the teacher's decoder"):
+        Distiller({"mask": {"loss": "learned_mask", "feature": "middle_encoder"}}, {"mask": 1.0}, lidar, lidar)
 
 
 def test_kinds_come_from_the_registry_and_specs_are_checked() -> None:

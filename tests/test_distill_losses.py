@@ -342,20 +342,20 @@ def test_learned_masks_weight_the_error_and_can_freeze():
     student, teacher = torch.randn(2, 4, 6, 8, requires_grad=True), torch.randn(2, 4, 6, 8)
     masks = torch.sigmoid(torch.einsum("qc,bchw->bqhw", loss_fn.generator.queries, teacher) / 2).detach()
     error = ((student.detach() - teacher) ** 2).mean(dim=1)
-    expected = sum(masks[b, q] * error[b] for b in range(2) for q in range(3)).sum() / masks.sum()
-    loss = loss_fn(student, teacher)
+    expected = sum(masks[b, q] ** 2 * error[b] for b in range(2) for q in range(3)).sum() / masks.sum()
+    loss = loss_fn(student, teacher, loss_fn.masks(teacher).detach())
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert student.grad.abs().sum() > 0
     assert loss_fn.generator.queries.grad is None  # distillation never moves the masks
-    loss_fn.mask_learning_loss(teacher, lambda masked: masked.pow(2).mean()).backward()
+    loss_fn.mask_learning_loss(teacher, loss_fn.masks(teacher), lambda masked: masked.pow(2).mean()).backward()
     assert loss_fn.generator.queries.grad.abs().sum() > 0
     loss_fn.set_epoch(1)
     assert loss_fn.learning_masks
     loss_fn.set_epoch(2)
     assert not loss_fn.learning_masks and not loss_fn.generator.queries.requires_grad
     with pytest.raises(RuntimeError, match="frozen"):
-        loss_fn.mask_learning_loss(teacher, lambda masked: masked.mean())
+        loss_fn.mask_learning_loss(teacher, loss_fn.masks(teacher), lambda masked: masked.mean())
 
 
 def test_info_nce_matches_naive_loop():

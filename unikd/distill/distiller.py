@@ -144,9 +144,13 @@ def build_term(
         num_train_samples,
     )
     try:
-        return kind.build(setup, **options)
+        term = kind.build(setup, **options)
     except TypeError as error:
         raise TypeError(f"distill term {name!r} ({kind.kind}): options {sorted(options)}: {error}") from error
+    missing = sorted(set(term.teacher_context) - set(teacher.output_shapes()))
+    if missing:
+        raise KeyError(f"distill term {name!r} ({kind.kind}) reads the teacher outputs {missing}, which it lacks")
+    return term
 
 
 class Distiller(nn.Module):
@@ -230,9 +234,11 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The weighted losses of one term from both networks' outputs (`inputs`)."""
         term, feature = self.terms[name], self.features[name]
+        context = {"context": {n: teacher[n] for n in term.teacher_context}} if term.teacher_context else {}
         if term.reads == "levels":
-            value = term.distill({f: student[f] for f in feature}, {f: teacher[f] for f in feature}, batch)
+            levels = {f: student[f] for f in feature}, {f: teacher[f] for f in feature}
+            value = term.distill(*levels, batch, **context)
         else:
-            value = term.distill(student[feature], teacher[feature], batch)
+            value = term.distill(student[feature], teacher[feature], batch, **context)
         parts = value if isinstance(value, dict) else {"": value}
         return {"/".join(filter(None, ("distill", name, part))): self.weights[name] * loss for part, loss in parts.items()}

@@ -9,7 +9,9 @@ batch (`distill`); `forward` is the loss on plain tensors. What it reads:
 - "head":  the head's outputs (`head`: per task, a dict of maps);
 - "levels": several named outputs (a list in the spec), given as {name: output}.
 
-`distill` returns a loss, or {part: loss} where the part "" is the term itself.
+`distill` returns a loss, or {part: loss} where the part "" is the term itself. A term that also
+reads named outputs of the teacher alone lists them in `teacher_context` (e.g. learned masks read the
+teacher's `fusion_queries`); the distiller then passes them to `distill` as `context` {name: output}.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class DistillTerm(nn.Module):
     kind: ClassVar[str]
     reads: ClassVar[str] = "dense"
     needs_train_samples: ClassVar[bool] = False  # keeps per-sample state: needs TermSetup.num_train_samples
+    teacher_context: tuple[str, ...] = ()  # teacher outputs `distill` also reads, given as `context`
 
     @classmethod
     def build(cls, setup: TermSetup, **options: Any) -> DistillTerm:
