@@ -3,7 +3,8 @@
 `detector_state(checkpoint, expected)` returns the unikd detector state dict of a checkpoint in
 any known format and names the format; one it does not know is an error that says what was
 looked for. Known: unikd (a Lightning checkpoint with `model.*` keys, or a detector state dict),
-mmdet3d CenterPoint (`mmdet3d_centerpoint`), UniDistill's BEVFusion (`unidistill`).
+mmdet3d CenterPoint (`mmdet3d_centerpoint`), UniDistill's BEVFusion (`unidistill`), mmdet3d's and mit-han-lab's
+BEVFusion (`bevfusion`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-from unikd.interop import mmdet3d_centerpoint, unidistill
+from unikd.interop import bevfusion, mmdet3d_centerpoint, unidistill
+from unikd.interop.bevfusion_camera import check_geometry as check_bevfusion_geometry
 from unikd.interop.mmdet3d_centerpoint import centerpoint_to_unikd, is_centerpoint_state
 from unikd.interop.unidistill_camera import check_geometry_buffers
 
@@ -28,8 +30,10 @@ class CheckpointFormatError(RuntimeError):
 LOOKED_FOR = (
     "a unikd checkpoint ('state_dict' with 'model.*' keys), a unikd detector state dict "
     f"(keys under {', '.join(UNIKD_MODULES)}), an mmdet3d CenterPoint checkpoint "
-    "(keys under pts_middle_encoder. and pts_bbox_head.task_heads.), or a UniDistill BEVFusion checkpoint "
-    "('state_dict' with model.* keys or 'model_state', under det_head.dense_head. and bev_encoder.backbone_2d.)"
+    "(keys under pts_middle_encoder. and pts_bbox_head.task_heads.), an mmdet3d BEVFusion checkpoint (keys under "
+    "pts_middle_encoder. and bbox_head.heatmap_head.), a mit-han-lab BEVFusion checkpoint (keys under encoders. and "
+    "heads.object.), or a UniDistill BEVFusion checkpoint ('state_dict' with model.* keys or 'model_state', under "
+    "det_head.dense_head. and bev_encoder.backbone_2d.)"
 )
 
 
@@ -111,6 +115,24 @@ def detector_state(
         converted.update({key: uni[key] for key in unmapped})
         modality = "+".join(unidistill.modalities(uni))
         return converted, f"UniDistill BEVFusion ({modality}; dropped as training-only: {', '.join(dropped) or 'none'})"
+    mit_han_lab = bevfusion.is_mit_han_lab_state(state)
+    if mit_han_lab or bevfusion.is_mmdet3d_bevfusion_state(state):
+        if mit_han_lab:
+            state, source = bevfusion.mit_han_lab_to_mmdet3d(state), "mit-han-lab BEVFusion"
+            box_convention = box_convention or "0.x"  # its code base is mmdet3d 0.x's
+        else:
+            source = "mmdet3d BEVFusion"
+            if box_convention is None:
+                box_convention, read_from = mmdet3d_box_convention(checkpoint)
+                source += f", {read_from}"
+        if config is not None and "camera" in config:
+            try:
+                check_bevfusion_geometry(state, config)
+            except ValueError as error:
+                raise CheckpointFormatError(str(error)) from None
+        converted, unmapped = bevfusion.bevfusion_to_unikd(state, expected, box_convention)
+        converted.update({key: state[key] for key in unmapped})
+        return converted, f"{source} ({box_convention} box convention)"
     if is_centerpoint_state(state):
         if box_convention is None:
             box_convention, source = mmdet3d_box_convention(checkpoint)
