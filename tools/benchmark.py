@@ -2,8 +2,8 @@
 
     python tools/benchmark.py [--only NAME ...] [--data_root DIR] [--quick] [--device cpu|cuda] [--json out.json]
 
-Entries: voxelize, data_loading, lidar_train_step, bev_pool, camera_train_step, metric, distill_step,
-distill_terms.
+Entries: voxelize, data_loading, lidar_train_step, bev_pool, camera_train_step, camera_forward, metric,
+head_step, distill_step, distill_terms.
 Each entry prints a RATIO against a reference measured in the same run (its meaning is printed with
 it), next to the absolute figures, and the run starts by printing the machine (CPU model, cores,
 torch version and threads, GPU name, load average).
@@ -658,6 +658,59 @@ def bench_bev_pool(ctx: Context, case: str) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------ camera_forward
+CAMERA_BRANCHES = {"resnet50_lss": "nuscenes", "swin_t_depth_lss": "bevfusion_fusion"}  # name -> model size
+
+
+def bench_camera_forward(ctx: Context, case: str) -> dict:
+    """Inference forward of the two nuScenes camera branches on one sample (six 256 x 704 images)."""
+    from unikd.data.collate import collate_batch
+    from unikd.exps.base_exp import image_aug_for
+    from unikd.models.camera import CameraBEVEncoder
+    from unikd.models.configs import model_config
+
+    encoders = {}
+    for name, size in CAMERA_BRANCHES.items():
+        config = model_config(size, ("lidar", "camera"))
+        camera = CameraBEVEncoder(point_cloud_range=config["point_cloud_range"], **config["camera"])
+        encoders[name] = camera.to(ctx.device).eval()
+    config = model_config("bevfusion_fusion", ("lidar", "camera"))
+    dataset = make_dataset(
+        ctx, ctx.eval_split, config["point_cloud_range"], 10, True, False, image_aug_for("bevfusion_fusion")
+    )
+    batch = to_device(collate_batch([dataset[most_swept(dataset, 1)[0]]]), ctx.device)
+    inputs = [batch[key] for key in ("imgs", "lidar2cam", "cam2img", "img_aug", "bda", "points")]
+
+    def forward(encoder: CameraBEVEncoder) -> Callable[[], None]:
+        def call() -> None:
+            with torch.no_grad():
+                encoder(*inputs)
+
+        return call
+
+    calls = {name: forward(encoder) for name, encoder in encoders.items()}
+    memory = {name: peak_memory(call, ctx.device) for name, call in calls.items()}
+    times = time_interleaved(calls, repeats=ctx.repeats(3, 2), device=ctx.device)
+    seconds = {name: median(values) for name, values in times.items()}
+    figures: dict[str, Any] = {"images": "x".join(str(n) for n in batch["imgs"].shape[1:])}
+    for name, encoder in encoders.items():
+        figures[f"{name}_s"] = seconds[name]
+        figures[f"{name}_params"] = sum(p.numel() for p in encoder.parameters())
+        figures[f"{name}_peak_bytes"] = memory[name]["peak_bytes"]
+        figures[f"{name}_peak_upper_bound"] = memory[name]["upper_bound"]
+    return {
+        "ratio": seconds["swin_t_depth_lss"] / seconds["resnet50_lss"],
+        "ratio_meaning": "Swin-T + DepthLSS (BEVFusion) / ResNet-50 + LSS (unikd's nuScenes camera), forward time",
+        "figures": figures,
+        "notes": [
+            "model sizes bevfusion_fusion and nuscenes, random weights, eval mode, no gradient, batch 1; the "
+            "DepthLSS branch also draws the sample's points (10 sweeps) into its depth image",
+            f"interleaved rounds, median of {ctx.repeats(3, 2)} after a warm-up; peaks measured one after the other "
+            "in this process",
+        ],
+    }
+
+
 # ------------------------------------------------------------------------------------ 6. metric
 def jittered_predictions(nusc: Any, eval_set: str, seed: int) -> tuple[list[dict], int]:
     """Prediction records made from the devkit's ground truth: 85% of the boxes jittered, plus up
@@ -855,6 +908,19 @@ TERMS_OBJECTS = (((4.6, 1.95), 0.45), ((0.73, 0.67), 0.2), ((0.5, 2.5), 0.15), (
                  ((6.9, 2.5), 0.05), ((11.0, 2.9), 0.05))
 
 
+def random_boxes(gen: torch.Generator, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` boxes [count, 9] of TERMS_OBJECTS' sizes and frequencies over +-50 m, and their kinds [count]."""
+    sizes = torch.tensor([dims for dims, _ in TERMS_OBJECTS])
+    weights = torch.tensor([weight for _, weight in TERMS_OBJECTS])
+    kind = torch.multinomial(weights, count, replacement=True, generator=gen)
+    box = torch.zeros(count, 9)
+    box[:, :2] = torch.rand(count, 2, generator=gen) * 100 - 50
+    box[:, 3:5] = sizes[kind]
+    box[:, 5] = 1.7
+    box[:, 6] = torch.rand(count, generator=gen) * 2 * math.pi - math.pi
+    return box, kind
+
+
 def terms_inputs(device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Random maps and boxes of the nuScenes size (TERMS_*): student maps require grad."""
     from unikd.data.classes import TASKS
@@ -870,17 +936,7 @@ def terms_inputs(device: torch.device, seed: int = 0) -> dict[str, Any]:
         heads = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
         return [{"heatmap": maps(len(task), grad), **{k: maps(c, grad) for k, c in heads.items()}} for task in TASKS]
 
-    sizes = torch.tensor([dims for dims, _ in TERMS_OBJECTS])
-    weights = torch.tensor([weight for _, weight in TERMS_OBJECTS])
-    boxes = []
-    for _ in range(TERMS_BATCH):
-        kind = torch.multinomial(weights, TERMS_BOXES, replacement=True, generator=gen)
-        box = torch.zeros(TERMS_BOXES, 9)
-        box[:, :2] = torch.rand(TERMS_BOXES, 2, generator=gen) * 100 - 50
-        box[:, 3:5] = sizes[kind]
-        box[:, 5] = 1.7
-        box[:, 6] = torch.rand(TERMS_BOXES, generator=gen) * 2 * math.pi - math.pi
-        boxes.append(box.to(device))
+    boxes = [random_boxes(gen, TERMS_BOXES)[0].to(device) for _ in range(TERMS_BATCH)]
     return {
         "grid": BEVGrid.from_range((-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), 0.6),
         "student": {name: maps(c, True) for name, c in TERMS_CHANNELS.items()} | {"response": head(True)},
@@ -1046,6 +1102,68 @@ def bench_distill_terms(ctx: Context, case: str) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------ 9. heads
+HEAD_OBJECT_CLASSES = ("car", "pedestrian", "barrier", "traffic_cone", "truck", "bus")  # TERMS_OBJECTS' kinds
+HEAD_SIZES = {"center": "nuscenes", "transfusion": "bevfusion_lidar"}  # head -> model size
+
+
+def bench_head_step(ctx: Context, case: str) -> dict:
+    """CenterHead and TransFusionHead on a nuScenes-size neck output: forward, and forward + loss + backward."""
+    from unikd.data.classes import CLASSES
+    from unikd.models.bevfusion import HEADS
+    from unikd.models.configs import model_config
+    from unikd.ops.bev_grid import BEVGrid
+
+    gen = torch.Generator().manual_seed(0)
+    grid = BEVGrid.from_range((-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), 0.6)
+    heads, channels = {}, 0
+    for name, size in HEAD_SIZES.items():
+        config = model_config(size, ("lidar",))
+        head_config, channels = dict(config["head"]), sum(config["neck"]["out_channels"])
+        heads[name] = HEADS[head_config.pop("type", "center")](channels, grid=grid, **head_config).to(ctx.device)
+    neck = torch.randn(TERMS_BATCH, channels, grid.height, grid.width, generator=gen).to(ctx.device)
+    gt_boxes, gt_labels = [], []
+    for _ in range(TERMS_BATCH):
+        boxes, kinds = random_boxes(gen, TERMS_BOXES)
+        gt_boxes.append(boxes.to(ctx.device))
+        gt_labels.append(torch.tensor([CLASSES.index(HEAD_OBJECT_CLASSES[k]) for k in kinds], device=ctx.device))
+
+    def forward(head: torch.nn.Module) -> Callable[[], None]:
+        def call() -> None:
+            with torch.no_grad():
+                head.eval()(neck)
+
+        return call
+
+    def train_step(head: torch.nn.Module) -> Callable[[], None]:
+        def call() -> None:
+            head.train().zero_grad(set_to_none=True)
+            sum(head.loss(head(neck), gt_boxes, gt_labels).values()).backward()
+
+        return call
+
+    calls = {f"{name}_{kind}": make(head) for name, head in heads.items() for kind, make in
+             (("forward", forward), ("train", train_step))}  # fmt: skip
+    memory = {name: peak_memory(call, ctx.device) for name, call in calls.items()}
+    repeats = ctx.repeats(3, 2)
+    seconds = {name: median(values) for name, values in time_interleaved(calls, repeats, ctx.device).items()}
+    figures: dict[str, Any] = {f"{name}_params": sum(p.numel() for p in head.parameters()) for name, head in heads.items()}
+    for name in calls:
+        figures[f"{name}_s"] = seconds[name]
+        figures[f"{name}_peak_bytes"] = memory[name]["peak_bytes"]
+        figures[f"{name}_peak_upper_bound"] = memory[name]["upper_bound"]
+    return {
+        "ratio": seconds["transfusion_train"] / seconds["center_train"],
+        "ratio_meaning": "TransFusionHead (bevfusion_lidar) / CenterHead (nuscenes), forward + loss + backward time",
+        "figures": figures,
+        "notes": [
+            f"random weights, a random {channels}-channel {grid.height} x {grid.width} neck output, batch "
+            f"{TERMS_BATCH}, {TERMS_BOXES} boxes per sample of nuScenes-like sizes; forward: eval mode, no gradient",
+            f"interleaved rounds, median of {repeats} after a warm-up; peaks measured one after the other in this process",
+        ],
+    }
+
+
 ENTRIES: dict[str, Entry] = {
     "voxelize": Entry(bench_voxelize, lambda quick: ["nuscenes"], True, "unikd.ops.voxelize.voxelize"),
     "data_loading": Entry(
@@ -1063,7 +1181,11 @@ ENTRIES: dict[str, Entry] = {
     "camera_train_step": Entry(
         bench_camera_train_step, lambda quick: ["small"], True, "BEVFusion camera training step"
     ),
+    "camera_forward": Entry(
+        bench_camera_forward, lambda quick: ["nuscenes"], True, "camera branch forward: Swin-T vs ResNet-50"
+    ),
     "metric": Entry(bench_metric, lambda quick: ["synthetic"], True, "nuScenes metric: ours vs the devkit"),
+    "head_step": Entry(bench_head_step, lambda quick: ["nuscenes"], False, "TransFusionHead vs CenterHead"),
     "distill_step": Entry(
         bench_distill_step,
         lambda quick: ["camera_from_lidar-small"] if quick else list(DISTILL_CASES),

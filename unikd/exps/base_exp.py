@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from unikd.data.collate import collate_batch
 from unikd.data.infos import SPLITS_BY_VERSION
+from unikd.data.map_targets import MAP_CLASSES, MAP_GRID
 from unikd.data.mmdet3d_infos import info_files
 from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
 from unikd.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
@@ -28,10 +29,13 @@ from unikd.models.configs import model_config
 # The image augmentation (a data setting) of each model size: the camera branch reads the images it makes.
 # Sizes not listed use ImageAugConfig() (nuScenes: 1600x900 resized and cropped to 256x704).
 IMAGE_AUG_BY_SIZE: dict[str, ImageAugConfig] = {
-    "small": ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23),
+    **dict.fromkeys(("small", "small_bevfusion", "small_mgfm"), ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23)),
     # UniDistill's ida_aug_cfg: resize in (0.386, 0.55) in training, max(256 / 900, 704 / 1600) = 0.44 in testing
     **dict.fromkeys(("unidistill_camera", "unidistill_fusion"), ImageAugConfig(train_resize=(0.386, 0.55), test_resize=0.44)),
 }
+
+
+TASKS = ("detection", "segmentation")
 
 
 def image_aug_for(model_size: str) -> ImageAugConfig:
@@ -74,6 +78,7 @@ class BaseExp(pl.LightningModule):
     """
 
     modalities: tuple[str, ...] = ("lidar",)
+    task: str = "detection"  # "detection" (CenterHead, detection metric) or "segmentation" (BEV map, mIoU)
     model_size: str = "nuscenes"  # "nuscenes" (reference sizes), "student" (0.1 m, narrow) or "small" (CPU)
     version: str = "v1.0-mini"
     num_sweeps: int = 3
@@ -88,6 +93,7 @@ class BaseExp(pl.LightningModule):
     num_workers: int = 2
     eval_backend: str = "metric"  # "metric" (fast, identical) or "devkit" (official)
     eval_backends: tuple[str, ...] = ("metric", "devkit")
+    drop_modality_at_eval: str = ""  # "lidar" or "camera": a fusion model evaluates with it removed before the fuser
     num_visualizations: int = 4
     cli_arguments: tuple[str, ...] = ()  # extra CLI arguments passed to __init__ (e.g. teacher_ckpt)
 
@@ -108,7 +114,7 @@ class BaseExp(pl.LightningModule):
         options = dict(exp_options or {})
         model_options = {k: options.pop(k) for k in list(options) if k.startswith("model_config.")}
         apply_options(self, options)
-        self.model_config = model_config(self.model_size, self.modalities)
+        self.model_config = model_config(self.model_size, self.modalities, self.task)
         apply_options(self, model_options)
         self.check_settings()
         self.model = self.build_model()
@@ -121,6 +127,12 @@ class BaseExp(pl.LightningModule):
 
     def check_settings(self) -> None:
         """Settings that would otherwise fail late, checked when the experiment is built."""
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "segmentation" and self.eval_backend != "metric":
+            raise ValueError(
+                f"eval_backend {self.eval_backend!r} evaluates detection; segmentation uses 'metric' (map IoU)"
+            )
         if self.version not in SPLITS_BY_VERSION:
             raise ValueError(f"unknown nuScenes version {self.version!r}; expected one of {sorted(SPLITS_BY_VERSION)}")
         if self.eval_backend not in self.eval_backends:
@@ -131,6 +143,11 @@ class BaseExp(pl.LightningModule):
             raise ValueError("--infos_box_convention is for mmdet3d info files: pass them with --infos")
         if self.num_sweeps < 1:
             raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {self.num_sweeps}")
+        if self.drop_modality_at_eval and (len(self.modalities) < 2 or self.drop_modality_at_eval not in self.modalities):
+            raise ValueError(
+                f"drop_modality_at_eval removes one modality of a fusion experiment ({self.modalities}), "
+                f"got {self.drop_modality_at_eval!r}"
+            )
 
     @property
     def exp_name(self) -> str:
@@ -148,6 +165,12 @@ class BaseExp(pl.LightningModule):
         return BEVFusion(copy.deepcopy(self.model_config))
 
     # ----------------------------------------------------------------------------- data
+    @property
+    def reads_map_masks(self) -> bool:
+        """Whether the datasets give the map targets `gt_masks_bev` (segmentation experiments), on the grid of
+        the segmentation head's logits."""
+        return self.task == "segmentation"
+
     def data_modalities(self, training: bool) -> tuple[str, ...]:
         """The sensors a dataset of this experiment reads (a distillation adds its teacher's for training)."""
         return self.modalities
@@ -168,6 +191,8 @@ class BaseExp(pl.LightningModule):
                 seed=self.seed,
                 infos_file=info_files(self.infos, self.version)[split] if self.infos else None,
                 infos_box_convention=self.infos_box_convention,
+                map_segmentation=self.reads_map_masks,
+                map_grid=self.model.seg_head.output_grid if self.reads_map_masks else MAP_GRID,
             )
         return self._datasets[key]
 
@@ -281,21 +306,32 @@ class BaseExp(pl.LightningModule):
 
     # ----------------------------------------------------------------------------- evaluation
     def metric(self):
-        """The fast nuScenes metric over the validation split's ground truth (built once)."""
+        """The validation metric (built once): the fast nuScenes detection metric over the validation split's
+        ground truth, or for segmentation the map IoU (`MapSegmentationMetric`)."""
         if self._metric is None:
+            # --limit_val_batches evaluates a subset on purpose; otherwise every sample must be predicted.
+            limit = self.trainer.limit_val_batches  # an int counts batches: 1 means one batch
+            whole_split = isinstance(limit, float) and limit == 1.0
+            if self.task == "segmentation":
+                from unikd.evaluation.map_segmentation import MapSegmentationMetric
+
+                samples = len(self.dataset(self.val_split, training=False)) if whole_split else None
+                self._metric = MapSegmentationMetric(MAP_CLASSES, expected_samples=samples).to(self.device)
+                return self._metric
             from unikd.evaluation.ground_truth import prepare_ground_truth
             from unikd.evaluation.metric import NuScenesDetectionMetric
 
             gt = prepare_ground_truth((self.version, self.data_root), self.val_split)
-            # --limit_val_batches evaluates a subset on purpose; otherwise every sample must be predicted.
-            limit = self.trainer.limit_val_batches  # an int counts batches: 1 means one batch
-            whole_split = isinstance(limit, float) and limit == 1.0
             self._metric = NuScenesDetectionMetric(gt, require_all_samples=whole_split).to(self.device)
         return self._metric
 
     def detect(self, batch: dict) -> list[dict]:
-        """Decoded boxes per sample (LiDAR frame of the batch)."""
-        return self.model.decode(self.model(batch))
+        """Decoded boxes per sample (LiDAR frame of the batch), without `drop_modality_at_eval`'s modality."""
+        return self.model.decode(self.model(batch, absent_modality=self.drop_modality_at_eval or None))
+
+    def segment(self, batch: dict) -> torch.Tensor:
+        """Map scores [B, K, H, W]: the sigmoid of the segmentation logits."""
+        return self.model(batch)["seg"].sigmoid()
 
     def on_validation_epoch_start(self) -> None:
         self.val_records = []
@@ -303,6 +339,9 @@ class BaseExp(pl.LightningModule):
             self.metric().reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if self.task == "segmentation":
+            self.metric().update(self.segment(batch), batch["gt_masks_bev"])
+            return
         detections = self.detect(batch)
         records = prediction_records(detections, batch)
         if self.eval_backend == "metric":
@@ -312,6 +351,9 @@ class BaseExp(pl.LightningModule):
             self.save_visualization(batch, detections, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
+        if self.task == "segmentation":
+            self.report_map_metrics()
+            return
         if self.eval_backend == "metric":
             self.metric().compute()
             summary = self.metric().summary
@@ -330,6 +372,20 @@ class BaseExp(pl.LightningModule):
             print(format_metrics(summary))
             path = self.run_dir() / "eval" / f"metrics_summary_epoch{self.epoch_label}.json"
             write_metrics_summary(summary, path, meta={"backend": self.eval_backend, "split": self.val_split})
+            print(f"metrics written to {path}")
+
+    def report_map_metrics(self) -> None:
+        """Map IoU of the validation epoch: logged as val/mIoU, printed and written to eval/ on rank 0."""
+        self.metric().compute()
+        summary = self.metric().summary
+        self.log("val/mIoU", summary["mean_iou"], rank_zero_only=True)
+        self.last_metrics = summary
+        if self.trainer.is_global_zero:
+            from unikd.evaluation import format_map_metrics, write_metrics_summary
+
+            print(format_map_metrics(summary))
+            path = self.run_dir() / "eval" / f"map_segmentation_epoch{self.epoch_label}.json"
+            write_metrics_summary(summary, path, meta={"split": self.val_split})
             print(f"metrics written to {path}")
 
     def gathered_records(self, records: list[dict]) -> list[dict] | None:

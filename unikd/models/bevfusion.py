@@ -1,4 +1,4 @@
-"""BEVFusion-style detector of any modality: LiDAR, camera or both, with a CenterHead."""
+"""BEVFusion-style detector of any modality: LiDAR, camera or both, with a CenterHead and/or a map head."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from unikd.data.map_targets import MAP_CLASSES
 from unikd.models.camera import CameraBEVEncoder
 from unikd.models.decoder import SECOND, SECONDFPN
-from unikd.models.fuser import ConvFuser
+from unikd.models.fuser import build_fuser
 from unikd.models.heads.center_head import CenterHead
+from unikd.models.heads.seg_head import BEVSegmentationHead
+from unikd.models.heads.transfusion_head import TransFusionHead
 from unikd.models.lidar import MeanVFE, SparseEncoder
+from unikd.models.mgfm import FusionOutput, ModalityGeneralFusion
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.voxelize import voxelize_batch
 
 POINT_FEATURES = 5  # x, y, z, intensity, time lag
+HEADS = {"center": CenterHead, "transfusion": TransFusionHead}  # config["head"]["type"], "center" when absent
+FUSER_INPUTS = ("camera", "lidar")  # the order of the fuser's inputs
 
 
 class SparseFeatures(NamedTuple):
@@ -27,11 +33,12 @@ class SparseFeatures(NamedTuple):
 
 
 class BEVFusion(nn.Module):
-    """LiDAR branch and/or camera branch -> (fuser) -> SECOND -> SECONDFPN -> CenterHead.
+    """LiDAR branch and/or camera branch -> (fuser) -> SECOND -> SECONDFPN -> CenterHead and/or map head.
 
     `forward` returns the named features of ARCHITECTURE.md so that distillation never guesses:
-    voxel_encoder, middle_encoder (LiDAR), camera_bev and depth_probs (camera), bev, backbone,
-    neck, head; `output_shapes` gives their shapes without running the network.
+    voxel_encoder, middle_encoder (LiDAR), camera_bev and depth_probs (camera), fusion_queries (an
+    MGFM fuser's query map), bev, backbone, neck, head (config `head`: CenterHead), seg (config
+    `seg_head`: map logits); `output_shapes` gives their shapes without running the network.
     """
 
     def __init__(self, config: dict) -> None:
@@ -63,25 +70,48 @@ class BEVFusion(nn.Module):
         self.camera = None
         if config.get("camera") is not None:
             self.camera = CameraBEVEncoder(point_cloud_range=point_range, output_grid=self.grid, **config["camera"])
+            if self.camera.needs_points and self.lidar is None:
+                raise ValueError(
+                    "camera.depth_net 'depth_lss' reads the LiDAR depth image: a camera-only detector has no LiDAR "
+                    "to give it (use it with the lidar branch, or another depth_net)"
+                )
             bev_channels.insert(0, self.camera.out_channels)
         if not bev_channels:
             raise ValueError("a detector needs a LiDAR or a camera branch (config 'lidar' and/or 'camera')")
 
         self.fuser = None
         if len(bev_channels) > 1:
-            self.fuser = ConvFuser(bev_channels, config["fuser_channels"], config.get("fuser_attention", False))
+            self.fuser = build_fuser(bev_channels, config, (self.grid.height, self.grid.width))
             decoder_in = config["fuser_channels"]
         else:
             decoder_in = bev_channels[0]
         self.backbone = SECOND(in_channels=decoder_in, **config["backbone"])
         self.neck = SECONDFPN(in_channels=config["backbone"]["out_channels"], **config["neck"])
-        self.head = CenterHead(sum(config["neck"]["out_channels"]), grid=self.grid, **config["head"])
+        neck_channels = sum(config["neck"]["out_channels"])
+        self.head = None
+        if config.get("head") is not None:
+            head_config = dict(config["head"])
+            head_type = head_config.pop("type", "center")
+            if head_type not in HEADS:
+                raise ValueError(f"config head.type must be one of {sorted(HEADS)}, got {head_type!r}")
+            self.head = HEADS[head_type](neck_channels, grid=self.grid, **head_config)
+        self.seg_head = None
+        if config.get("seg_head") is not None:
+            self.seg_head = BEVSegmentationHead(neck_channels, self.grid, MAP_CLASSES, **config["seg_head"])
+        if self.head is None and self.seg_head is None:
+            raise ValueError("a detector needs a head: config 'head' (CenterHead) and/or 'seg_head' (map)")
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, absent_modality: str | None = None) -> dict:
+        """The named outputs; `absent_modality` ("camera" or "lidar", fusion only) is removed before the
+        fuser (None for it: the MGFM attends to the other alone, the ConvFuser reads zeros)."""
+        if absent_modality is not None and (self.fuser is None or absent_modality not in FUSER_INPUTS):
+            raise ValueError(f"absent_modality is one of {FUSER_INPUTS} of a fusion detector, got {absent_modality!r}")
         outputs: dict = {}
         bevs = []
         if self.camera is not None:
-            camera = self.camera(batch["imgs"], batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"])
+            camera = self.camera(
+                batch["imgs"], batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"], batch["points"]
+            )
             outputs["camera_bev"] = camera.bev
             outputs["depth_probs"] = camera.depth_probs
             bevs.append(camera.bev)
@@ -98,17 +128,29 @@ class BEVFusion(nn.Module):
             outputs["voxel_encoder"] = SparseFeatures(voxel_features, coords)
             outputs["middle_encoder"] = self.middle_encoder(voxel_features, coords, len(points))
             bevs.append(outputs["middle_encoder"])
-        outputs["bev"] = self.fuser(bevs) if self.fuser is not None else bevs[0]
+        if self.fuser is None:
+            outputs["bev"] = bevs[0]
+        else:
+            if absent_modality is not None:
+                bevs[FUSER_INPUTS.index(absent_modality)] = None
+            fused = self.fuser(bevs)
+            if isinstance(fused, FusionOutput):
+                outputs["fusion_queries"] = fused.queries
+                fused = fused.bev
+            outputs["bev"] = fused
         outputs["backbone"] = self.backbone(outputs["bev"])
         outputs["neck"] = self.neck(outputs["backbone"])
-        outputs["head"] = self.head(outputs["neck"])
+        if self.head is not None:
+            outputs["head"] = self.head(outputs["neck"])
+        if self.seg_head is not None:
+            outputs["seg"] = self.seg_head(outputs["neck"])
         return outputs
 
     def output_shapes(self) -> dict[str, Any]:
         """Shapes of the named outputs of `forward` with the batch left out (depth_probs aside).
 
-        Dense BEV maps (middle_encoder, camera_bev, bev, neck) are (C, H, W); `backbone` is a list of them;
-        `voxel_encoder` is (C,); `head` is (H, W), the grid the head runs on.
+        Dense BEV maps (middle_encoder, camera_bev, fusion_queries, bev, neck) are (C, H, W); `backbone` is a list of them;
+        `voxel_encoder` is (C,); `head` is (H, W), the grid the head runs on; `seg` (K, H, W) on the map grid.
         """
         size = (self.grid.height, self.grid.width)
         shapes: dict[str, Any] = {}
@@ -117,6 +159,8 @@ class BEVFusion(nn.Module):
             shapes["middle_encoder"] = (self.middle_encoder.out_channels, *size)
         if self.camera is not None:
             shapes["camera_bev"] = (self.camera.out_channels, *size)
+        if isinstance(self.fuser, ModalityGeneralFusion):
+            shapes["fusion_queries"] = (self.fuser.embed_dims, *size)
         shapes["bev"] = (self.backbone.in_channels, *size)
         stride, backbone = 1, []
         for channels, layer_stride in zip(self.backbone.out_channels, self.backbone.layer_strides, strict=True):
@@ -124,12 +168,21 @@ class BEVFusion(nn.Module):
             backbone.append((channels, math.ceil(size[0] / stride), math.ceil(size[1] / stride)))
         shapes["backbone"] = backbone
         shapes["neck"] = (self.neck.out_channels, *size)
-        shapes["head"] = size
+        if self.head is not None:
+            shapes["head"] = size
+        if self.seg_head is not None:
+            shapes["seg"] = self.seg_head.output_shape
         return shapes
 
     def loss(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        """Detection losses by name, plus the camera depth loss when the config weighs it."""
-        losses = self.head.loss(outputs["head"], batch["gt_boxes"], batch["gt_labels"])
+        """Detection and/or map losses by name, plus the camera depth loss when the config weighs it."""
+        losses = {}
+        if self.head is not None:
+            losses.update(self.head.loss(outputs["head"], batch["gt_boxes"], batch["gt_labels"]))
+        if self.seg_head is not None:
+            if "gt_masks_bev" not in batch:
+                raise KeyError("the segmentation head needs the map masks 'gt_masks_bev'; the batch has none")
+            losses.update(self.seg_head.loss(outputs["seg"], batch["gt_masks_bev"]))
         weight = self.config.get("depth_loss_weight", 0.0)
         if self.camera is not None and weight > 0:
             key_frame_points = [points[points[:, 4] == 0] for points in batch["points"]]  # sweeps smear movers
@@ -140,5 +193,10 @@ class BEVFusion(nn.Module):
         return losses
 
     def decode(self, outputs: dict) -> list[dict[str, torch.Tensor]]:
-        """Per sample: boxes [K, 9], scores [K], labels [K] in the batch's LiDAR frame."""
-        return self.head.decode(outputs["head"])
+        """Per sample, in the batch's LiDAR frame: boxes [K, 9], scores [K], labels [K] (detection head) and
+        seg_scores [K_map, H, W], the map classes' sigmoid probabilities (segmentation head)."""
+        decoded = self.head.decode(outputs["head"]) if self.head is not None else [{} for _ in outputs["bev"]]
+        if self.seg_head is not None:
+            for sample, scores in zip(decoded, outputs["seg"].sigmoid(), strict=True):
+                sample["seg_scores"] = scores
+        return decoded

@@ -1,7 +1,9 @@
 """Detector configurations: the nuScenes reference, a lighter LiDAR student and a small CPU setting.
 
 A configuration is a plain nested dict (so `--exp_options model_config.head.score_threshold=0.2`
-reaches any field); `BEVFusion` reads it. Branch dicts are kept only for the modalities used.
+reaches any field); `BEVFusion` reads it. Branch dicts are kept only for the modalities used, and
+only the head of the task: `head` (CenterHead) for detection, `seg_head` (map segmentation) for
+segmentation.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ _SIZES: dict[str, dict] = {
         "backbone": {"out_channels": (64, 128), "layer_nums": (2, 2), "layer_strides": (1, 2)},
         "neck": {"out_channels": (64, 64), "upsample_strides": (1, 2)},
         "head": {"shared_channels": 32, "head_conv": 32, "score_threshold": 0.1, "post_max_size": 83},
+        # BEVFusion's map grid (200 x 200 cells of 0.5 m), narrow layers
+        "seg_head": {"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "channels": 16},
     },
 }
 _SIZES["student"] = {**copy.deepcopy(_SIZES["nuscenes"]), **_SIZES["student"]}
@@ -125,6 +129,40 @@ _SIZES["unidistill_lidar"]["head"].update(
     max_per_sample=500,
 )
 
+# mmdet3d's BEVFusion-L head (projects/BEVFusion, bevfusion_lidar_voxel0075_second_secfpn_8xb4-cyclic-20e_nus-3d):
+# a TransFusionHead (`unikd.models.heads.transfusion_head`) of 200 queries, 128 channels, 8 attention heads, a
+# 256-channel FFN, one decoder layer, peaks in 3x3 windows, no score threshold, centres within post_center_range,
+# no NMS. Its LiDAR branch and decoder are the nuScenes size's: BEVFusionSparseEncoder is CenterPoint's
+# SparseEncoder in x-major order (`unikd.interop.bevfusion` carries its weights across), SECOND and SECONDFPN the
+# same; its voxelizer keeps up to 160000 voxels at test time (the teacher's case; 120000 in training).
+_SIZES["bevfusion_lidar"] = copy.deepcopy(_SIZES["nuscenes"])
+_SIZES["bevfusion_lidar"]["lidar"]["max_voxels"] = 160000
+_SIZES["bevfusion_lidar"]["head"] = {
+    "type": "transfusion",
+    "num_proposals": 200,
+    "hidden_channels": 128,
+    "num_heads": 8,
+    "ffn_channels": 256,
+    "num_decoder_layers": 1,
+    "nms_kernel_size": 3,
+    "score_threshold": None,
+    "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+}
+# The small CPU setting with a TransFusionHead at small width (tests, synthetic training).
+_SIZES["small_transfusion"] = copy.deepcopy(_SIZES["small"])
+_SIZES["small_transfusion"]["head"] = {
+    "type": "transfusion",
+    "num_proposals": 100,
+    "hidden_channels": 32,
+    "num_heads": 4,
+    "ffn_channels": 64,
+    "head_conv": 32,
+    "num_decoder_layers": 1,
+    "nms_kernel_size": 3,
+    "score_threshold": None,
+    "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+}
+
 # UniDistill's camera encoder (BEVDepth's LSSFPN as its camera and fusion experiments configure it):
 # mmdet ResNet-50 (all four stages), SECONDFPN image neck [256, 512, 1024, 2048] -> 4 x 128 at stride
 # 16, a 1x1 depth net 512 -> 112 depth bins [2, 58, 0.5] + 256 context channels, BEVDepth's frustum,
@@ -152,23 +190,100 @@ for _size in ("unidistill_camera", "unidistill_fusion"):
     _SIZES[_size] = copy.deepcopy(_SIZES["unidistill_lidar"])
     _SIZES[_size].update(camera=copy.deepcopy(UNIDISTILL_CAMERA), depth_loss_weight=0.0, **UNIDISTILL_FUSER)
 
+# BEVFusion's camera branch (mmdet3d projects/BEVFusion, bevfusion_lidar-cam_voxel0075_second_secfpn_8xb4-cyclic-
+# 20e_nus-3d; `unikd.interop.bevfusion_camera`): Swin-T (embed 96, depths [2, 2, 6, 2], heads [3, 6, 12, 24],
+# window 7, drop path 0.2) stages 1-3, GeneralizedLSSFPN [192, 384, 768] -> 256 at stride 8 (unikd's lss neck:
+# the view transform reads its first output), DepthLSSTransform: 256x704 images -> 32x88 features, 118 depth bins
+# [1, 60, 0.5] at the bin starts, 80 context channels, the depth net also reading the LiDAR depth image, the
+# frustum of BEVDepth (linspace over the image, cells by truncation) over x, y in [-54, 54) at 0.3 m and one z bin
+# over [-10, 10] m, then the stride-2 downsample convs to 180 x 180. No depth supervision.
+BEVFUSION_CAMERA = {
+    "backbone": "swin",
+    "swin": {"embed_dims": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), "window_size": 7, "drop_path_rate": 0.2},
+    "out_indices": (1, 2, 3),
+    "neck": "lss",
+    "neck_channels": 256,
+    "context_channels": 80,
+    "depth_bins": (1.0, 60.0, 0.5),
+    "bev_cell": 0.3,
+    "bev_downsample": 2,
+    "depth_net": "depth_lss",
+    "geometry": "bevdepth",
+    "splat_z_range": (-10.0, 10.0),
+}
+# Size bevfusion_fusion (BEVFusion-LC): bevfusion_lidar with this camera and the ConvFuser [80, 256] -> 256.
+_SIZES["bevfusion_fusion"] = copy.deepcopy(_SIZES["bevfusion_lidar"])
+_SIZES["bevfusion_fusion"].update(camera=copy.deepcopy(BEVFUSION_CAMERA), depth_loss_weight=0.0, fuser_channels=256)
+# Its CPU variant for tests and demos (size small_bevfusion: the small size with it): a Swin of three stages at
+# width 16 (stages 1-2 out, strides 8 and 16), the small camera's widths, grid and depth bins.
+SMALL_BEVFUSION_CAMERA = dict(
+    BEVFUSION_CAMERA,
+    swin={"embed_dims": 16, "depths": (2, 2, 2), "num_heads": (1, 2, 4), "window_size": 7, "drop_path_rate": 0.1},
+    out_indices=(1, 2),
+    neck_channels=32,
+    context_channels=32,
+    depth_bins=(1.0, 60.0, 1.0),
+    bev_cell=0.8,
+)
+_SIZES["small_bevfusion"] = copy.deepcopy(_SIZES["small"])
+_SIZES["small_bevfusion"].update(camera=copy.deepcopy(SMALL_BEVFUSION_CAMERA), depth_loss_weight=0.0)
+
+# BEVFusion's nuScenes map segmentation (mit-han-lab/bevfusion configs/nuscenes/seg: lidar-centerpoint-bev128,
+# camera-bev256d2, fusion-bev256d2-lss): +-51.2 m, 0.1 m voxels -> 128 x 128 BEV of 0.8 m (the camera's 0.4 m
+# LSS grid downsampled twice), no depth supervision (LSSTransform), SECOND/SECONDFPN to 512 channels, no
+# object head; BEVSegmentationHead: the BEV resampled to 200 x 200 cells of 0.5 m over +-50 m, two
+# conv3x3-BN-ReLU of the input's width, 1x1 to the 6 map classes, sigmoid focal loss. Differences: the
+# camera backbone is unikd's ResNet-50 (BEVFusion: Swin-T), and the camera-only model keeps SECOND/SECONDFPN
+# (BEVFusion: GeneralizedResNet + LSSFPN to 256 channels).
+_SIZES["nuscenes_seg"] = copy.deepcopy(_SIZES["nuscenes"])
+del _SIZES["nuscenes_seg"]["head"]
+_SIZES["nuscenes_seg"]["lidar"]["voxel_size"] = (0.1, 0.1, 0.2)
+_SIZES["nuscenes_seg"]["camera"].update(bev_cell=0.4, bev_downsample=2)
+_SIZES["nuscenes_seg"].update(
+    point_cloud_range=SMALL_RANGE,
+    bev_cell=0.8,
+    depth_loss_weight=0.0,
+    seg_head={"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "num_layers": 2},
+)
+
+# VeXKD's modality-general fusion module (`unikd.models.mgfm`) in place of the ConvFuser: learnable BEV queries,
+# one per cell of the fused grid, attend to the camera and LiDAR BEV maps through deformable attention
+# (BEVFormer's widths at the nuScenes size: 256 channels, 8 heads, 4 points, FFN 512; 3 blocks).
+MGFM_FUSER = {"type": "mgfm", "embed_dims": 256, "num_heads": 8, "num_points": 4, "num_blocks": 3,
+              "ffn_channels": 512, "modality_dropout": 0.0}
+_SIZES["nuscenes_mgfm"] = copy.deepcopy(_SIZES["nuscenes"])
+_SIZES["nuscenes_mgfm"]["fuser"] = dict(MGFM_FUSER)
+_SIZES["small_mgfm"] = copy.deepcopy(_SIZES["small"])
+_SIZES["small_mgfm"]["fuser"] = dict(MGFM_FUSER, embed_dims=64, num_heads=4, num_blocks=2, ffn_channels=128)
+
 MODALITIES = ("lidar", "camera")
+HEAD_OF_TASK = {"detection": "head", "segmentation": "seg_head"}
 
 
-def model_config(size: str, modalities: tuple[str, ...]) -> dict:
-    """The configuration of `size` for the given modalities (a fresh copy)."""
+def model_config(size: str, modalities: tuple[str, ...], task: str = "detection") -> dict:
+    """The configuration of `size` for the given modalities and task (a fresh copy)."""
     if size not in _SIZES:
         raise ValueError(f"unknown model size {size!r}; expected one of {sorted(_SIZES)}")
     unknown = set(modalities) - set(MODALITIES)
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
+    if task not in HEAD_OF_TASK:
+        raise ValueError(f"unknown task {task!r}; expected one of {tuple(HEAD_OF_TASK)}")
+    head = HEAD_OF_TASK[task]
+    if head not in _SIZES[size]:
+        sizes = sorted(name for name, config in _SIZES.items() if head in config)
+        raise ValueError(f"model size {size!r} has no {task} head ({head!r}); sizes with one: {sizes}")
     config = copy.deepcopy(_SIZES[size])
+    for other in HEAD_OF_TASK.values():
+        if other != head:
+            config.pop(other, None)
     for modality in MODALITIES:
         if modality not in modalities:
             config.pop(modality, None)
     if set(modalities) != set(MODALITIES):
         config.pop("fuser_channels", None)
         config.pop("fuser_attention", None)
+        config.pop("fuser", None)
     if "camera" not in modalities:
         config.pop("depth_loss_weight", None)
     return config
