@@ -25,6 +25,7 @@ from unikd.exps.distill_exp import (
 )
 from unikd.models.bevfusion import BEVFusion, SparseFeatures
 from unikd.models.configs import model_config
+from unikd.models.heads.transfusion_head import TransFusionHead
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps" / "nuscenes" / "BEVFusion"
 PAIRINGS = {  # file stem -> modalities of the (student, teacher) plain experiment files
@@ -73,8 +74,9 @@ def output_shapes(outputs: dict) -> dict:
             shapes[name] = (value.features.shape[1],)
         elif name == "backbone":
             shapes[name] = [tuple(level.shape[1:]) for level in value]
-        elif name == "head":
-            shapes[name] = tuple(value[0]["heatmap"].shape[-2:])
+        elif name == "head":  # a CenterHead's tasks, or a TransFusionHead's dense heatmap
+            heatmap = value["dense_heatmap"] if isinstance(value, dict) else value[0]["heatmap"]
+            shapes[name] = tuple(heatmap.shape[-2:])
         elif name in ("middle_encoder", "camera_bev", "bev", "neck"):
             shapes[name] = tuple(value.shape[1:])
     return shapes
@@ -302,6 +304,31 @@ def test_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> No
     uses_camera = {name: "camera" in modalities[name] for name in (student_modality, teacher_modality)}
     assert ("imgs" in exp.dataset(exp.train_split, training=True)[0]) == any(uses_camera.values())
     assert ("imgs" in exp.dataset(exp.val_split, training=False)[0]) == uses_camera[student_modality]
+    trains_with_finite_terms_and_frozen_teacher(exp)
+
+
+BEVFUSION_PAIRINGS = {  # file stem -> student modality; the teacher is BEVFusion-LC
+    "BEVFusion_nuscenes_centerhead_camera_exp_distill_bevfusion": "camera",
+    "BEVFusion_nuscenes_centerhead_lidar_exp_distill_bevfusion": "lidar",
+}
+
+
+@pytest.mark.parametrize("stem", sorted(BEVFUSION_PAIRINGS))
+def test_bevfusion_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> None:
+    """Students of BEVFusion-LC (small_bevfusion: Swin, DepthLSS, TransFusionHead) learn from its fused BEV, neck
+    and dense heatmap; its head has no response maps."""
+    torch.manual_seed(0)
+    exp = make_distill_exp(stem, synthetic_root, teacher_model_size="small_bevfusion")
+    assert isinstance(exp, plain_class(BEVFUSION_PAIRINGS[stem]))
+    assert exp.teacher_exp_class is exp_class("BEVFusion_nuscenes_transfusion_fusion_exp")
+    assert isinstance(exp.teacher.head, TransFusionHead) and exp.teacher.config["camera"]["depth_net"] == "depth_lss"
+    assert set(exp.distill_weights) == {"feature", "relation", "heatmap_kd"}
+    trains_with_finite_terms_and_frozen_teacher(exp)
+
+
+def trains_with_finite_terms_and_frozen_teacher(exp: DistillExp) -> None:
+    """Two training steps: every weighted term is finite, the teacher does not change, and the shapes the adapters
+    were sized from are those the networks give."""
     teacher_before = {key: value.clone() for key, value in exp.teacher.state_dict().items()}
     optimizer = torch.optim.AdamW(exp.trainable_parameters(), lr=1e-3)
     exp.train()

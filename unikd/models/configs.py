@@ -214,7 +214,7 @@ BEVFUSION_CAMERA = {
 # Size bevfusion_fusion (BEVFusion-LC): bevfusion_lidar with this camera and the ConvFuser [80, 256] -> 256.
 _SIZES["bevfusion_fusion"] = copy.deepcopy(_SIZES["bevfusion_lidar"])
 _SIZES["bevfusion_fusion"].update(camera=copy.deepcopy(BEVFUSION_CAMERA), depth_loss_weight=0.0, fuser_channels=256)
-# Its CPU variant for tests and demos (size small_bevfusion: the small size with it): a Swin of three stages at
+# Its CPU variant for tests and demos (size small_bevfusion: small_transfusion with it): a Swin of three stages at
 # width 16 (stages 1-2 out, strides 8 and 16), the small camera's widths, grid and depth bins.
 SMALL_BEVFUSION_CAMERA = dict(
     BEVFUSION_CAMERA,
@@ -225,7 +225,7 @@ SMALL_BEVFUSION_CAMERA = dict(
     depth_bins=(1.0, 60.0, 1.0),
     bev_cell=0.8,
 )
-_SIZES["small_bevfusion"] = copy.deepcopy(_SIZES["small"])
+_SIZES["small_bevfusion"] = copy.deepcopy(_SIZES["small_transfusion"])
 _SIZES["small_bevfusion"].update(camera=copy.deepcopy(SMALL_BEVFUSION_CAMERA), depth_loss_weight=0.0)
 
 # BEVFusion's nuScenes map segmentation (mit-han-lab/bevfusion configs/nuscenes/seg: lidar-centerpoint-bev128,

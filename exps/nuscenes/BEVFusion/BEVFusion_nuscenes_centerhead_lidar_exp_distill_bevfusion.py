@@ -1,0 +1,24 @@
+"""LiDAR student distilled from BEVFusion-LC (mmdet3d's LiDAR + camera BEVFusion with its TransFusionHead):
+its fused BEV (feature), its neck's relations (relation) and its dense class heatmap (heatmap_kd; the teacher's
+head has no dense regression maps for UniDistill's response term)."""
+
+from pathlib import Path
+
+from unikd.distill.distiller import UNIDISTILL_TERMS
+from unikd.exps.cli import run_cli
+from unikd.exps.distill_exp import DistillExp, load_exp_class
+
+HERE = Path(__file__).parent
+Student = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
+Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_transfusion_fusion_exp.py")
+
+
+class BEVFusion_nuscenes_centerhead_lidar_exp_distill_bevfusion(DistillExp, Student):
+    teacher_exp_class = Teacher
+    teacher_model_size = "bevfusion_fusion"
+    distill_terms = {**UNIDISTILL_TERMS, "heatmap_kd": {"loss": "heatmap_kd", "feature": "head"}}
+    distill_weights = {"feature": 10.0, "relation": 1.0, "heatmap_kd": 10.0}
+
+
+if __name__ == "__main__":
+    run_cli(BEVFusion_nuscenes_centerhead_lidar_exp_distill_bevfusion)
