@@ -4,6 +4,7 @@ to mmdet3d, convert it back, evaluate it as it is with -e, and distil a camera s
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,26 @@ def test_mmdet3d_checkpoint_evaluates_and_teaches_as_it_is(
         assert torch.equal(distilled.teacher.state_dict()[key.removeprefix("model.")], value), key
     header = (distilled.output_dir / "csv/version_0/metrics.csv").read_text().splitlines()[0]
     assert {"train/distill/feature", "train/distill/relation", "train/distill/response"} <= set(header.split(","))
+
+
+@pytest.mark.parametrize(
+    ("keys", "size", "experiment"),
+    [
+        ("lidar_keys.json", "bevfusion_lidar", "BEVFusion_nuscenes_transfusion_lidar_exp"),
+        ("fusion_keys.json", "bevfusion_fusion", "BEVFusion_nuscenes_transfusion_fusion_exp"),
+    ],
+)
+def test_bevfusion_checkpoint_converts_to_its_experiment(keys: str, size: str, experiment: str, tmp_path: Path) -> None:
+    """An mmdet3d BEVFusion-L / -LC checkpoint (full width, under its own key names) becomes a unikd checkpoint of
+    the TransFusion experiment of its sensors, its model size read from its keys."""
+    listing = json.loads((REPO / "tests/fixtures/bevfusion" / keys).read_text())["keys"]
+    generator = torch.Generator().manual_seed(0)
+    geometry = {f"view_transform.{name}" for name in ("dx", "bx", "nx", "frustum")}  # checked, not random
+    state = {key: torch.rand(shape, generator=generator) for key, shape in listing.items() if key not in geometry}
+    source = tmp_path / "bevfusion.pth"
+    torch.save({"state_dict": state, "meta": {"mmdet3d_version": "1.4.0"}}, source)
+    assert convert(source, tmp_path / "unikd.ckpt", None, None, False) == size
+    converted = torch.load(tmp_path / "unikd.ckpt", weights_only=True)
+    assert converted[METADATA_KEY]["experiment"] == experiment and converted[METADATA_KEY]["model_size"] == size
+    # a weight that needs no layout change arrives as it is
+    assert torch.equal(converted["state_dict"]["model.head.class_encoding.weight"], state["bbox_head.class_encoding.weight"])

@@ -4,9 +4,10 @@
     python tools/convert_checkpoint.py unidistill_lidar.ckpt --out teachers/unidistill_lidar.ckpt
 
 The source format is recognised from its keys and metadata (`unikd.interop`); the unikd model size
-from its keys (UniDistill) or config text (mmdet3d), or `--model-size`; the sensors from its encoders
-(UniDistill LiDAR, camera or fusion; mmdet3d CenterPoint is LiDAR). The result is a unikd checkpoint of
-the experiment of those sensors (`BEVFusion_nuscenes_centerhead_{lidar,camera,fusion}_exp`): pass it as
+from its keys (UniDistill, BEVFusion) or config text (mmdet3d CenterPoint), or `--model-size`; the sensors
+from its encoders (UniDistill LiDAR, camera or fusion; BEVFusion-L or -LC; mmdet3d CenterPoint is LiDAR).
+The result is a unikd checkpoint of the experiment of that head and those sensors
+(`BEVFusion_nuscenes_centerhead_{lidar,camera,fusion}_exp`, `BEVFusion_nuscenes_transfusion_{lidar,fusion}_exp`): pass it as
 `--teacher_ckpt` (with `teacher_model_size` = the size printed) or evaluate it with that experiment's
 `-e --exp_options model_size=...`. It holds weights only: training cannot resume from it.
 """
@@ -26,10 +27,12 @@ from unikd.interop import CheckpointFormatError, checkpoint_modalities, detector
 from unikd.models.bevfusion import BEVFusion  # noqa: E402
 from unikd.models.configs import model_config  # noqa: E402
 
-EXPERIMENTS = {
-    ("lidar",): "BEVFusion_nuscenes_centerhead_lidar_exp",
-    ("camera",): "BEVFusion_nuscenes_centerhead_camera_exp",
-    ("camera", "lidar"): "BEVFusion_nuscenes_centerhead_fusion_exp",
+EXPERIMENTS = {  # (head type, sensors) -> experiment
+    ("center", ("lidar",)): "BEVFusion_nuscenes_centerhead_lidar_exp",
+    ("center", ("camera",)): "BEVFusion_nuscenes_centerhead_camera_exp",
+    ("center", ("camera", "lidar")): "BEVFusion_nuscenes_centerhead_fusion_exp",
+    ("transfusion", ("lidar",)): "BEVFusion_nuscenes_transfusion_lidar_exp",
+    ("transfusion", ("camera", "lidar")): "BEVFusion_nuscenes_transfusion_fusion_exp",
 }
 
 
@@ -52,8 +55,12 @@ def convert(source: Path, out: Path, model_size: str | None, box_convention: str
     if model_size is None:
         raise SystemExit(f"{source}: neither its keys nor its metadata (a config with a voxel_size) say the model size: pass --model-size")
     modalities = tuple(sorted(checkpoint_modalities(checkpoint)))
-    experiment = EXPERIMENTS[modalities]
-    model = BEVFusion(model_config(model_size, modalities))
+    config = model_config(model_size, modalities)
+    head = config["head"].get("type", "center")
+    if (head, modalities) not in EXPERIMENTS:
+        raise SystemExit(f"{source}: unikd has no experiment of a {head} head on {'+'.join(modalities)}")
+    experiment = EXPERIMENTS[head, modalities]
+    model = BEVFusion(config)
     try:
         state, described = detector_state(checkpoint, model.state_dict(), box_convention, config=model.config)
     except CheckpointFormatError as error:

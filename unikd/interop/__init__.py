@@ -48,6 +48,11 @@ def checkpoint_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
+def is_bevfusion_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is mmdet3d's or mit-han-lab's BEVFusion."""
+    return bevfusion.is_mmdet3d_bevfusion_state(state) or bevfusion.is_mit_han_lab_state(state)
+
+
 def is_unikd_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     """Whether a checkpoint is one of unikd's experiments (a `state_dict` with `model.*` keys that no
     other known format claims)."""
@@ -59,17 +64,23 @@ def is_unikd_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
 
 def model_size_of(checkpoint: Mapping[str, Any]) -> str | None:
     """The unikd model size of another framework's checkpoint, when its keys or metadata say it."""
-    uni = unidistill.model_state(checkpoint_state(checkpoint))
+    state = checkpoint_state(checkpoint)
+    uni = unidistill.model_state(state)
     if uni is not None:
         return unidistill.MODEL_SIZES.get(unidistill.modalities(uni))
+    if is_bevfusion_state(state):
+        return bevfusion.MODEL_SIZES[bevfusion.modalities(state)]
     return mmdet3d_centerpoint.model_size_of(checkpoint.get("meta") or {})
 
 
 def checkpoint_modalities(checkpoint: Mapping[str, Any]) -> tuple[str, ...]:
-    """The sensors another framework's checkpoint reads: a UniDistill model's from its encoders' keys,
-    ("lidar",) for mmdet3d CenterPoint."""
-    uni = unidistill.model_state(checkpoint_state(checkpoint))
-    return unidistill.modalities(uni) if uni is not None else ("lidar",)
+    """The sensors another framework's checkpoint reads: a UniDistill or BEVFusion model's from its encoders'
+    keys, ("lidar",) for mmdet3d CenterPoint."""
+    state = checkpoint_state(checkpoint)
+    uni = unidistill.model_state(state)
+    if uni is not None:
+        return unidistill.modalities(uni)
+    return bevfusion.modalities(state) if is_bevfusion_state(state) else ("lidar",)
 
 
 def mmdet3d_box_convention(checkpoint: Mapping[str, Any]) -> tuple[str, str]:
@@ -115,8 +126,8 @@ def detector_state(
         converted.update({key: uni[key] for key in unmapped})
         modality = "+".join(unidistill.modalities(uni))
         return converted, f"UniDistill BEVFusion ({modality}; dropped as training-only: {', '.join(dropped) or 'none'})"
-    mit_han_lab = bevfusion.is_mit_han_lab_state(state)
-    if mit_han_lab or bevfusion.is_mmdet3d_bevfusion_state(state):
+    if is_bevfusion_state(state):
+        mit_han_lab = bevfusion.is_mit_han_lab_state(state)
         if mit_han_lab:
             state, source = bevfusion.mit_han_lab_to_mmdet3d(state), "mit-han-lab BEVFusion"
             box_convention = box_convention or "0.x"  # its code base is mmdet3d 0.x's

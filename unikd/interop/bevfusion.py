@@ -144,3 +144,13 @@ def convert_query_box_convention(state: dict[str, torch.Tensor]) -> None:
         match = re.match(r"^head\.prediction_heads\.\d+\.(dim|rot)\.1\.(weight|bias)$", key)
         if match:
             state[key] = state[key][[1, 0, 2]].clone() if match.group(1) == "dim" else -state[key][[1, 0]]
+
+
+def modalities(state: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The sensors a BEVFusion state dict (either naming) reads: ("lidar",) or ("camera", "lidar")."""
+    camera = any(key.startswith(("img_backbone.", "encoders.camera.")) for key in state)
+    return ("camera", "lidar") if camera else ("lidar",)
+
+
+# unikd model size of mmdet3d's published BEVFusion models, by their sensors
+MODEL_SIZES = {("lidar",): "bevfusion_lidar", ("camera", "lidar"): "bevfusion_fusion"}
