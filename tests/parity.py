@@ -5,11 +5,23 @@ CenterPoint and UniDistill LiDAR tests (voxels, each level at fixed cells, head 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from unikd.data.classes import CLASSES
+
+
+def with_overrides(config: dict, overrides: Mapping[str, Any] | None) -> dict:
+    """`config` with the value of each dotted path of `overrides` set (in place; returned)."""
+    for path, value in (overrides or {}).items():
+        *parents, leaf = path.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
 
 
 def assert_close(ours: torch.Tensor, theirs: torch.Tensor, name: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parity import assert_close, at_cells
+from parity import assert_close, at_cells, with_overrides
 
 from unikd.data.classes import CLASSES
 from unikd.exps.checkpoints import check_state_dict
@@ -31,12 +31,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "bevfusion"
 
 def reduced_model(size: str, modalities: tuple[str, ...], overrides: dict) -> BEVFusion:
     config = model_config(size, modalities)
-    for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    with_overrides(config, overrides)
     return BEVFusion(config).eval()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from parity import assert_close
+from parity import assert_close, with_overrides
 
 from unikd.exps.checkpoints import check_state_dict
 from unikd.interop.bevfusion_camera import (
@@ -31,12 +31,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "bevfusion"
 def bevfusion_config(overrides: dict | None = None) -> dict:
     """{point_cloud_range, camera}: BEVFUSION_CAMERA over the nuScenes range, with `overrides` (dotted paths)."""
     config = {"point_cloud_range": NUSCENES_RANGE, "camera": copy.deepcopy(BEVFUSION_CAMERA)}
-    for path, value in (overrides or {}).items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    with_overrides(config, overrides)
     return config
 
 

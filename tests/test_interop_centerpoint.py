@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parity import assert_boxes_match, assert_levels_match
+from parity import assert_boxes_match, assert_levels_match, with_overrides
 
 from unikd.data.nuscenes_boxes import mmdet3d_to_boxes
 from unikd.exps.checkpoints import check_state_dict
@@ -32,12 +32,7 @@ VOXELS = {"0075": "centerpoint_0075", "01": "centerpoint_01"}
 
 def reduced_model(size: str, overrides: dict) -> BEVFusion:
     config = model_config(size, ("lidar",))
-    for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    with_overrides(config, overrides)
     return BEVFusion(config).eval()
 
 

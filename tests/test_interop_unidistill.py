@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from parity import assert_boxes_match, assert_levels_match
+from parity import assert_boxes_match, assert_levels_match, with_overrides
 
 from unikd.data.classes import CLASSES
 from unikd.exps.checkpoints import check_state_dict
@@ -35,12 +35,7 @@ def fixture() -> dict:
 
 def reduced_model(overrides: dict) -> BEVFusion:
     config = model_config(SIZE, ("lidar",))
-    for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    with_overrides(config, overrides)
     return BEVFusion(config).eval()
 
 

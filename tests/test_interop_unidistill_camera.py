@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from parity import assert_close
+from parity import assert_close, with_overrides
 
 from unikd.exps.checkpoints import check_state_dict
 from unikd.interop.unidistill_camera import (
@@ -36,12 +36,7 @@ SIZES = {"camera_keys": ("unidistill_camera", ("camera",)), "fusion_camera_keys"
 def unidistill_config(overrides: dict | None = None) -> dict:
     """The configuration of size unidistill_camera with `overrides` (dotted paths)."""
     config = model_config("unidistill_camera", ("camera",))
-    for path, value in (overrides or {}).items():
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    with_overrides(config, overrides)
     return config
 
 

@@ -51,7 +51,7 @@ from make_parity_fixtures import (  # noqa: E402
     load_points,
     randomise,
     sampled_cells,
-    separating_kernel,
+    steer_final_conv,
 )
 
 CONFIGS = {
@@ -105,8 +105,6 @@ CAMERA_UNIKD = {
 }
 LEVELS = ["pts_middle_encoder", "pts_backbone", "pts_neck"]
 FUSION_LEVELS = ["view_transform", "fusion_layer"]
-TARGETS_PER_CLASS = 3
-PEAK_ABOVE_EMPTY = 3.0  # logits: best cell reached by points over the best one not reached
 
 
 def install_stand_ins() -> None:
@@ -179,36 +177,14 @@ def run(model: torch.nn.Module, inputs: dict, levels: list[str]) -> tuple[torch.
 
 
 def steer_heatmap(model: torch.nn.Module, inputs: dict, generator: torch.Generator) -> None:
-    """Make the dense heatmap peak at cells that points reach, so that the queries start at the objects'
-    asymmetric places and not at the map's edge, where random weights put the best scores: its last
-    convolution becomes, per class, the contrast between the features around a few occupied cells and those
-    of an empty cell, scaled so that the best reached cell is PEAK_ABOVE_EMPTY logits above the best empty
-    one, with distinct per-class offsets (no ties between classes)."""
+    """Make the dense heatmap peak at cells that points reach (`steer_final_conv`), so that the queries start at
+    the objects' asymmetric places and not at the map's edge, where random weights put the best scores."""
     head = model.bbox_head
     with torch.no_grad(), Recorder(model, ["pts_middle_encoder", "bbox_head.heatmap_head.0"]) as recorder:
         neck = model.extract_feat(*model_inputs(inputs))
         head.heatmap_head(head.shared_conv(neck[0]))
     occupied = recorder.outputs["pts_middle_encoder"].abs().sum(1)[0] > 0  # [X, Y]
-    reached = torch.nn.functional.max_pool2d(occupied[None, None].float(), 9, 1, 4)[0, 0] > 0
-    inner = torch.zeros_like(occupied)
-    inner[2:-2, 2:-2] = True
-    candidates = torch.nonzero(occupied & inner)
-    empty_x, empty_y = torch.nonzero(~reached & inner)[0].tolist()
-    features = recorder.outputs["bbox_head.heatmap_head.0"][0]
-    empty = features[:, empty_x - 1 : empty_x + 2, empty_y - 1 : empty_y + 2]
-    final = head.heatmap_head[-1]
-    for cls in range(final.weight.shape[0]):
-        picks = candidates[torch.randperm(len(candidates), generator=generator)[:TARGETS_PER_CLASS]]
-        contrast = sum(features[:, x - 1 : x + 2, y - 1 : y + 2] - empty for x, y in picks.tolist())
-        final.weight.data[cls] = separating_kernel(features, contrast, reached)
-    logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
-    gap = logits[:, reached].amax(dim=1) - logits[:, ~reached].amax(dim=1)
-    if (gap <= 0).any():
-        raise RuntimeError("no cell reached by points outscores the empty ones")
-    final.weight.data *= (PEAK_ABOVE_EMPTY / gap)[:, None, None, None]
-    logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
-    offsets = 0.05 * torch.arange(len(logits), dtype=logits.dtype)
-    final.bias.data = -logits[:, ~reached].amax(dim=1) - offsets
+    steer_final_conv(head.heatmap_head[-1], recorder.outputs["bbox_head.heatmap_head.0"][0], occupied, generator, 0.0)
 
 
 def y_major(maps: torch.Tensor) -> torch.Tensor:
@@ -221,6 +197,7 @@ def make_fixture(source: Path, name: str, inputs: dict, out_dir: Path) -> None:
     keys = {key: list(value.shape) for key, value in full.state_dict().items()}
     (out_dir / f"{name}_keys.json").write_text(json.dumps({"config": CONFIGS[name], "keys": keys}, indent=0))
 
+    torch.manual_seed(0)  # the weights `randomise` leaves to their initialisation (attention projections)
     model = build_model(source, name, reduced=True)
     randomise(model, seed=0)
     steer_heatmap(model, inputs, torch.Generator().manual_seed(2))

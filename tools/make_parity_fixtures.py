@@ -136,38 +136,45 @@ def run(model: torch.nn.Module, points: torch.Tensor, names: list[str] = LEVELS)
 
 
 def steer_heatmaps(model: torch.nn.Module, points: torch.Tensor, generator: torch.Generator) -> None:
-    """Make each task's heatmap peak at cells that points reach: its last convolution becomes the
-    contrast between the head features around a few occupied cells and those of an empty cell, and
-    its bias puts the best cell no point reaches SCORE_MARGIN below the score threshold. (With plain
-    random weights the best scores sit at the map edges, where the zero padding differs, and the boxes
-    would test the decoding but not the converted weights.)"""
+    """Make each task's heatmap peak at cells that points reach (`steer_final_conv`), its bias putting the
+    best cell no point reaches SCORE_MARGIN below the score threshold. (With plain random weights the best
+    scores sit at the map edges, where the zero padding differs, and the boxes would test the decoding but
+    not the converted weights.)"""
     heads = model.pts_bbox_head.task_heads
     inputs = [f"pts_bbox_head.task_heads.{task}.heatmap.0" for task in range(len(heads))]  # of the last convs
     _, outputs, _ = run(model, points, ["pts_middle_encoder", *inputs])
     occupied = outputs["pts_middle_encoder"].abs().sum(1)[0] > 0
+    threshold = float(np.log(0.1 / 0.9))
+    for task, head in enumerate(heads):
+        steer_final_conv(head.heatmap[-1], outputs[inputs[task]][0], occupied, generator, threshold - SCORE_MARGIN)
+
+
+def steer_final_conv(
+    final: torch.nn.Conv2d, features: torch.Tensor, occupied: torch.Tensor, generator: torch.Generator, bias_offset: float
+) -> None:
+    """The last 3x3 convolution `final` of a heatmap, over `features` [C, H, W], made to peak at the cells that
+    `occupied` [H, W] reaches: per class the contrast between the features around TARGETS_PER_CLASS occupied
+    cells and those of an empty one (`separating_kernel`), scaled so that the best reached cell is
+    PEAK_ABOVE_EMPTY logits above the best cell not reached, whose logit the bias puts at `bias_offset` minus
+    a distinct per-class offset (no two classes tie at a cell: the label would be arbitrary)."""
     reached = torch.nn.functional.max_pool2d(occupied[None, None].float(), 9, 1, 4)[0, 0] > 0
     inner = torch.zeros_like(occupied)
     inner[2:-2, 2:-2] = True
     candidates = torch.nonzero(occupied & inner)
     empty_row, empty_col = torch.nonzero(~reached & inner)[0].tolist()
-    threshold = float(np.log(0.1 / 0.9))
-    for task, head in enumerate(heads):
-        features = outputs[inputs[task]][0]  # [C, H, W]
-        empty = features[:, empty_row - 1 : empty_row + 2, empty_col - 1 : empty_col + 2]
-        final = head.heatmap[-1]
-        for cls in range(final.weight.shape[0]):
-            picks = candidates[torch.randperm(len(candidates), generator=generator)[:TARGETS_PER_CLASS]]
-            contrast = sum(features[:, r - 1 : r + 2, c - 1 : c + 2] - empty for r, c in picks.tolist())
-            final.weight.data[cls] = separating_kernel(features, contrast, reached)
-        logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
-        gap = logits[:, reached].amax(dim=1) - logits[:, ~reached].amax(dim=1)
-        if (gap <= 0).any():
-            raise RuntimeError(f"task {task}: no cell reached by points outscores the empty ones")
-        final.weight.data *= (PEAK_ABOVE_EMPTY / gap)[:, None, None, None]
-        logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
-        # distinct per-class offsets: no two classes of a task tie at a cell (the label would be arbitrary)
-        offsets = 0.05 * torch.arange(len(logits), dtype=logits.dtype)
-        final.bias.data = -logits[:, ~reached].amax(dim=1) + threshold - SCORE_MARGIN - offsets
+    empty = features[:, empty_row - 1 : empty_row + 2, empty_col - 1 : empty_col + 2]
+    for cls in range(final.weight.shape[0]):
+        picks = candidates[torch.randperm(len(candidates), generator=generator)[:TARGETS_PER_CLASS]]
+        contrast = sum(features[:, r - 1 : r + 2, c - 1 : c + 2] - empty for r, c in picks.tolist())
+        final.weight.data[cls] = separating_kernel(features, contrast, reached)
+    logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
+    gap = logits[:, reached].amax(dim=1) - logits[:, ~reached].amax(dim=1)
+    if (gap <= 0).any():
+        raise RuntimeError("no cell reached by points outscores the empty ones")
+    final.weight.data *= (PEAK_ABOVE_EMPTY / gap)[:, None, None, None]
+    logits = torch.nn.functional.conv2d(features[None], final.weight, padding=1)[0]
+    offsets = 0.05 * torch.arange(len(logits), dtype=logits.dtype)
+    final.bias.data = -logits[:, ~reached].amax(dim=1) + bias_offset - offsets
 
 
 def separating_kernel(features: torch.Tensor, start: torch.Tensor, reached: torch.Tensor) -> torch.Tensor:
