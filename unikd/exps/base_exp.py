@@ -330,8 +330,9 @@ class BaseExp(pl.LightningModule):
         return self.model.decode(self.model(batch, absent_modality=self.drop_modality_at_eval or None))
 
     def segment(self, batch: dict) -> torch.Tensor:
-        """Map scores [B, K, H, W]: the sigmoid of the segmentation logits."""
-        return self.model(batch)["seg"].sigmoid()
+        """Map scores [B, K, H, W]: the sigmoid of the segmentation logits, without `drop_modality_at_eval`'s
+        modality."""
+        return self.model(batch, absent_modality=self.drop_modality_at_eval or None)["seg"].sigmoid()
 
     def on_validation_epoch_start(self) -> None:
         self.val_records = []
