@@ -3,7 +3,7 @@
     python tools/benchmark.py [--only NAME ...] [--data_root DIR] [--quick] [--device cpu|cuda] [--json out.json]
 
 Entries: voxelize, data_loading, lidar_train_step, bev_pool, camera_train_step, camera_forward, metric,
-head_step, distill_step, distill_terms.
+head_step, fuser_step, distill_step, distill_terms.
 Each entry prints a RATIO against a reference measured in the same run (its meaning is printed with
 it), next to the absolute figures, and the run starts by printing the machine (CPU model, cores,
 torch version and threads, GPU name, load average).
@@ -1164,6 +1164,66 @@ def bench_head_step(ctx: Context, case: str) -> dict:
     }
 
 
+FUSER_SIZES = {"small": ("small", "small_mgfm"), "nuscenes": ("nuscenes", "nuscenes_mgfm")}
+
+
+def bench_fuser_step(ctx: Context, case: str) -> dict:
+    """ConvFuser and the MGFM on random camera and LiDAR BEV maps: forward, and forward + backward."""
+    from unikd.models.bevfusion import BEVFusion
+    from unikd.models.configs import model_config
+
+    gen = torch.Generator().manual_seed(0)
+    fusers, inputs = {}, None
+    for name, size in zip(("conv", "mgfm"), FUSER_SIZES[case], strict=True):
+        model = BEVFusion(model_config(size, ("lidar", "camera")))
+        fusers[name] = model.fuser.to(ctx.device)
+        shape = model.output_shapes()
+        inputs = [
+            torch.randn(TERMS_BATCH, *shape[key], generator=gen).to(ctx.device).requires_grad_(True)
+            for key in ("camera_bev", "middle_encoder")
+        ]
+
+    def fused(fuser: torch.nn.Module) -> torch.Tensor:
+        output = fuser(inputs)
+        return output if isinstance(output, torch.Tensor) else output.bev
+
+    def forward(fuser: torch.nn.Module) -> Callable[[], None]:
+        def call() -> None:
+            with torch.no_grad():
+                fused(fuser.eval())
+
+        return call
+
+    def train_step(fuser: torch.nn.Module) -> Callable[[], None]:
+        def call() -> None:
+            fuser.train().zero_grad(set_to_none=True)
+            fused(fuser).square().mean().backward()
+
+        return call
+
+    calls = {f"{name}_{kind}": make(fuser) for name, fuser in fusers.items() for kind, make in
+             (("forward", forward), ("train", train_step))}  # fmt: skip
+    memory = {name: peak_memory(call, ctx.device) for name, call in calls.items()}
+    repeats = ctx.repeats(3, 2)
+    seconds = {name: median(values) for name, values in time_interleaved(calls, repeats, ctx.device).items()}
+    figures: dict[str, Any] = {f"{name}_params": sum(p.numel() for p in f.parameters()) for name, f in fusers.items()}
+    for name in calls:
+        figures[f"{name}_s"] = seconds[name]
+        figures[f"{name}_peak_bytes"] = memory[name]["peak_bytes"]
+        figures[f"{name}_peak_upper_bound"] = memory[name]["upper_bound"]
+    camera, lidar = (tuple(x.shape[1:]) for x in inputs)
+    return {
+        "ratio": seconds["mgfm_train"] / seconds["conv_train"],
+        "ratio_meaning": f"MGFM ({FUSER_SIZES[case][1]}) / ConvFuser ({FUSER_SIZES[case][0]}), forward + backward time",
+        "figures": figures,
+        "notes": [
+            f"random weights, random camera {camera} and LiDAR {lidar} BEV maps, batch {TERMS_BATCH}; forward: eval "
+            "mode, no gradient; training: the mean square of the fused BEV backpropagated to both inputs",
+            f"interleaved rounds, median of {repeats} after a warm-up; peaks measured one after the other in this process",
+        ],
+    }
+
+
 ENTRIES: dict[str, Entry] = {
     "voxelize": Entry(bench_voxelize, lambda quick: ["nuscenes"], True, "unikd.ops.voxelize.voxelize"),
     "data_loading": Entry(
@@ -1186,6 +1246,9 @@ ENTRIES: dict[str, Entry] = {
     ),
     "metric": Entry(bench_metric, lambda quick: ["synthetic"], True, "nuScenes metric: ours vs the devkit"),
     "head_step": Entry(bench_head_step, lambda quick: ["nuscenes"], False, "TransFusionHead vs CenterHead"),
+    "fuser_step": Entry(
+        bench_fuser_step, lambda quick: ["small"] if quick else ["small", "nuscenes"], False, "MGFM vs ConvFuser"
+    ),
     "distill_step": Entry(
         bench_distill_step,
         lambda quick: ["camera_from_lidar-small"] if quick else list(DISTILL_CASES),
