@@ -1107,6 +1107,28 @@ HEAD_OBJECT_CLASSES = ("car", "pedestrian", "barrier", "traffic_cone", "truck", 
 HEAD_SIZES = {"center": "nuscenes", "transfusion": "bevfusion_lidar"}  # head -> model size
 
 
+def forward_and_train(
+    ctx: Context,
+    modules: dict[str, torch.nn.Module],
+    forward: Callable[[torch.nn.Module], Callable[[], None]],
+    train_step: Callable[[torch.nn.Module], Callable[[], None]],
+) -> tuple[dict[str, float], dict[str, Any], int]:
+    """(median seconds, figures, repeats) of each module's `forward` and `train_step` calls, named
+    `<module>_forward` / `<module>_train`: interleaved rounds after a warm-up, peaks measured one after the
+    other; the figures hold each module's parameter count, and each call's seconds and peak."""
+    calls = {f"{name}_{kind}": make(module) for name, module in modules.items() for kind, make in
+             (("forward", forward), ("train", train_step))}  # fmt: skip
+    memory = {name: peak_memory(call, ctx.device) for name, call in calls.items()}
+    repeats = ctx.repeats(3, 2)
+    seconds = {name: median(values) for name, values in time_interleaved(calls, repeats, ctx.device).items()}
+    figures: dict[str, Any] = {f"{name}_params": sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+    for name in calls:
+        figures[f"{name}_s"] = seconds[name]
+        figures[f"{name}_peak_bytes"] = memory[name]["peak_bytes"]
+        figures[f"{name}_peak_upper_bound"] = memory[name]["upper_bound"]
+    return seconds, figures, repeats
+
+
 def bench_head_step(ctx: Context, case: str) -> dict:
     """CenterHead and TransFusionHead on a nuScenes-size neck output: forward, and forward + loss + backward."""
     from unikd.data.classes import CLASSES
@@ -1142,16 +1164,7 @@ def bench_head_step(ctx: Context, case: str) -> dict:
 
         return call
 
-    calls = {f"{name}_{kind}": make(head) for name, head in heads.items() for kind, make in
-             (("forward", forward), ("train", train_step))}  # fmt: skip
-    memory = {name: peak_memory(call, ctx.device) for name, call in calls.items()}
-    repeats = ctx.repeats(3, 2)
-    seconds = {name: median(values) for name, values in time_interleaved(calls, repeats, ctx.device).items()}
-    figures: dict[str, Any] = {f"{name}_params": sum(p.numel() for p in head.parameters()) for name, head in heads.items()}
-    for name in calls:
-        figures[f"{name}_s"] = seconds[name]
-        figures[f"{name}_peak_bytes"] = memory[name]["peak_bytes"]
-        figures[f"{name}_peak_upper_bound"] = memory[name]["upper_bound"]
+    seconds, figures, repeats = forward_and_train(ctx, heads, forward, train_step)
     return {
         "ratio": seconds["transfusion_train"] / seconds["center_train"],
         "ratio_meaning": "TransFusionHead (bevfusion_lidar) / CenterHead (nuscenes), forward + loss + backward time",
@@ -1172,16 +1185,16 @@ def bench_fuser_step(ctx: Context, case: str) -> dict:
     from unikd.models.bevfusion import BEVFusion
     from unikd.models.configs import model_config
 
+    models = {
+        name: BEVFusion(model_config(size, ("lidar", "camera"))) for name, size in zip(("conv", "mgfm"), FUSER_SIZES[case], strict=True)
+    }
+    fusers = {name: model.fuser.to(ctx.device) for name, model in models.items()}
+    shapes = models["conv"].output_shapes()  # both sizes share their branches' BEV maps
     gen = torch.Generator().manual_seed(0)
-    fusers, inputs = {}, None
-    for name, size in zip(("conv", "mgfm"), FUSER_SIZES[case], strict=True):
-        model = BEVFusion(model_config(size, ("lidar", "camera")))
-        fusers[name] = model.fuser.to(ctx.device)
-        shape = model.output_shapes()
-        inputs = [
-            torch.randn(TERMS_BATCH, *shape[key], generator=gen).to(ctx.device).requires_grad_(True)
-            for key in ("camera_bev", "middle_encoder")
-        ]
+    inputs = [
+        torch.randn(TERMS_BATCH, *shapes[key], generator=gen).to(ctx.device).requires_grad_(True)
+        for key in ("camera_bev", "middle_encoder")
+    ]
 
     def fused(fuser: torch.nn.Module) -> torch.Tensor:
         output = fuser(inputs)
@@ -1201,16 +1214,7 @@ def bench_fuser_step(ctx: Context, case: str) -> dict:
 
         return call
 
-    calls = {f"{name}_{kind}": make(fuser) for name, fuser in fusers.items() for kind, make in
-             (("forward", forward), ("train", train_step))}  # fmt: skip
-    memory = {name: peak_memory(call, ctx.device) for name, call in calls.items()}
-    repeats = ctx.repeats(3, 2)
-    seconds = {name: median(values) for name, values in time_interleaved(calls, repeats, ctx.device).items()}
-    figures: dict[str, Any] = {f"{name}_params": sum(p.numel() for p in f.parameters()) for name, f in fusers.items()}
-    for name in calls:
-        figures[f"{name}_s"] = seconds[name]
-        figures[f"{name}_peak_bytes"] = memory[name]["peak_bytes"]
-        figures[f"{name}_peak_upper_bound"] = memory[name]["upper_bound"]
+    seconds, figures, repeats = forward_and_train(ctx, fusers, forward, train_step)
     camera, lidar = (tuple(x.shape[1:]) for x in inputs)
     return {
         "ratio": seconds["mgfm_train"] / seconds["conv_train"],
