@@ -46,6 +46,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import make_bevfusion_camera_fixtures as camera_fixture  # noqa: E402
 from make_parity_fixtures import (  # noqa: E402
+    REDUCED_LIDAR_MMDET3D,
+    REDUCED_LIDAR_UNIKD,
     Recorder,
     at_cells,
     load_points,
@@ -63,13 +65,7 @@ NUM_SAMPLED_CELLS = 256
 NUM_PROPOSALS = 40
 # reduced widths, as mmdet3d config overrides and as the matching unikd model-config overrides
 REDUCED_MMDET3D = {
-    "pts_middle_encoder": {
-        "base_channels": 4,
-        "encoder_channels": ((4, 4, 8), (8, 8, 16), (16, 16, 32), (32, 32)),
-        "output_channels": 16,
-    },
-    "pts_backbone": {"in_channels": 32, "out_channels": [16, 32]},
-    "pts_neck": {"in_channels": [16, 32], "out_channels": [16, 16]},
+    **REDUCED_LIDAR_MMDET3D,
     "bbox_head": {"in_channels": 32, "hidden_channel": 16, "num_proposals": NUM_PROPOSALS},
 }
 DECODER_LAYER = {
@@ -79,11 +75,7 @@ DECODER_LAYER = {
     "pos_encoding_cfg": {"input_channel": 2, "num_pos_feats": 16},
 }
 REDUCED_UNIKD = {
-    "lidar.sparse_encoder.base_channels": 4,
-    "lidar.sparse_encoder.encoder_channels": ((4, 4, 8), (8, 8, 16), (16, 16, 32), (32, 32)),
-    "lidar.sparse_encoder.output_channels": 16,
-    "backbone.out_channels": (16, 32),
-    "neck.out_channels": (16, 16),
+    **REDUCED_LIDAR_UNIKD,
     "head.hidden_channels": 16,
     "head.num_heads": 2,
     "head.ffn_channels": 32,

@@ -35,8 +35,9 @@ CONFIGS = {
     "0075": "centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d.py",
     "01": "centerpoint_voxel01_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d.py",
 }
-# reduced widths, as mmdet3d config overrides and as the matching unikd model-config overrides
-REDUCED_MMDET3D = {
+# reduced widths, as mmdet3d config overrides and as the matching unikd model-config overrides: the LiDAR
+# branch and decoder (BEVFusion-L's too, tools/make_bevfusion_fixtures.py), then CenterPoint's head
+REDUCED_LIDAR_MMDET3D = {
     "pts_middle_encoder": {
         "base_channels": 4,
         "encoder_channels": ((4, 4, 8), (8, 8, 16), (16, 16, 32), (32, 32)),
@@ -44,17 +45,16 @@ REDUCED_MMDET3D = {
     },
     "pts_backbone": {"in_channels": 32, "out_channels": [16, 32]},
     "pts_neck": {"in_channels": [16, 32], "out_channels": [16, 16]},
-    "pts_bbox_head": {"in_channels": 32, "share_conv_channel": 8},
 }
-REDUCED_UNIKD = {
+REDUCED_LIDAR_UNIKD = {
     "lidar.sparse_encoder.base_channels": 4,
     "lidar.sparse_encoder.encoder_channels": ((4, 4, 8), (8, 8, 16), (16, 16, 32), (32, 32)),
     "lidar.sparse_encoder.output_channels": 16,
     "backbone.out_channels": (16, 32),
     "neck.out_channels": (16, 16),
-    "head.shared_channels": 8,
-    "head.head_conv": 8,
 }
+REDUCED_MMDET3D = {**REDUCED_LIDAR_MMDET3D, "pts_bbox_head": {"in_channels": 32, "share_conv_channel": 8}}
+REDUCED_UNIKD = {**REDUCED_LIDAR_UNIKD, "head.shared_channels": 8, "head.head_conv": 8}
 HEAD_CONV = 8
 NUM_POINTS = 6000
 NUM_SAMPLED_CELLS = 256
