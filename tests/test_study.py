@@ -32,7 +32,7 @@ def tiny_settings(root: Path, out: Path) -> StudySettings:
     return StudySettings(
         pairing=PAIRING, name="study_test", seeds=(0,), epochs=2, teacher_epochs=1, data_root=root, version="v1.0-mini",
         limit_train_batches="1", limit_val_batches="1", exp_options=("num_workers=0", "num_sweeps=2"),
-        output_root=out, jobs=2,
+        output_root=out, jobs=2, camera_pretrain_epochs=1,
     )
 
 
@@ -69,13 +69,20 @@ def test_report_holds_every_run_with_the_runs_own_numbers(study: tuple[StudySett
         # a distilled checkpoint evaluated by the plain student experiment scores as in its own last validation
         last = flatten_summary(summary_file(train_dir, settings.epochs - 1))
         assert run["metrics"] == pytest.approx(last, abs=1e-6, nan_ok=True)
+    # both students started from the study's depth pretraining
+    pretrain = Path(report["camera_pretrain"]["checkpoint"])
+    assert pretrain.is_file() and not report["camera_pretrain"]["reused"]
+    assert f"depth pretraining {report['camera_pretrain']['experiment']} (1 epochs" in markdown
+    for run in report["runs"]:
+        options = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]["exp_options"]
+        assert options["camera_init"] == str(pretrain)
     with Image.open(folder / "report.png") as image:
         assert image.size[0] > 1000 and image.size[1] > 1000  # curve and BEVs, and the six camera images
     assert all(Path(run["log"]).is_file() and Path(run["eval_log"]).is_file() for run in report["runs"])
 
 
 @pytest.mark.slow
-def test_a_finished_teacher_is_reused(study: tuple[StudySettings, dict], capsys: pytest.CaptureFixture) -> None:
+def test_a_finished_teacher_and_pretraining_are_reused(study: tuple[StudySettings, dict], capsys: pytest.CaptureFixture) -> None:
     settings, first = study
     checkpoint = Path(first["teacher"]["checkpoint"])
     mtime = checkpoint.stat().st_mtime_ns
@@ -83,7 +90,10 @@ def test_a_finished_teacher_is_reused(study: tuple[StudySettings, dict], capsys:
     assert second["teacher"]["reused"] and second["teacher"]["checkpoint"] == str(checkpoint)
     assert checkpoint.stat().st_mtime_ns == mtime
     assert second["teacher"]["metrics"] == pytest.approx(first["teacher"]["metrics"], nan_ok=True)
-    assert f"teacher: reusing {checkpoint}" in capsys.readouterr().out
+    pretrain = Path(first["camera_pretrain"]["checkpoint"])
+    assert second["camera_pretrain"]["reused"] and second["camera_pretrain"]["checkpoint"] == str(pretrain)
+    printed = capsys.readouterr().out
+    assert f"teacher: reusing {checkpoint}" in printed and f"camera_pretrain: reusing {pretrain}" in printed
 
 
 def test_mean_and_standard_deviation_over_seeds() -> None:

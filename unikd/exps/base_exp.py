@@ -21,7 +21,7 @@ from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
 from unikd.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
 from unikd.data.transforms import BEVAugConfig, apply_bda_to_boxes
 from unikd.evaluation.predictions import make_prediction
-from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata
+from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata, load_camera_init
 from unikd.exps.options import apply_options
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
@@ -94,6 +94,9 @@ class BaseExp(pl.LightningModule):
     eval_backend: str = "metric"  # "metric" (fast, identical) or "devkit" (official)
     eval_backends: tuple[str, ...] = ("metric", "devkit")
     drop_modality_at_eval: str = ""  # "lidar" or "camera": a fusion model evaluates with it removed before the fuser
+    # a checkpoint whose camera branch initialises this one's backbone, neck and depth net (a depth pretraining
+    # run, `unikd.exps.depth_pretrain_exp`; `unikd.exps.checkpoints.load_camera_init`)
+    camera_init: str = ""
     num_visualizations: int = 4
     cli_arguments: tuple[str, ...] = ()  # extra CLI arguments passed to __init__ (e.g. teacher_ckpt)
 
@@ -118,6 +121,8 @@ class BaseExp(pl.LightningModule):
         apply_options(self, model_options)
         self.check_settings()
         self.model = self.build_model()
+        if self.camera_init:
+            load_camera_init(self.model, self.camera_init)
         self.val_records: list[dict] = []
         self.predict_records: list[dict] = []
         self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded for -e / -p
@@ -143,6 +148,8 @@ class BaseExp(pl.LightningModule):
             raise ValueError("--infos_box_convention is for mmdet3d info files: pass them with --infos")
         if self.num_sweeps < 1:
             raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {self.num_sweeps}")
+        if self.camera_init and "camera" not in self.modalities:
+            raise ValueError(f"camera_init {self.camera_init} initialises a camera branch; modalities are {self.modalities}")
         if self.drop_modality_at_eval and (len(self.modalities) < 2 or self.drop_modality_at_eval not in self.modalities):
             raise ValueError(
                 f"drop_modality_at_eval removes one modality of a fusion experiment ({self.modalities}), "

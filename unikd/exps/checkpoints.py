@@ -219,3 +219,40 @@ def load_detector_checkpoint(
     print(f"{role} {path}: {source}", file=sys.stderr)
     check_state_dict(state, model.state_dict(), path, target, checkpoint, hint=hint)
     model.load_state_dict(state, strict=True)
+
+
+# The parts of a camera branch that `camera_init` loads (prefixes of CameraBEVEncoder's state dict): those
+# that depth pretraining (`unikd.exps.depth_pretrain_exp`) trains.
+CAMERA_INIT_PARTS = ("backbone.", "neck.", "view_transform.depth_net.")
+
+
+def load_camera_init(model: nn.Module, path: str | Path) -> None:
+    """Initialise `model.camera`'s image backbone, neck and depth net (CAMERA_INIT_PARTS) from the camera branch
+    of a unikd checkpoint: a depth pretraining run's, or any camera detector's of the same camera size.
+
+    Every one of those keys must be in the checkpoint with the model's shape; otherwise a CheckpointError
+    names the file, what it is and what differs. The rest of the model keeps its initialisation."""
+    camera = getattr(model, "camera", None)
+    if camera is None:
+        raise ValueError(f"camera_init {path}: the model has no camera branch to initialise")
+    checkpoint = read_checkpoint(path, "camera_init")
+    prefix = "model.camera."
+    state = {
+        key[len(prefix):]: value
+        for key, value in (checkpoint.get("state_dict") or {}).items()
+        if key.startswith(prefix) and key[len(prefix):].startswith(CAMERA_INIT_PARTS)
+    }
+    expected = {key: value for key, value in camera.state_dict().items() if key.startswith(CAMERA_INIT_PARTS)}
+    missing = sorted(set(expected) - set(state))
+    shaped = [key for key in sorted(set(expected) & set(state)) if state[key].shape != expected[key].shape]
+    if missing or shaped:
+        details = [f"{len(missing)} of {len(expected)} keys missing (e.g. {prefix}{missing[0]})"] if missing else []
+        details += [
+            f"{len(shaped)} mis-shaped (e.g. {prefix}{shaped[0]}: checkpoint {tuple(state[shaped[0]].shape)} vs "
+            f"model {tuple(expected[shaped[0]].shape)})"
+        ] if shaped else []
+        described = describe_checkpoint(checkpoint) or "a checkpoint without unikd metadata"
+        raise CheckpointError(
+            f"camera_init {path} ({described}) does not fit this camera branch: " + "; ".join(details)
+        )
+    camera.load_state_dict(state, strict=False)

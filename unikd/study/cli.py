@@ -38,6 +38,8 @@ def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.
     parser.add_argument("--limit_val_batches", default=None, help="passed to every validation and -e")
     parser.add_argument("--exp_options", nargs="+", default=[], metavar="KEY=VALUE", help="for every run")
     parser.add_argument("--distill_options", nargs="+", default=[], metavar="KEY=VALUE", help="distilled students only")
+    parser.add_argument("--camera_pretrain_epochs", type=int, default=defaults.camera_pretrain_epochs,
+                        help="depth pretraining of a camera student's image branch, shared by both students (0: none)")
     parser.add_argument("--output_root", type=Path, default=defaults.output_root)
     parser.add_argument("--name", default=name, help="report folder: <output_root>/<name>/<timestamp>/")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per GPU, else per core)")
@@ -64,6 +66,7 @@ def main(name: str, seeds: list[int], make_synthetic: bool, argv: list[str] | No
         limit_val_batches=args.limit_val_batches, exp_options=tuple(args.exp_options),
         distill_options=tuple(args.distill_options), output_root=args.output_root, jobs=args.jobs,
         make_synthetic=args.make_synthetic, score_threshold=args.score_threshold,
+        camera_pretrain_epochs=args.camera_pretrain_epochs,
     )
     try:
         run_study(settings, [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])

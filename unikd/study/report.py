@@ -60,6 +60,12 @@ def format_tables(report: dict[str, Any]) -> str:
     return "\n\n".join([main, per_class, every_run])
 
 
+def pretrain_line(pretrain: dict[str, Any]) -> str:
+    how = "reused" if pretrain["reused"] else f"trained by this study in {pretrain['train_seconds']:.0f} s"
+    return (f"Both students start from the depth pretraining {pretrain['experiment']} ({pretrain['epochs']} epochs, "
+            f"{how}): {pretrain['checkpoint']}")
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     teacher = report["teacher"]
     how = "reused" if teacher["reused"] else "trained by this study"
@@ -68,6 +74,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f"# {report['study']}: {report['pairing']}",
         f"`{' '.join(report['command'])}` ({report['wall_seconds'] / 60:.1f} min)",
         f"Teacher {teacher['experiment']} ({how}): {teacher['checkpoint']}",
+        *([pretrain_line(report["camera_pretrain"])] if "camera_pretrain" in report else []),
         format_tables(report),
         "![validation mAP per epoch, one validation sample](report.png)",
         "Logs:\n" + logs,

@@ -26,10 +26,12 @@ from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.exps.base_exp import BaseExp
 from unikd.exps.distill_exp import DistillExp, load_exp_class
 from unikd.study.figures import predict_sample, save_report_figure
+from unikd.study.records import read_record, shared_run_name, write_record
 from unikd.study.report import format_tables, summarise, write_report
 from unikd.study.results import eval_metrics, val_map_per_epoch
 from unikd.study.runs import Run, device_slots, run_all
-from unikd.study.teacher import read_teacher, teacher_run_name, write_teacher
+
+DEPTH_PRETRAIN_FILE = Path(__file__).resolve().parents[2] / "exps/nuscenes/BEVFusion/BEVFusion_nuscenes_camera_depth_pretrain_exp.py"
 
 
 @dataclass
@@ -58,6 +60,9 @@ class StudySettings:
     output_root: Path = Path("outputs")
     jobs: int | None = None  # parallel runs; None: one per GPU, else the CPU cores (at most 2 per seed)
     make_synthetic: bool = False  # build the synthetic set at data_root when it is absent
+    # depth pretraining of a camera student's backbone, neck and depth net (`unikd.exps.depth_pretrain_exp`),
+    # run once beside the teacher and the initialisation of the plain and the distilled students; 0: none
+    camera_pretrain_epochs: int = 0
     score_threshold: float = 0.3  # boxes drawn in the figure
 
 
@@ -116,13 +121,14 @@ class Commands:
 
 
 @dataclass
-class TeacherPlan:
-    """The teacher of a study: its settings and folders, and either the record of a finished teacher
-    with those settings (reused) or the runs that train and evaluate it."""
+class SharedPlan:
+    """A run the students share (the teacher, the depth pretraining): its settings and folders, and either
+    the record of a finished run with those settings (reused) or the runs that train (and evaluate) it."""
 
+    name: str
     settings: dict[str, Any]
     run_dir: Path
-    eval_dir: Path
+    eval_dir: Path | None
     record: dict[str, Any] | None
     train: Run | None = None
     evaluate: Run | None = None
@@ -131,46 +137,82 @@ class TeacherPlan:
     def checkpoint(self) -> Path:
         return self.run_dir / "checkpoints" / "last.ckpt"
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """What a run that reads the checkpoint waits for: the training, unless it is reused."""
+        return (self.train.name,) if self.train else ()
 
-def plan_teacher(s: StudySettings, commands: Commands, teacher_file: Path, logs: Path) -> TeacherPlan:
-    """Reuse the finished teacher of the same settings (experiment, model size, epochs, seed, data,
-    batches, options), else plan its runs in a fresh folder."""
-    size = s.teacher_model_size or s.model_size
-    settings = {"experiment": teacher_file.stem, "model_size": size, "epochs": s.teacher_epochs,
+    def announce(self) -> None:
+        if self.record is not None:
+            print(f"{self.name}: reusing {self.checkpoint} (same settings, finished {self.record['finished']})")
+        else:
+            print(f"{self.name}: training {self.settings['experiment']} in {self.run_dir}")
+
+    def finish(self) -> None:
+        """Record a run this study trained, once it (and its evaluation) is done."""
+        if self.record is None:
+            self.record = write_record(self.run_dir, self.settings, self.checkpoint, self.train.seconds, self.eval_dir)
+
+
+def plan_shared(s: StudySettings, commands: Commands, name: str, exp_file: Path, size: str, epochs: int,
+                logs: Path, evaluate: bool) -> SharedPlan:
+    """Reuse the finished run of the same settings (experiment, model size, epochs, seed, data, batches,
+    options) in <output_root>/<name>s/, else plan its runs (training, and `-e` if `evaluate`) in a fresh folder."""
+    settings = {"experiment": exp_file.stem, "model_size": size, "epochs": epochs,
                 "seed": s.teacher_seed, "data_root": str(s.data_root), "version": s.version,
                 "batch_size": s.batch_size, "limit_train_batches": s.limit_train_batches,
                 "exp_options": list(s.exp_options)}
-    root = s.output_root / "teachers"
-    name = teacher_run_name(settings)
-    run_dir, eval_dir = root / teacher_file.stem / name, root / teacher_file.stem / f"{name}-eval"
-    plan = TeacherPlan(settings, run_dir, eval_dir, read_teacher(run_dir, settings))
+    root = s.output_root / f"{name}s"
+    run_name = shared_run_name(name, settings)
+    run_dir = root / exp_file.stem / run_name
+    eval_dir = root / exp_file.stem / f"{run_name}-eval" if evaluate else None
+    plan = SharedPlan(name, settings, run_dir, eval_dir, read_record(run_dir, settings))
     if plan.record is not None:
         return plan
     for folder in (run_dir, eval_dir):  # an unfinished earlier attempt
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     options = [f"model_size={size}", *s.exp_options]
-    plan.train = Run("teacher", commands.train(teacher_file, s.teacher_seed, s.teacher_epochs, root, name, options,
-                                               validate=False), logs / "teacher.log", run_dir, s.teacher_epochs)
-    plan.evaluate = Run("teacher-eval", commands.evaluate(teacher_file, plan.checkpoint, root, eval_dir.name, options),
-                        logs / "teacher-eval.log", eval_dir, needs=("teacher",))
+    plan.train = Run(name, commands.train(exp_file, s.teacher_seed, epochs, root, run_name, options, validate=False),
+                     logs / f"{name}.log", run_dir, epochs)
+    if evaluate:
+        plan.evaluate = Run(f"{name}-eval", commands.evaluate(exp_file, plan.checkpoint, root, eval_dir.name, options),
+                            logs / f"{name}-eval.log", eval_dir, needs=(name,))
     return plan
 
 
-def plan_students(s: StudySettings, commands: Commands, student_file: Path, teacher: TeacherPlan,
-                  folder: Path) -> list[tuple[str, int, Run, Run]]:
-    """(role, seed, training run, evaluation run) of the plain and the distilled student of every seed;
-    both are evaluated by the plain student experiment (a distilled checkpoint is a plain student's)."""
+def plan_camera_pretrain(s: StudySettings, commands: Commands, student_file: Path, logs: Path) -> SharedPlan | None:
+    """The depth pretraining of a camera student (None when it is off); asking for it for a student without
+    cameras is an error."""
+    if s.camera_pretrain_epochs <= 0:
+        return None
+    modalities = load_exp_class(student_file).modalities
+    if "camera" not in modalities:
+        raise ValueError(f"camera_pretrain_epochs={s.camera_pretrain_epochs}: the student {student_file.stem} has no "
+                         f"camera branch (modalities {modalities}); set it to 0")
+    return plan_shared(s, commands, "camera_pretrain", DEPTH_PRETRAIN_FILE, s.model_size, s.camera_pretrain_epochs,
+                       logs, evaluate=False)
+
+
+def plan_students(s: StudySettings, commands: Commands, student_file: Path, teacher: SharedPlan,
+                  pretrain: SharedPlan | None, folder: Path) -> list[tuple[str, int, Run, Run]]:
+    """(role, seed, training run, evaluation run) of the plain and the distilled student of every seed,
+    both initialised from the depth pretraining when there is one; both are evaluated by the plain student
+    experiment (a distilled checkpoint is a plain student's)."""
     logs, runs_root = folder / "logs", folder / "runs"
     plain_options = [f"model_size={s.model_size}", *s.exp_options]
+    init_options = [f"camera_init={pretrain.checkpoint}"] if pretrain else []
+    init_needs = pretrain.needs if pretrain else ()
     distill_options = [*plain_options, f"teacher_model_size={teacher.settings['model_size']}", *s.distill_options]
     students = []
     for seed in s.seeds:
         for role, exp_file, options in (("plain", student_file, plain_options), ("distilled", s.pairing, distill_options)):
             name = f"{role}-seed{seed}"
             teacher_ckpt = teacher.checkpoint if role == "distilled" else None
-            train = Run(name, commands.train(exp_file, seed, s.epochs, runs_root, name, options, True, teacher_ckpt),
+            train = Run(name, commands.train(exp_file, seed, s.epochs, runs_root, name, [*options, *init_options], True,
+                                             teacher_ckpt),
                         logs / f"{name}.log", runs_root / exp_file.stem / name, s.epochs,
-                        needs=("teacher",) if teacher_ckpt and teacher.train else ())
+                        needs=init_needs + (teacher.needs if teacher_ckpt else ()))
             checkpoint = train.run_dir / "checkpoints" / "last.ckpt"
             evaluate = Run(f"{name}-eval", commands.evaluate(student_file, checkpoint, runs_root, f"{name}-eval", plain_options),
                            logs / f"{name}-eval.log", runs_root / student_file.stem / f"{name}-eval", needs=(name,))
@@ -195,21 +237,22 @@ def run_study(s: StudySettings, command: list[str]) -> dict[str, Any]:
     ensure_data(s)
     folder = s.output_root / s.name / datetime.now().strftime("%Y%m%d-%H%M%S")
     commands = Commands(s)
-    teacher = plan_teacher(s, commands, teacher_file, folder / "logs")
-    if teacher.record is not None:
-        print(f"teacher: reusing {teacher.checkpoint} (same settings, finished {teacher.record['finished']})")
-    else:
-        print(f"teacher: training {teacher_file.stem} in {teacher.run_dir}")
-    students = plan_students(s, commands, student_file, teacher, folder)
+    logs = folder / "logs"
+    teacher = plan_shared(s, commands, "teacher", teacher_file, s.teacher_model_size or s.model_size,
+                          s.teacher_epochs, logs, evaluate=True)
+    pretrain = plan_camera_pretrain(s, commands, student_file, logs)
+    shared = [plan for plan in (teacher, pretrain) if plan is not None]
+    for plan in shared:
+        plan.announce()
+    students = plan_students(s, commands, student_file, teacher, pretrain, folder)
     # the teacher's evaluation last: a slot freed by the teacher goes to a distilled student first
-    runs = [teacher.train] if teacher.train else []
+    runs = [plan.train for plan in shared if plan.train]
     runs += [run for *_, train, evaluate in students for run in (train, evaluate)]
     runs += [teacher.evaluate] if teacher.evaluate else []
-    print(f"runs' logs: {folder / 'logs'}")
+    print(f"runs' logs: {logs}")
     run_all(runs, device_slots(s.jobs, 2 * len(s.seeds)), desc=s.name)
-    if teacher.record is None:
-        teacher.record = write_teacher(teacher.run_dir, teacher.settings, teacher.checkpoint, teacher.eval_dir,
-                                       teacher.train.seconds)
+    for plan in shared:
+        plan.finish()
 
     report = {
         "study": s.name,
@@ -222,6 +265,10 @@ def run_study(s: StudySettings, command: list[str]) -> dict[str, Any]:
                     "train_seconds": teacher.record["train_seconds"], "metrics": eval_metrics(teacher.eval_dir)},
         "runs": [student_entry(*student) for student in students],
     }
+    if pretrain is not None:
+        report["camera_pretrain"] = {"experiment": DEPTH_PRETRAIN_FILE.stem, "epochs": s.camera_pretrain_epochs,
+                                     "reused": pretrain.train is None, "checkpoint": str(pretrain.checkpoint),
+                                     "train_seconds": pretrain.record["train_seconds"]}
     report["summary"] = summarise(report)
 
     print("predicting one validation sample for the figure ...", flush=True)

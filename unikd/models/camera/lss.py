@@ -260,6 +260,28 @@ class LSSViewTransform(nn.Module):
         )
         return result
 
+    def depth_and_context(
+        self,
+        features: torch.Tensor,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+        points: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, Ncam, C_in, H_f, W_f] image features -> (depth probabilities [B*Ncam, D, H_f, W_f], context
+        [B*Ncam, C, H_f, W_f]): the depth net alone, before the splat."""
+        height, width = features.shape[-2:]
+        if self.needs_points:
+            if points is None:
+                raise ValueError("the depth_lss depth net reads the LiDAR depth image: pass the batch's points")
+            image_size = (height * self.feature_stride, width * self.feature_stride)
+            depth_image = lidar_depth_image(points, lidar2cam, cam2img, img_aug, bda, image_size)
+            out = self.depth_net(features.flatten(0, 1), depth_image.flatten(0, 1))
+        else:
+            out = self.depth_net(features.flatten(0, 1))  # [B*N, D + C, H_f, W_f]
+        return out[:, : self.num_bins].softmax(dim=1), out[:, self.num_bins :]
+
     def forward(
         self,
         features: torch.Tensor,
@@ -272,16 +294,7 @@ class LSSViewTransform(nn.Module):
         """[B, Ncam, C_in, H_f, W_f] image features -> (camera BEV [B, C, H, W] on `output_grid`,
         depth probabilities [B, Ncam, D, H_f, W_f]). `points`: the batch's, for the "depth_lss" depth net."""
         batch, num_cams, _, height, width = features.shape
-        if self.needs_points:
-            if points is None:
-                raise ValueError("the depth_lss depth net reads the LiDAR depth image: pass the batch's points")
-            image_size = (height * self.feature_stride, width * self.feature_stride)
-            depth_image = lidar_depth_image(points, lidar2cam, cam2img, img_aug, bda, image_size)
-            out = self.depth_net(features.flatten(0, 1), depth_image.flatten(0, 1))
-        else:
-            out = self.depth_net(features.flatten(0, 1))  # [B*N, D + C, H_f, W_f]
-        depth = out[:, : self.num_bins].softmax(dim=1)
-        context = out[:, self.num_bins :]
+        depth, context = self.depth_and_context(features, lidar2cam, cam2img, img_aug, bda, points)
         point_index, cell_index = self.geometry(lidar2cam, cam2img, img_aug, bda, (height, width))
         pixels = height * width
         pixel_index = point_index // (self.num_bins * pixels) * pixels + point_index % pixels  # (b, n, i, j)
@@ -405,6 +418,12 @@ class CameraBEVEncoder(nn.Module):
     ) -> CameraBEVOutput:
         """[B, Ncam, 3, H, W] normalised images (H, W multiples of the feature stride) -> BEV and depth.
         `points` (the batch's, augmented frame): read only by the "depth_lss" depth net."""
+        features = self.image_features(imgs)
+        bev, depth_probs = self.view_transform(features, lidar2cam, cam2img, img_aug, bda, points)
+        return CameraBEVOutput(bev, depth_probs)
+
+    def image_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """[B, Ncam, 3, H, W] normalised images -> neck features [B, Ncam, C, H / stride, W / stride]."""
         batch, num_cams, _, height, width = imgs.shape
         stride = self.feature_stride
         if height % stride or width % stride:
@@ -412,9 +431,21 @@ class CameraBEVEncoder(nn.Module):
         features = self.neck(self.backbone(imgs.flatten(0, 1)))
         if tuple(features.shape[-2:]) != (height // stride, width // stride):
             raise ValueError(f"neck output {tuple(features.shape[-2:])} is not the image size / {stride}")
-        features = features.view(batch, num_cams, *features.shape[1:])
-        bev, depth_probs = self.view_transform(features, lidar2cam, cam2img, img_aug, bda, points)
-        return CameraBEVOutput(bev, depth_probs)
+        return features.view(batch, num_cams, *features.shape[1:])
+
+    def image_depth(
+        self,
+        imgs: torch.Tensor,
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+        points: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Depth probabilities [B, Ncam, D, H_f, W_f] of `forward`, without the view transform's splat."""
+        features = self.image_features(imgs)
+        depth, _ = self.view_transform.depth_and_context(features, lidar2cam, cam2img, img_aug, bda, points)
+        return depth.view(*features.shape[:2], *depth.shape[1:])
 
     def depth_loss(
         self,
