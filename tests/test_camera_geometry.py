@@ -1,5 +1,6 @@
 """Camera geometry end to end, against expectations computed independently in numpy (float64)."""
 
+import io
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from unikd.data.image_aug import apply_image_aug, ida_matrix
+from unikd.data.image_aug import apply_image_aug, ida_matrix, open_reduced
 from unikd.models.camera import LSSViewTransform, depth_targets, pixel_to_lidar, resample_bev
 from unikd.ops.bev_grid import BEVGrid
 
@@ -96,6 +97,27 @@ def test_ida_matrix_matches_hand_formula_and_pil_image():
             rows, cols = np.mgrid[: out.shape[0], : out.shape[1]]
             centroid = np.array([(out * cols).sum(), (out * rows).sum()]) / out.sum()
             np.testing.assert_allclose(centroid, (ida_matrix(**params) @ [u, v, 0, 1])[:2], atol=0.1)
+
+
+@pytest.mark.parametrize("resize", [0.23, 0.44])  # decoded at 1/4 and at 1/2
+def test_a_reduced_jpeg_decode_keeps_the_ida_geometry(resize: float) -> None:
+    width, height = 1600, 900
+    final_w, final_h = int(352 * resize / 0.23), int(128 * resize / 0.23)
+    params = dict(resize=resize, crop=(13, int(height * resize) - final_h, 13 + final_w, int(height * resize)),
+                  flip=True, rotate_deg=-4.1)
+    for u, v in [(830, 610), (411, 707)]:
+        pixels = np.zeros((height, width), dtype=np.uint8)
+        pixels[v - 6 : v + 7, u - 6 : u + 7] = 255  # a 13x13 mark centred on (u, v)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).convert("RGB").save(buffer, format="JPEG", quality=95)
+        with Image.open(buffer) as file:
+            reduced, original_size = open_reduced(file, resize)
+        assert original_size == (width, height) and reduced.width < width / 1.9
+        out = np.asarray(apply_image_aug(reduced, **params, original_size=original_size), np.float64).mean(axis=2)
+        assert out.shape == (final_h, final_w)
+        rows, cols = np.mgrid[: out.shape[0], : out.shape[1]]
+        centroid = np.array([(out * cols).sum(), (out * rows).sum()]) / out.sum()
+        np.testing.assert_allclose(centroid, (ida_matrix(**params) @ [u, v, 0, 1])[:2], atol=0.15)
 
 
 def test_projected_point_lifts_back_to_bda_point_in_the_right_cell():

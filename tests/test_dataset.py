@@ -12,7 +12,13 @@ import torch
 from unikd.data.collate import collate_batch
 from unikd.data.infos import load_nuscenes, sensor_to_global
 from unikd.data.nuscenes_boxes import lidar_boxes_to_global
-from unikd.data.nuscenes_dataset import IMAGENET_MEAN, IMAGENET_STD, NuScenesDetectionDataset, load_points
+from unikd.data.nuscenes_dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageAugConfig,
+    NuScenesDetectionDataset,
+    load_points,
+)
 from unikd.data.transforms import BEVAugConfig, boxes_in_range
 
 RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
@@ -106,12 +112,15 @@ def test_augmentation_moves_points_and_boxes_together(synthetic_root: Path) -> N
     assert same <= {tuple(np.round(b[3:6], 3)) for b in item["gt_boxes"].numpy()}
 
 
-def test_camera_images_follow_their_ida_matrix(synthetic_root: Path) -> None:
-    """A pixel of the original JPEG appears at img_aug @ (u, v) in the augmented image."""
+@pytest.mark.parametrize("reduced_decode", [False, True])
+def test_camera_images_follow_their_ida_matrix(synthetic_root: Path, reduced_decode: bool) -> None:
+    """A pixel of the original JPEG appears at img_aug @ (u, v) in the augmented image (decoded in full, or at a
+    reduced DCT scale)."""
     from PIL import Image
 
     dataset = NuScenesDetectionDataset(
-        synthetic_root, "v1.0-mini", "mini_val", RANGE, num_sweeps=1, use_camera=True, training=True, seed=1
+        synthetic_root, "v1.0-mini", "mini_val", RANGE, num_sweeps=1, use_camera=True, training=True, seed=1,
+        image_aug=ImageAugConfig(reduced_decode=reduced_decode),
     )
     item = dataset[4]
     info = dataset.infos[4]

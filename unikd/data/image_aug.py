@@ -43,6 +43,18 @@ def ida_matrix(resize: float, crop: tuple[int, int, int, int], flip: bool, rotat
     return rotate @ mirror @ shift @ scale
 
 
+def open_reduced(file: Image.Image, resize: float) -> tuple[Image.Image, tuple[int, int]]:
+    """An opened image decoded as RGB, a JPEG at the coarsest of its DCT scales (1/2, 1/4, 1/8) that keeps it at
+    least `resize` times its size (much faster than a full decode and resize), and its original size (W, H).
+
+    A JPEG decoded at 1/k averages k x k blocks: reduced pixel j covers original pixels [j k, (j + 1) k), so
+    `apply_image_aug(..., original_size=...)` of it has `ida_matrix`'s geometry; its pixels differ from a full
+    decode's by the two filters (box-like against bilinear)."""
+    original = file.size
+    file.draft("RGB", (math.ceil(original[0] * resize), math.ceil(original[1] * resize)))
+    return file.convert("RGB"), original
+
+
 def apply_image_aug(
     img: Image.Image,
     resize: float,
@@ -50,12 +62,15 @@ def apply_image_aug(
     flip: bool,
     rotate_deg: float,
     resample: Image.Resampling = Image.Resampling.BILINEAR,
+    original_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """The augmented image, of size (x1 - x0, y1 - y0), matching `ida_matrix` of the same parameters."""
-    width, height = img.size
+    """The augmented image, of size (x1 - x0, y1 - y0), matching `ida_matrix` of the same parameters.
+    `original_size`: (W, H) of the original when `img` is a reduced decode of it (`open_reduced`)."""
+    width, height = original_size or img.size
+    factor = round(width / img.width)  # 1/k of a reduced decode
     new_w, new_h = int(width * resize), int(height * resize)
     # the source box makes the scale exactly `resize` on both axes despite the integer size
-    box = (0.0, 0.0, min(new_w / resize, width), min(new_h / resize, height))
+    box = (0.0, 0.0, min(new_w / resize, width) / factor, min(new_h / resize, height) / factor)
     img = img.resize((new_w, new_h), resample=resample, box=box)
     img = img.crop(tuple(int(c) for c in crop))
     if flip:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from unikd.data.classes import CAMERAS, CLASSES
-from unikd.data.image_aug import apply_image_aug, ida_matrix
+from unikd.data.image_aug import apply_image_aug, ida_matrix, open_reduced
 from unikd.data.infos import load_or_build_infos
 from unikd.data.map_targets import MAP_GRID, MapTargets
 from unikd.data.mmdet3d_infos import read_mmdet3d_infos
@@ -42,6 +42,9 @@ class ImageAugConfig:
     test_resize: float = 0.48
     rotate_deg: tuple[float, float] = (-5.4, 5.4)
     flip_prob: float = 0.5
+    # decode JPEGs at a reduced DCT scale (`image_aug.open_reduced`): same geometry, slightly different pixels,
+    # several times faster at small sizes
+    reduced_decode: bool = False
 
 
 def load_points(path: str | os.PathLike) -> np.ndarray:
@@ -223,11 +226,14 @@ class NuScenesDetectionDataset(Dataset):
             path = self.data_root / cam["path"]
             try:
                 with Image.open(path) as file:
-                    image = file.convert("RGB")
+                    params = self.image_aug_params(*file.size, rng)
+                    if self.image_aug.reduced_decode:
+                        image, original_size = open_reduced(file, params["resize"])
+                    else:
+                        image, original_size = file.convert("RGB"), None
             except OSError as error:
                 raise OSError(f"cannot read camera image {path} of sample {info['token']}: {error}") from error
-            params = self.image_aug_params(image.width, image.height, rng)
-            image = apply_image_aug(image, **params)
+            image = apply_image_aug(image, **params, original_size=original_size)
             array = (np.asarray(image, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
             imgs.append(torch.from_numpy(array).permute(2, 0, 1))
             cam2img.append(cam["cam2img"])

@@ -29,7 +29,11 @@ from unikd.models.configs import model_config
 # The image augmentation (a data setting) of each model size: the camera branch reads the images it makes.
 # Sizes not listed use ImageAugConfig() (nuScenes: 1600x900 resized and cropped to 256x704).
 IMAGE_AUG_BY_SIZE: dict[str, ImageAugConfig] = {
-    **dict.fromkeys(("small", "small_bevfusion", "small_mgfm"), ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23)),
+    # the CPU sizes decode their JPEGs at 1/4 or 1/2 scale (reduced_decode): 3x faster, same geometry
+    **dict.fromkeys(
+        ("small", "small_bevfusion", "small_mgfm"),
+        ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23, reduced_decode=True),
+    ),
     # UniDistill's ida_aug_cfg: resize in (0.386, 0.55) in training, max(256 / 900, 704 / 1600) = 0.44 in testing
     **dict.fromkeys(("unidistill_camera", "unidistill_fusion"), ImageAugConfig(train_resize=(0.386, 0.55), test_resize=0.44)),
 }
