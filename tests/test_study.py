@@ -21,7 +21,13 @@ from unikd.evaluation.summary import flatten_summary
 from unikd.study.report import format_tables, summarise
 from unikd.study.results import mean_std
 from unikd.study.runs import Run, RunFailed, Slot, run_all
-from unikd.study.study import StudySettings, run_study
+from unikd.study.study import (
+    DEFAULT_CAMERA_PRETRAIN_EPOCHS,
+    Commands,
+    StudySettings,
+    plan_camera_pretrain,
+    run_study,
+)
 from unikd.utils.visualization import box_corners_3d, project_to_image
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"
@@ -165,3 +171,17 @@ def test_boxes_project_into_the_augmented_image_through_the_batch_matrices() -> 
     corners = box_corners_3d(np.array([[0.0, 0.0, 1.0, 4.0, 2.0, 2.0, np.pi / 2]]))[0]
     assert sorted(map(tuple, corners.round(6).tolist())) == sorted(
         (x, y, z) for x in (-1.0, 1.0) for y in (-2.0, 2.0) for z in (0.0, 2.0))
+
+
+def test_depth_pretraining_is_for_camera_students(tmp_path: Path) -> None:
+    lidar_student = EXP_DIR / "BEVFusion_nuscenes_centerhead_lidar_exp.py"
+    camera_student = EXP_DIR / "BEVFusion_nuscenes_centerhead_camera_exp.py"
+    settings = tiny_settings(tmp_path, tmp_path / "out")
+    for epochs, student, expected in [(None, lidar_student, None), (0, camera_student, None),
+                                      (None, camera_student, DEFAULT_CAMERA_PRETRAIN_EPOCHS), (2, camera_student, 2)]:
+        s = replace(settings, camera_pretrain_epochs=epochs)
+        plan = plan_camera_pretrain(s, Commands(s), student, tmp_path / "logs")
+        assert (plan and plan.settings["epochs"]) == expected
+    s = replace(settings, camera_pretrain_epochs=2)
+    with pytest.raises(ValueError, match="has no camera branch"):
+        plan_camera_pretrain(s, Commands(s), lidar_student, tmp_path / "logs")

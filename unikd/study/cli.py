@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from unikd.study.runs import RunFailed
-from unikd.study.study import StudySettings, run_study
+from unikd.study.study import DEFAULT_CAMERA_PRETRAIN_EPOCHS, StudySettings, run_study
 
 EXP_DIR = Path(__file__).resolve().parents[2] / "exps" / "nuscenes" / "BEVFusion"
 CAMERA_FROM_LIDAR = EXP_DIR / "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar.py"
@@ -39,7 +39,8 @@ def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.
     parser.add_argument("--exp_options", nargs="+", default=[], metavar="KEY=VALUE", help="for every run")
     parser.add_argument("--distill_options", nargs="+", default=[], metavar="KEY=VALUE", help="distilled students only")
     parser.add_argument("--camera_pretrain_epochs", type=int, default=defaults.camera_pretrain_epochs,
-                        help="depth pretraining of a camera student's image branch, shared by both students (0: none)")
+                        help="epochs of depth pretraining of a camera student's image branch, shared by both students "
+                        f"(0: none; default: {DEFAULT_CAMERA_PRETRAIN_EPOCHS} for a camera student)")
     parser.add_argument("--output_root", type=Path, default=defaults.output_root)
     parser.add_argument("--name", default=name, help="report folder: <output_root>/<name>/<timestamp>/")
     parser.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per GPU, else per core)")

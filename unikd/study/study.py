@@ -34,6 +34,11 @@ from unikd.study.runs import Run, device_slots, run_all
 DEPTH_PRETRAIN_FILE = Path(__file__).resolve().parents[2] / "exps/nuscenes/BEVFusion/BEVFusion_nuscenes_camera_depth_pretrain_exp.py"
 
 
+# the camera students' depth pretraining by default: 6 epochs of the synthetic trainval set double the plain
+# small camera student's mAP after 4 epochs (0.039 -> 0.083) and run beside the teacher
+DEFAULT_CAMERA_PRETRAIN_EPOCHS = 6
+
+
 @dataclass
 class StudySettings:
     """What a study runs. `limit_train_batches` / `limit_val_batches` are passed as the CLI reads them."""
@@ -61,8 +66,9 @@ class StudySettings:
     jobs: int | None = None  # parallel runs; None: one per GPU, else the CPU cores (at most 2 per seed)
     make_synthetic: bool = False  # build the synthetic set at data_root when it is absent
     # depth pretraining of a camera student's backbone, neck and depth net (`unikd.exps.depth_pretrain_exp`),
-    # run once beside the teacher and the initialisation of the plain and the distilled students; 0: none
-    camera_pretrain_epochs: int = 0
+    # run once beside the teacher and the initialisation of the plain and the distilled students; 0: none,
+    # None: DEFAULT_CAMERA_PRETRAIN_EPOCHS for a student with cameras, none for one without
+    camera_pretrain_epochs: int | None = None
     score_threshold: float = 0.3  # boxes drawn in the figure
 
 
@@ -184,14 +190,16 @@ def plan_shared(s: StudySettings, commands: Commands, name: str, exp_file: Path,
 def plan_camera_pretrain(s: StudySettings, commands: Commands, student_file: Path, logs: Path) -> SharedPlan | None:
     """The depth pretraining of a camera student (None when it is off); asking for it for a student without
     cameras is an error."""
-    if s.camera_pretrain_epochs <= 0:
+    has_camera = "camera" in load_exp_class(student_file).modalities
+    epochs = s.camera_pretrain_epochs
+    if epochs is None:
+        epochs = DEFAULT_CAMERA_PRETRAIN_EPOCHS if has_camera else 0
+    if epochs <= 0:
         return None
-    modalities = load_exp_class(student_file).modalities
-    if "camera" not in modalities:
-        raise ValueError(f"camera_pretrain_epochs={s.camera_pretrain_epochs}: the student {student_file.stem} has no "
-                         f"camera branch (modalities {modalities}); set it to 0")
-    return plan_shared(s, commands, "camera_pretrain", DEPTH_PRETRAIN_FILE, s.model_size, s.camera_pretrain_epochs,
-                       logs, evaluate=False)
+    if not has_camera:
+        raise ValueError(f"camera_pretrain_epochs={epochs}: the student {student_file.stem} has no camera branch; "
+                         "set it to 0")
+    return plan_shared(s, commands, "camera_pretrain", DEPTH_PRETRAIN_FILE, s.model_size, epochs, logs, evaluate=False)
 
 
 def plan_students(s: StudySettings, commands: Commands, student_file: Path, teacher: SharedPlan,
@@ -266,7 +274,7 @@ def run_study(s: StudySettings, command: list[str]) -> dict[str, Any]:
         "runs": [student_entry(*student) for student in students],
     }
     if pretrain is not None:
-        report["camera_pretrain"] = {"experiment": DEPTH_PRETRAIN_FILE.stem, "epochs": s.camera_pretrain_epochs,
+        report["camera_pretrain"] = {"experiment": DEPTH_PRETRAIN_FILE.stem, "epochs": pretrain.settings["epochs"],
                                      "reused": pretrain.train is None, "checkpoint": str(pretrain.checkpoint),
                                      "train_seconds": pretrain.record["train_seconds"]}
     report["summary"] = summarise(report)
