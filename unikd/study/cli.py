@@ -16,7 +16,7 @@ CAMERA_FROM_LIDAR = EXP_DIR / "BEVFusion_nuscenes_centerhead_camera_exp_distill_
 QUICK = {"teacher_epochs": 2, "epochs": 2, "limit_train_batches": "30"}
 
 
-def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.ArgumentParser:
+def build_parser(name: str, seeds: list[int], make_synthetic: bool, distill_options: list[str]) -> argparse.ArgumentParser:
     defaults = StudySettings(pairing=CAMERA_FROM_LIDAR)
     parser = argparse.ArgumentParser(
         description="Teacher, plain and distilled students on the same schedule and seeds; evaluated with -e; "
@@ -37,7 +37,8 @@ def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.
     parser.add_argument("--limit_train_batches", default=None, help="passed to every training run")
     parser.add_argument("--limit_val_batches", default=None, help="passed to every validation and -e")
     parser.add_argument("--exp_options", nargs="+", default=[], metavar="KEY=VALUE", help="for every run")
-    parser.add_argument("--distill_options", nargs="+", default=[], metavar="KEY=VALUE", help="distilled students only")
+    parser.add_argument("--distill_options", nargs="+", default=distill_options, metavar="KEY=VALUE",
+                        help=f"distilled students only (default: {' '.join(distill_options) or 'none'})")
     parser.add_argument("--camera_pretrain_epochs", type=int, default=defaults.camera_pretrain_epochs,
                         help="epochs of depth pretraining of a camera student's image branch, shared by both students "
                         f"(0: none; default: {DEFAULT_CAMERA_PRETRAIN_EPOCHS} for a camera student)")
@@ -52,9 +53,10 @@ def build_parser(name: str, seeds: list[int], make_synthetic: bool) -> argparse.
     return parser
 
 
-def main(name: str, seeds: list[int], make_synthetic: bool, argv: list[str] | None = None) -> None:
+def main(name: str, seeds: list[int], make_synthetic: bool, distill_options: list[str] | None = None,
+         argv: list[str] | None = None) -> None:
     """Parse the arguments and run the study; a failed run exits with its log's tail."""
-    args = build_parser(name, seeds, make_synthetic).parse_args(argv)
+    args = build_parser(name, seeds, make_synthetic, distill_options or []).parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
