@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from unikd.exps.base_exp import BaseExp
-from unikd.models.camera.depth_loss import depth_loss, depth_targets
+from unikd.models.camera.depth_loss import depth_loss, key_frame_points
 from unikd.models.camera.lss import CameraBEVEncoder
 from unikd.ops.bev_grid import BEVGrid
 
@@ -39,13 +39,7 @@ class CameraDepthModel(nn.Module):
         """Depth probabilities [B, Ncam, D, H_f, W_f] and the key-frame LiDAR bin of every feature cell."""
         matrices = (batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"])
         probs = self.camera.image_depth(batch["imgs"], *matrices, batch["points"])
-        key_frame_points = [points[points[:, 4] == 0] for points in batch["points"]]  # as BEVFusion.loss
-        stride = self.camera.feature_stride
-        image_size = (probs.shape[-2] * stride, probs.shape[-1] * stride)
-        targets = depth_targets(
-            key_frame_points, *matrices, image_size, stride, self.camera.view_transform.depth_bins
-        )
-        return probs, targets
+        return probs, self.camera.depth_targets(probs, key_frame_points(batch["points"]), *matrices)
 
 
 class CameraDepthPretrainExp(BaseExp):

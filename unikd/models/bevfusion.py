@@ -10,6 +10,7 @@ from torch import nn
 
 from unikd.data.map_targets import MAP_CLASSES
 from unikd.models.camera import CameraBEVEncoder
+from unikd.models.camera.depth_loss import key_frame_points
 from unikd.models.decoder import SECOND, SECONDFPN
 from unikd.models.fuser import build_fuser
 from unikd.models.heads.center_head import CenterHead
@@ -185,9 +186,9 @@ class BEVFusion(nn.Module):
             losses.update(self.seg_head.loss(outputs["seg"], batch["gt_masks_bev"]))
         weight = self.config.get("depth_loss_weight", 0.0)
         if self.camera is not None and weight > 0:
-            key_frame_points = [points[points[:, 4] == 0] for points in batch["points"]]  # sweeps smear movers
             depth = self.camera.depth_loss(
-                outputs["depth_probs"], key_frame_points, batch["lidar2cam"], batch["cam2img"], batch["img_aug"], batch["bda"]
+                outputs["depth_probs"], key_frame_points(batch["points"]), batch["lidar2cam"], batch["cam2img"],
+                batch["img_aug"], batch["bda"],
             )
             losses["depth"] = weight * depth
         return losses

@@ -41,6 +41,12 @@ def project_points(
     return torch.einsum("nij,npj->npi", img_aug, uv01)[..., :2], depth
 
 
+def key_frame_points(points: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The key frame's points of each sample (time-lag column 4 at 0): the depth targets' points, free of the
+    sweeps' motion smear."""
+    return [sample[sample[:, 4] == 0] for sample in points]
+
+
 def depth_targets(
     points: list[torch.Tensor],
     lidar2cam: torch.Tensor,

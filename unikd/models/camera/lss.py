@@ -447,6 +447,23 @@ class CameraBEVEncoder(nn.Module):
         depth, _ = self.view_transform.depth_and_context(features, lidar2cam, cam2img, img_aug, bda, points)
         return depth.view(*features.shape[:2], *depth.shape[1:])
 
+    def depth_targets(
+        self,
+        depth_probs: torch.Tensor,
+        points: list[torch.Tensor],
+        lidar2cam: torch.Tensor,
+        cam2img: torch.Tensor,
+        img_aug: torch.Tensor,
+        bda: torch.Tensor,
+    ) -> torch.Tensor:
+        """The LiDAR depth bin of every feature cell of `depth_probs` ([B, Ncam, H_f, W_f], -1 without a point)
+        from the batch's (augmented-frame) points."""
+        stride = self.feature_stride
+        image_size = (depth_probs.shape[-2] * stride, depth_probs.shape[-1] * stride)
+        return depth_targets(
+            points, lidar2cam, cam2img, img_aug, bda, image_size, stride, self.view_transform.depth_bins
+        )
+
     def depth_loss(
         self,
         depth_probs: torch.Tensor,
@@ -457,9 +474,4 @@ class CameraBEVEncoder(nn.Module):
         bda: torch.Tensor,
     ) -> torch.Tensor:
         """Depth BCE of `depth_probs` against targets from the batch's (augmented-frame) LiDAR points."""
-        stride = self.feature_stride
-        image_size = (depth_probs.shape[-2] * stride, depth_probs.shape[-1] * stride)
-        targets = depth_targets(
-            points, lidar2cam, cam2img, img_aug, bda, image_size, stride, self.view_transform.depth_bins
-        )
-        return depth_loss(depth_probs, targets)
+        return depth_loss(depth_probs, self.depth_targets(depth_probs, points, lidar2cam, cam2img, img_aug, bda))
