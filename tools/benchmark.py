@@ -1228,10 +1228,49 @@ def bench_fuser_step(ctx: Context, case: str) -> dict:
     }
 
 
+def bench_image_decode(ctx: Context, case: str) -> dict:
+    """The six camera images of a sample, loaded and augmented at the `case` size's image_aug, decoded in full
+    (the reference) or at a reduced DCT scale (`ImageAugConfig.reduced_decode`)."""
+    from dataclasses import replace
+
+    from unikd.exps.base_exp import image_aug_for
+    from unikd.models.configs import model_config
+
+    config = model_config(case, ("camera",))
+    image_aug = replace(image_aug_for(case), reduced_decode=False)
+    datasets = {
+        mode: make_dataset(ctx, ctx.eval_split, config["point_cloud_range"], 1, True, True,
+                           replace(image_aug, reduced_decode=mode == "reduced"))
+        for mode in ("full", "reduced")
+    }
+    count = min(len(datasets["full"]), ctx.repeats(12, 4))
+
+    def load(mode: str) -> Callable[[], object]:
+        dataset = datasets[mode]
+        return lambda: [dataset.load_cameras(dataset.infos[i], np.random.default_rng(i)) for i in range(count)]
+
+    times = time_interleaved({mode: load(mode) for mode in datasets}, repeats=ctx.repeats(3, 1), device=torch.device("cpu"))
+    full, reduced = (median(times[mode]) / count for mode in ("full", "reduced"))
+    return {
+        "ratio": full / reduced,
+        "ratio_meaning": "full decode / reduced decode, time per sample (six images)",
+        "figures": {"samples": count, "full_ms_per_sample": 1e3 * full, "reduced_ms_per_sample": 1e3 * reduced,
+                    "final_size": list(image_aug.final_size), "train_resize": list(image_aug.train_resize)},
+        "notes": [
+            "training-mode augmentation (random resize, crop, flip, rotation) of six 1600x900 JPEGs, normalised to "
+            "float tensors; the same random parameters for both modes",
+            "interleaved rounds, median after a warm-up, one process, no DataLoader",
+        ],
+    }
+
+
 ENTRIES: dict[str, Entry] = {
     "voxelize": Entry(bench_voxelize, lambda quick: ["nuscenes"], True, "unikd.ops.voxelize.voxelize"),
     "data_loading": Entry(
         bench_data_loading, lambda quick: ["lidar", "lidar+camera"], True, "dataset + DataLoader + collate"
+    ),
+    "image_decode": Entry(
+        bench_image_decode, lambda quick: ["small", "nuscenes"], True, "camera images: full vs reduced JPEG decode"
     ),
     "lidar_train_step": Entry(
         bench_lidar_train_step,
