@@ -53,6 +53,11 @@ def test_pretraining_learns_depth_and_validation_counts_cells(synthetic_root):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
+    # what trains is what camera_init loads, and every trained parameter gets a gradient (data-parallel needs it)
+    trained = {name for name, parameter in exp.model.camera.named_parameters() if parameter.requires_grad}
+    assert trained == {name for name, _ in exp.model.camera.named_parameters() if name.startswith(CAMERA_INIT_PARTS)}
+    assert trained and all(p.grad is not None for n, p in exp.model.camera.named_parameters() if n in trained)
+    assert len(exp.trainable_parameters()) == len(trained)
 
     exp.model.eval()
     exp.on_validation_epoch_start()
