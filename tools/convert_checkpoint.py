@@ -23,7 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import pytorch_lightning as pl  # noqa: E402
 
 from unikd.exps.checkpoints import METADATA_KEY, check_state_dict, read_checkpoint, save_atomically  # noqa: E402
-from unikd.interop import CheckpointFormatError, checkpoint_modalities, detector_state, model_size_of  # noqa: E402
+from unikd.interop import (  # noqa: E402
+    CheckpointFormatError,
+    checkpoint_modalities,
+    detector_state,
+    is_unikd_checkpoint,
+    model_size_of,
+)
 from unikd.models.bevfusion import BEVFusion  # noqa: E402
 from unikd.models.configs import model_config  # noqa: E402
 
@@ -51,10 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(source: Path, out: Path, model_size: str | None, box_convention: str | None, trusted: bool) -> str:
     """Write the unikd checkpoint of `source` to `out`; returns the model size."""
     checkpoint = read_checkpoint(source, "source checkpoint", trusted=trusted)
-    model_size = model_size or model_size_of(checkpoint)
+    try:
+        model_size = model_size or model_size_of(checkpoint)
+        modalities = tuple(sorted(checkpoint_modalities(checkpoint)))
+    except CheckpointFormatError as error:
+        raise SystemExit(f"{source}: {error}") from None
+    if is_unikd_checkpoint(checkpoint):
+        raise SystemExit(f"{source} is a unikd checkpoint already: experiments read it as it is")
     if model_size is None:
         raise SystemExit(f"{source}: neither its keys nor its metadata (a config with a voxel_size) say the model size: pass --model-size")
-    modalities = tuple(sorted(checkpoint_modalities(checkpoint)))
     config = model_config(model_size, modalities)
     head = config["head"].get("type", "center")
     if (head, modalities) not in EXPERIMENTS:

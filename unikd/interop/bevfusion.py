@@ -29,7 +29,9 @@ from collections.abc import Mapping
 import torch
 
 from unikd.interop import mmdet3d_centerpoint
-from unikd.interop.bevfusion_camera import camera_to_unikd
+from unikd.interop.bevfusion_camera import camera_to_unikd, check_geometry
+from unikd.interop.formats import CheckpointFormat, CheckpointFormatError, Conversion, State, register_format
+from unikd.interop.mmdet3d_meta import mmdet3d_box_convention
 from unikd.interop.spconv_layout import spconv2_kernels
 
 CAMERA_ROOTS = ("img_backbone.", "img_neck.", "view_transform.")
@@ -154,3 +156,41 @@ def modalities(state: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
 
 # unikd model size of mmdet3d's published BEVFusion models, by their sensors
 MODEL_SIZES = {("lidar",): "bevfusion_lidar", ("camera", "lidar"): "bevfusion_fusion"}
+
+
+def is_bevfusion_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict is mmdet3d's or mit-han-lab's BEVFusion."""
+    return is_mmdet3d_bevfusion_state(state) or is_mit_han_lab_state(state)
+
+
+def _to_unikd(conversion: Conversion) -> tuple[State, str]:
+    state, box_convention = conversion.state, conversion.box_convention
+    if is_mit_han_lab_state(state):
+        state, source = mit_han_lab_to_mmdet3d(state), "mit-han-lab BEVFusion"
+        box_convention = box_convention or "0.x"  # its code base is mmdet3d 0.x's
+    else:
+        source = "mmdet3d BEVFusion"
+        if box_convention is None:
+            box_convention, read_from = mmdet3d_box_convention(conversion.checkpoint)
+            source += f", {read_from}"
+    if conversion.config is not None and "camera" in conversion.config:
+        try:
+            check_geometry(state, conversion.config)
+        except ValueError as error:
+            raise CheckpointFormatError(str(error)) from None
+    converted, unmapped = bevfusion_to_unikd(state, conversion.expected, box_convention)
+    converted.update({key: state[key] for key in unmapped})
+    return converted, f"{source} ({box_convention} box convention)"
+
+
+BEVFUSION_FORMAT = register_format(
+    CheckpointFormat(
+        name="bevfusion",
+        looks_for="an mmdet3d BEVFusion checkpoint (keys under pts_middle_encoder. and bbox_head.heatmap_head.) or a "
+        "mit-han-lab BEVFusion checkpoint (keys under encoders. and heads.object.)",
+        recognise=lambda checkpoint, state: is_bevfusion_state(state),
+        to_unikd=_to_unikd,
+        preset=lambda checkpoint, state: MODEL_SIZES[modalities(state)],
+        modalities=lambda checkpoint, state: modalities(state),
+    )
+)

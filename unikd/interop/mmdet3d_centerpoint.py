@@ -22,6 +22,8 @@ from collections.abc import Mapping
 
 import torch
 
+from unikd.interop.formats import CheckpointFormat, Conversion, State, register_format
+from unikd.interop.mmdet3d_meta import mmdet3d_box_convention
 from unikd.interop.spconv_layout import spconv1_kernel, spconv2_kernel
 
 _BLOCK_PARTS = ("conv1", "bn1", "conv2", "bn2")
@@ -177,3 +179,26 @@ def model_size_of(meta: Mapping) -> str | None:
     if voxel not in PUBLISHED:
         raise ValueError(f"CenterPoint with voxel size {voxel}: unikd has configurations for {sorted(PUBLISHED)}")
     return PUBLISHED[voxel][0]
+
+
+def _to_unikd(conversion: Conversion) -> tuple[State, str]:
+    box_convention = conversion.box_convention
+    if box_convention is None:
+        box_convention, source = mmdet3d_box_convention(conversion.checkpoint)
+    else:
+        source = "box convention given"
+    converted, unmapped = centerpoint_to_unikd(conversion.state, conversion.expected, box_convention)
+    converted.update({key: conversion.state[key] for key in unmapped})
+    return converted, f"mmdet3d CenterPoint ({source}, {box_convention} box convention)"
+
+
+CENTERPOINT_FORMAT = register_format(
+    CheckpointFormat(
+        name="mmdet3d_centerpoint",
+        looks_for="an mmdet3d CenterPoint checkpoint (keys under pts_middle_encoder. and pts_bbox_head.task_heads.)",
+        recognise=lambda checkpoint, state: is_centerpoint_state(state),
+        to_unikd=_to_unikd,
+        preset=lambda checkpoint, state: model_size_of(checkpoint.get("meta") or {}),
+        modalities=lambda checkpoint, state: ("lidar",),
+    )
+)

@@ -31,8 +31,9 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from unikd.interop.formats import CheckpointFormat, CheckpointFormatError, Conversion, State, register_format
 from unikd.interop.spconv_layout import spconv2_kernels
-from unikd.interop.unidistill_camera import camera_to_unikd
+from unikd.interop.unidistill_camera import camera_to_unikd, check_geometry_buffers
 
 MODEL_PREFIX = "model."
 CAMERA_ROOTS = ("camera_encoder.", "fusion_encoder.")
@@ -143,3 +144,29 @@ def unidistill_to_unikd(
 
 # the unikd model size of each UniDistill model, by its modalities
 MODEL_SIZES = {("lidar",): "unidistill_lidar", ("camera",): "unidistill_camera", ("camera", "lidar"): "unidistill_fusion"}
+
+
+def _to_unikd(conversion: Conversion) -> tuple[State, str]:
+    uni = model_state(conversion.state)
+    if conversion.config is not None and "camera" in conversion.config:
+        try:
+            check_geometry_buffers(uni, conversion.config)
+        except ValueError as error:
+            raise CheckpointFormatError(str(error)) from None
+    converted, unmapped, dropped = unidistill_to_unikd(uni, conversion.expected)
+    converted.update({key: uni[key] for key in unmapped})
+    modality = "+".join(modalities(uni))
+    return converted, f"UniDistill BEVFusion ({modality}; dropped as training-only: {', '.join(dropped) or 'none'})"
+
+
+UNIDISTILL_FORMAT = register_format(
+    CheckpointFormat(
+        name="unidistill",
+        looks_for="a UniDistill BEVFusion checkpoint ('state_dict' with model.* keys or 'model_state', under "
+        "det_head.dense_head. and bev_encoder.backbone_2d.)",
+        recognise=lambda checkpoint, state: model_state(state) is not None,
+        to_unikd=_to_unikd,
+        preset=lambda checkpoint, state: MODEL_SIZES.get(modalities(model_state(state))),
+        modalities=lambda checkpoint, state: modalities(model_state(state)),
+    )
+)
