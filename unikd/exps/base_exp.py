@@ -31,7 +31,7 @@ from unikd.models.configs import model_config
 IMAGE_AUG_BY_SIZE: dict[str, ImageAugConfig] = {
     # the CPU sizes decode their JPEGs at 1/4 or 1/2 scale (reduced_decode): 3x faster, same geometry
     **dict.fromkeys(
-        ("small", "small_bevfusion", "small_mgfm"),
+        ("small", "small_transfusion", "small_bevfusion", "small_mgfm"),
         ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23, reduced_decode=True),
     ),
     # UniDistill's ida_aug_cfg: resize in (0.386, 0.55) in training, max(256 / 900, 704 / 1600) = 0.44 in testing
