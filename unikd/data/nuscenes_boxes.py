@@ -15,10 +15,6 @@ import numpy as np
 from pyquaternion import Quaternion
 
 
-def yaw_to_quaternion(yaw: float) -> Quaternion:
-    return Quaternion(axis=[0.0, 0.0, 1.0], radians=float(yaw))
-
-
 def quaternion_yaw(q: Quaternion) -> float:
     """Heading of the box's +x axis, projected to the x-y plane, from +x toward +y."""
     forward = q.rotation_matrix[:, 0]

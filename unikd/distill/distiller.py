@@ -41,7 +41,7 @@ from torch import nn
 from unikd.distill.losses import TERM_KINDS, DistillTerm, TermSetup
 from unikd.distill.recorder import FeatureRecorder
 
-# UniDistill's placements (DESIGN.md): low-level BEV, high-level BEV, head; the combined InfoNCE
+# UniDistill's placements (docs/ARCHITECTURE.md, named outputs): low-level BEV, high-level BEV, head; the combined InfoNCE
 # over four levels. An experiment turns terms on through its weights.
 UNIDISTILL_TERMS: dict[str, dict[str, Any]] = {
     "feature": {"loss": "feature", "feature": "bev"},

@@ -1,9 +1,13 @@
-"""Detector configurations: the nuScenes reference, a lighter LiDAR student and a small CPU setting.
+"""Detector configurations (presets), by name: `model_config(size, modalities, task)`.
 
+The presets: `nuscenes` (BEVFusion's reference sizes), `student` (a lighter LiDAR student), `small` (a CPU
+setting for tests and demos) and its variants (`small_transfusion`, `small_bevfusion`, `small_mgfm`), the
+published networks that other frameworks' checkpoints load into (`centerpoint_0075`, `centerpoint_01`,
+`unidistill_lidar` / `_camera` / `_fusion`, `bevfusion_lidar` / `_fusion`), `nuscenes_mgfm` and `nuscenes_seg`.
 A configuration is a plain nested dict (so `--exp_options model_config.head.score_threshold=0.2`
 reaches any field); `BEVFusion` reads it. Branch dicts are kept only for the modalities used, and
-only the head of the task: `head` (CenterHead) for detection, `seg_head` (map segmentation) for
-segmentation.
+only the head of the task: `head` (a CenterHead, or a TransFusionHead with `type: transfusion`) for
+detection, `seg_head` (map segmentation) for segmentation.
 """
 
 from __future__ import annotations
