@@ -31,6 +31,7 @@ from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
 from unikd.exps.options import parse_options
 from unikd.exps.run_dir import discard_if_empty, is_launch_rank_zero, point_latest, resolve_run_dir
 from unikd.interop import is_unikd_checkpoint
+from unikd.ops.spconv_compat import check_cuda_build
 
 CPU_PRECISIONS = ("32", "32-true")  # the CPU build of spconv computes in float32 only
 
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 def accelerator_and_devices(gpus: int | None, devices: int | None) -> tuple[str, int]:
     """(accelerator, devices per node): `gpus` CUDA devices, or `devices` CPU processes when `gpus` is 0/None.
 
-    GPUs asked for on a machine without CUDA are an error, not a run on the CPU.
+    GPUs asked for on a machine without CUDA, or with the CPU-only build of spconv, are an error, not a run
+    on the CPU.
     """
     if gpus:
         if not torch.cuda.is_available():
@@ -114,6 +116,10 @@ def accelerator_and_devices(gpus: int | None, devices: int | None) -> tuple[str,
                 f"--gpus {gpus}: torch {torch.__version__} sees no CUDA device; pass --gpus 0 (or leave it out) "
                 "to run on the CPU, or install a CUDA build of torch"
             )
+        try:
+            check_cuda_build()
+        except ValueError as error:
+            raise ValueError(f"--gpus {gpus}: {error}") from None
         return "gpu", gpus
     return "cpu", devices or 1
 

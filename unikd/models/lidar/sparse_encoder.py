@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from unikd.ops.bev_grid import BEVGrid
-from unikd.ops.spconv_compat import spconv
+from unikd.ops.spconv_compat import SparseConv3d, SubMConv3d, spconv
 from unikd.ops.voxelize import grid_size
 
 BN_EPS = 1e-3
@@ -37,9 +37,9 @@ class SparseBasicBlock(spconv.SparseModule):
 
     def __init__(self, channels: int, indice_key: str) -> None:
         super().__init__()
-        self.conv1 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+        self.conv1 = SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
         self.bn1 = _norm(channels)
-        self.conv2 = spconv.SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
+        self.conv2 = SubMConv3d(channels, channels, 3, padding=1, bias=False, indice_key=indice_key)
         self.bn2 = _norm(channels)
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
@@ -83,7 +83,7 @@ class SparseEncoder(nn.Module):
         self.sparse_shape = (nz + 1, ny, nx)
 
         self.conv_input = spconv.SparseSequential(
-            spconv.SubMConv3d(in_channels, base_channels, 3, padding=1, bias=False, indice_key="subm1"),
+            SubMConv3d(in_channels, base_channels, 3, padding=1, bias=False, indice_key="subm1"),
             _norm(base_channels),
             nn.ReLU(),
         )
@@ -105,7 +105,7 @@ class SparseEncoder(nn.Module):
                 padding = _triple(downsample_paddings[i])
                 out_channels = layers[-1]
                 blocks += [
-                    spconv.SparseConv3d(channels, out_channels, 3, stride=2, padding=padding, bias=False),
+                    SparseConv3d(channels, out_channels, 3, stride=2, padding=padding, bias=False),
                     _norm(out_channels),
                     nn.ReLU(),
                 ]
@@ -114,7 +114,7 @@ class SparseEncoder(nn.Module):
             stages.append(spconv.SparseSequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.conv_out = spconv.SparseSequential(
-            spconv.SparseConv3d(channels, output_channels, (3, 1, 1), stride=(2, 1, 1), bias=False),
+            SparseConv3d(channels, output_channels, (3, 1, 1), stride=(2, 1, 1), bias=False),
             _norm(output_channels),
             nn.ReLU(),
         )
