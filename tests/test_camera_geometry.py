@@ -99,7 +99,7 @@ def test_ida_matrix_matches_hand_formula_and_pil_image():
             np.testing.assert_allclose(centroid, (ida_matrix(**params) @ [u, v, 0, 1])[:2], atol=0.1)
 
 
-@pytest.mark.parametrize("resize", [0.23, 0.44])  # decoded at 1/4 and at 1/2
+@pytest.mark.parametrize("resize", [0.23, 0.38, 0.44, 0.48])  # decoded at 1/4, then at 1/2 (nuScenes' range)
 def test_a_reduced_jpeg_decode_keeps_the_ida_geometry(resize: float) -> None:
     width, height = 1600, 900
     final_w, final_h = int(352 * resize / 0.23), int(128 * resize / 0.23)

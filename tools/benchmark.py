@@ -2,8 +2,8 @@
 
     python tools/benchmark.py [--only NAME ...] [--data_root DIR] [--quick] [--device cpu|cuda] [--json out.json]
 
-Entries: voxelize, data_loading, lidar_train_step, bev_pool, camera_train_step, camera_forward, metric,
-head_step, fuser_step, distill_step, distill_terms.
+Entries: voxelize, data_loading, image_decode, lidar_train_step, bev_pool, camera_train_step, camera_forward,
+metric, head_step, fuser_step, distill_step, distill_terms, center_targets, data_throughput.
 Each entry prints a RATIO against a reference measured in the same run (its meaning is printed with
 it), next to the absolute figures, and the run starts by printing the machine (CPU model, cores,
 torch version and threads, GPU name, load average).
@@ -954,9 +954,27 @@ def reference_sample(feature: torch.Tensor, points: torch.Tensor, grid: Any) -> 
     return sampled[0, :, 0].t().reshape(*points.shape[:2], -1)
 
 
+def reference_draw_gaussian(heatmap: torch.Tensor, center_col: int, center_row: int, radius: int) -> None:
+    """Max-combine CenterPoint's Gaussian patch of `radius` centred at (col, row) into `heatmap` [H, W], in
+    place: the box-by-box form of `unikd.ops.gaussian.draw_gaussians`."""
+    sigma = (2 * radius + 1) / 6
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=heatmap.device)
+    yy, xx = torch.meshgrid(offsets, offsets, indexing="ij")
+    kernel = torch.exp(-(xx * xx + yy * yy) / (2 * sigma * sigma))
+    kernel[kernel < torch.finfo(torch.float32).eps * kernel.max()] = 0
+    height, width = heatmap.shape
+    left, right = min(center_col, radius), min(width - center_col, radius + 1)
+    top, bottom = min(center_row, radius), min(height - center_row, radius + 1)
+    if left + right <= 0 or top + bottom <= 0:
+        return
+    region = heatmap[center_row - top : center_row + bottom, center_col - left : center_col + right]
+    patch = kernel[radius - top : radius + bottom, radius - left : radius + right]
+    torch.maximum(region, patch, out=region)
+
+
 def reference_mask(gt_boxes: list[torch.Tensor], grid: Any, min_overlap: float, min_radius: int) -> torch.Tensor:
-    """The Gaussian GT mask drawn box by box (`draw_gaussian`), as the detection targets do."""
-    from unikd.ops.gaussian import draw_gaussian, gaussian_radius
+    """The Gaussian GT mask drawn box by box (`reference_draw_gaussian`), as the detection targets did."""
+    from unikd.ops.gaussian import gaussian_radius
 
     mask = torch.zeros(len(gt_boxes), grid.height, grid.width, device=gt_boxes[0].device)
     for sample, boxes in enumerate(gt_boxes):
@@ -964,7 +982,7 @@ def reference_mask(gt_boxes: list[torch.Tensor], grid: Any, min_overlap: float, 
             col, row = math.floor((box[0] - grid.x_min) / grid.cell_x), math.floor((box[1] - grid.y_min) / grid.cell_y)
             if 0 <= col < grid.width and 0 <= row < grid.height:
                 radius = max(min_radius, int(gaussian_radius(box[3] / grid.cell_x, box[4] / grid.cell_y, min_overlap)))
-                draw_gaussian(mask[sample], col, row, radius)
+                reference_draw_gaussian(mask[sample], col, row, radius)
     return mask
 
 
@@ -1264,6 +1282,207 @@ def bench_image_decode(ctx: Context, case: str) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------ 13. center_targets
+TARGETS_BOXES = 40  # boxes per sample at the nuScenes size
+
+
+def reference_targets(
+    gt_boxes: list[torch.Tensor],
+    gt_labels: list[torch.Tensor],
+    grid: Any,
+    task_class_ids: tuple[tuple[int, ...], ...],
+    min_overlap: float,
+    min_radius: int,
+    max_objs: int,
+) -> list[tuple[torch.Tensor, ...]]:
+    """The detection targets built box by box (the form `build_targets` replaced): per sample and task,
+    `nonzero` of the task's boxes inside the grid, their codes written in order, each Gaussian drawn
+    with `reference_draw_gaussian` from `.tolist()` values. Per task (heatmap, codes, indices, mask, classes)."""
+    from unikd.data.classes import CLASSES
+    from unikd.models.heads.box_coder import CODE_SIZE, center_cells, encode_boxes
+    from unikd.ops.gaussian import gaussian_radius
+
+    batch, device = len(gt_boxes), gt_boxes[0].device
+    task_of = torch.full((len(CLASSES),), -1, dtype=torch.long, device=device)
+    local_of = torch.zeros(len(CLASSES), dtype=torch.long, device=device)
+    for task, ids in enumerate(task_class_ids):
+        task_of[list(ids)] = task
+        local_of[list(ids)] = torch.arange(len(ids), device=device)
+    targets = [
+        (
+            torch.zeros(batch, len(ids), grid.height, grid.width, device=device),
+            torch.zeros(batch, max_objs, CODE_SIZE, device=device),
+            torch.zeros(batch, max_objs, dtype=torch.long, device=device),
+            torch.zeros(batch, max_objs, dtype=torch.bool, device=device),
+            torch.zeros(batch, max_objs, dtype=torch.long, device=device),
+        )
+        for ids in task_class_ids
+    ]
+    for sample, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels, strict=True)):
+        cells, offsets = center_cells(boxes, grid)
+        inside = (cells[:, 0] >= 0) & (cells[:, 0] < grid.width) & (cells[:, 1] >= 0) & (cells[:, 1] < grid.height)
+        codes = encode_boxes(boxes, offsets)
+        radius = gaussian_radius(boxes[:, 3].double() / grid.cell_x, boxes[:, 4].double() / grid.cell_y, min_overlap)
+        radii = radius.floor().clamp_min(min_radius).long().tolist()
+        task, local = task_of[labels], local_of[labels]
+        cell_list, local_list = cells.tolist(), local.tolist()
+        for t, (heatmap, target_codes, indices, mask, classes) in enumerate(targets):
+            selected = torch.nonzero(inside & (task == t)).flatten()
+            count = len(selected)
+            target_codes[sample, :count] = codes[selected]
+            indices[sample, :count] = cells[selected, 1] * grid.width + cells[selected, 0]
+            mask[sample, :count] = True
+            classes[sample, :count] = local[selected]
+            for i in selected.tolist():
+                col, row = cell_list[i]
+                reference_draw_gaussian(heatmap[sample, local_list[i]], col, row, radii[i])
+    return targets
+
+
+def count_torch_ops(call: Callable[[], object]) -> dict[str, int]:
+    """Operators dispatched by one call (each one kernel launch on a GPU, views aside) and the host reads
+    among them (`.item()`/`bool()` of a tensor, `nonzero`, `torch.equal`, plus `Tensor.tolist` calls):
+    each read is a host sync on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero"}
+    counts = {"ops": 0, "host_reads": 0}
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counts["ops"] += 1
+            counts["host_reads"] += func.name().split(".")[0] in reads
+            return func(*args, **(kwargs or {}))
+
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self: torch.Tensor) -> Any:
+        counts["host_reads"] += 1
+        return tolist(self)
+
+    torch.Tensor.tolist = counted_tolist
+    try:
+        with Counter():
+            call()
+    finally:
+        torch.Tensor.tolist = tolist
+    return counts
+
+
+def bench_center_targets(ctx: Context, case: str) -> dict:
+    """CenterHead's targets at the nuScenes size: `build_targets` (all boxes at once) against the box loop."""
+    from unikd.data.classes import CLASSES, TASKS
+    from unikd.models.heads.center_targets import build_targets
+    from unikd.ops.bev_grid import BEVGrid
+
+    batch = int(case.removeprefix("batch"))
+    gen = torch.Generator().manual_seed(0)
+
+    grid = BEVGrid.from_range((-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), 0.6)
+    task_ids = tuple(tuple(CLASSES.index(name) for name in task) for task in TASKS)
+    kind_class = torch.tensor([CLASSES.index(name) for name in ("car", "pedestrian", "barrier", "traffic_cone",
+                                                                 "truck", "bus")])
+    boxes, labels = [], []
+    for _ in range(batch):
+        sample, kind = random_boxes(gen, TARGETS_BOXES)
+        boxes.append(sample.to(ctx.device))
+        labels.append(kind_class[kind].to(ctx.device))
+    settings = (grid, task_ids, 0.1, 2, 500)
+
+    def batched() -> object:
+        return build_targets(boxes, labels, *settings)
+
+    def loop() -> object:
+        return reference_targets(boxes, labels, *settings)
+
+    new, old = batched(), loop()
+    equal = all(
+        torch.equal(getattr(target, name), reference[i])
+        for target, reference in zip(new, old, strict=True)
+        for i, name in enumerate(("heatmap", "codes", "indices", "mask", "classes"))
+    )
+    repeats = ctx.repeats(20, 5)
+    times = time_interleaved({"batched": batched, "loop": loop}, repeats=repeats, device=ctx.device)
+    batched_s, loop_s = median(times["batched"]), median(times["loop"])
+    counts = {name: count_torch_ops(call) for name, call in (("batched", batched), ("loop", loop))}
+    return {
+        "ratio": loop_s / batched_s,
+        "ratio_meaning": "box loop / batched, time per call",
+        "figures": {
+            "batch": batch,
+            "boxes_per_sample": TARGETS_BOXES,
+            "batched_s": batched_s,
+            "loop_s": loop_s,
+            "batched_ops": counts["batched"]["ops"],
+            "loop_ops": counts["loop"]["ops"],
+            "batched_host_reads": counts["batched"]["host_reads"],
+            "loop_host_reads": counts["loop"]["host_reads"],
+            "equal": equal,
+        },
+        "notes": [
+            "six-task CenterHead targets on a 180 x 180 grid (0.6 m cells), min_overlap 0.1, min_radius 2, "
+            "max_objs 500; random boxes of nuScenes-like sizes and classes over +-50 m (random_boxes)",
+            "ops: aten operators dispatched per call (on a GPU each is a kernel launch, views aside); host_reads: "
+            "the reads of tensor values by the host among them (item/bool, nonzero, equal) plus Tensor.tolist "
+            "calls, each a host sync on a GPU; equal: every target tensor equal bit for bit",
+            f"interleaved rounds, median of {repeats} after a warm-up",
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------ 14. data_throughput
+THROUGHPUT_MODALITIES = {"lidar": ("lidar",), "camera": ("camera",), "fusion": ("lidar", "camera")}
+
+
+def bench_data_throughput(ctx: Context, case: str) -> dict:
+    """Samples/s of one data worker at the nuScenes size against the samples/s of the model's training step."""
+    from unikd.data.collate import collate_batch
+    from unikd.exps.base_exp import image_aug_for
+    from unikd.models.configs import model_config
+
+    modalities = THROUGHPUT_MODALITIES[case]
+    use_camera = "camera" in modalities
+    num_sweeps = 10 if "lidar" in modalities else 1  # a camera model reads the key frame's points only
+    config = model_config("nuscenes", modalities)
+    dataset = make_dataset(
+        ctx,
+        ctx.eval_split,
+        config["point_cloud_range"],
+        num_sweeps=num_sweeps,
+        use_camera=use_camera,
+        training=True,
+        image_aug=image_aug_for("nuscenes") if use_camera else None,
+    )
+    indices = most_swept(dataset, min(len(dataset), ctx.repeats(16 if not use_camera else 8, 4)))
+
+    def load() -> object:
+        return [collate_batch([dataset[i]]) for i in indices]
+
+    data_s = median(time_interleaved({"data": load}, repeats=ctx.repeats(3, 1), device=torch.device("cpu"))["data"])
+    data_rate = len(indices) / data_s
+    step = bench_train_step(ctx, "nuscenes", modalities, repeats=1)
+    step_rate = 1 / step["figures"]["step_s"]
+    return {
+        "ratio": data_rate / step_rate,
+        "ratio_meaning": "samples/s of one data worker / samples/s of the training step (goal: workers x ratio >= 3)",
+        "figures": {
+            "worker_samples_per_sec": data_rate,
+            "step_samples_per_sec": step_rate,
+            "step_s": step["figures"]["step_s"],
+            "workers_for_3x": math.ceil(3 * step_rate / data_rate),
+            "samples": len(indices),
+            "image_decode": ("reduced" if image_aug_for("nuscenes").reduced_decode else "full") if use_camera else "-",
+        },
+        "notes": [
+            f"a worker's work in this process: dataset[i] (training mode, BEV augmentation, num_sweeps {num_sweeps}"
+            + (", six 1600x900 JPEGs through the nuScenes image_aug (256x704)" if use_camera else "")
+            + ") and collate_batch of batch 1; median of passes over the samples with the most sweeps after a warm-up",
+            f"step: model_config('nuscenes', {modalities}), batch 1, forward + loss + backward + AdamW on "
+            f"{ctx.device}, 1 timed step after the memory runs (warm-ups)",
+        ],
+    }
+
+
 ENTRIES: dict[str, Entry] = {
     "voxelize": Entry(bench_voxelize, lambda quick: ["nuscenes"], True, "unikd.ops.voxelize.voxelize"),
     "data_loading": Entry(
@@ -1300,6 +1519,15 @@ ENTRIES: dict[str, Entry] = {
     ),
     "distill_terms": Entry(
         bench_distill_terms, lambda quick: ["nuscenes"], False, "UniDistill terms: batched vs per-sample"
+    ),
+    "center_targets": Entry(
+        bench_center_targets, lambda quick: ["batch1", "batch4"], False, "CenterHead targets: batched vs box loop"
+    ),
+    "data_throughput": Entry(
+        bench_data_throughput,
+        lambda quick: list(THROUGHPUT_MODALITIES),
+        True,
+        "one data worker vs the training step, nuScenes size",
     ),
 }
 

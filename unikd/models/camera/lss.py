@@ -34,6 +34,7 @@ from unikd.models.camera.resnet import ResNet, load_torchvision_state_dict
 from unikd.models.camera.swin import SwinTransformer
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.bev_pool import bev_pool
+from unikd.ops.checks import value_checks
 
 NUSCENES_POINT_RANGE = (-54.0, -54.0, -10.0, 54.0, 54.0, 10.0)
 GEOMETRIES = ("unikd", "bevdepth")
@@ -169,6 +170,7 @@ class LSSViewTransform(nn.Module):
                 conv_bn_relu(context_channels, context_channels, 3, stride=bev_downsample),
                 conv_bn_relu(context_channels, context_channels, 3),
             )
+        # ((feature size, matrices, their versions, copies of them), (point_index, cell_index)): `_same_key`
         self._geometry_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def frustum_points(
@@ -247,6 +249,7 @@ class LSSViewTransform(nn.Module):
         key = (tuple(feature_size), lidar2cam, cam2img, img_aug, bda)
         if self._geometry_cache is not None and _same_key(self._geometry_cache[0], key):
             return self._geometry_cache[1]
+        # The compaction to the points inside (`nonzero`) reads a count back: one host sync per call on a GPU.
         points = self.frustum_points(lidar2cam, cam2img, img_aug, bda, feature_size)
         grid = self.splat_grid
         col, row, inside = self._cells(points)
@@ -254,10 +257,10 @@ class LSSViewTransform(nn.Module):
         cell = (batch * grid.height + row) * grid.width + col
         point_index = inside.view(-1).nonzero().squeeze(1)
         result = (point_index, cell.view(-1)[point_index])
-        self._geometry_cache = (
-            (tuple(feature_size), *(m.detach().clone() for m in (lidar2cam, cam2img, img_aug, bda))),
-            result,
-        )
+        matrices = (lidar2cam, cam2img, img_aug, bda)
+        versions = tuple(m._version for m in matrices)
+        copies = tuple(m.detach().clone() for m in matrices)
+        self._geometry_cache = ((tuple(feature_size), matrices, versions, copies), result)
         return result
 
     def depth_and_context(
@@ -307,11 +310,17 @@ class LSSViewTransform(nn.Module):
 
 
 def _same_key(cached: tuple, key: tuple) -> bool:
-    if cached[0] != key[0]:
+    """Whether `key` (feature size, the four matrices) is the cached geometry's: the same matrix values where
+    `value_checks` allows reading them (CPU, or UNIKD_SYNC_CHECKS=1), else the very same tensors unmodified
+    since (a comparison of values on a GPU is a host sync; the matrices change with every training batch)."""
+    size, originals, versions, copies = cached
+    if size != key[0]:
         return False
+    if not value_checks(key[1]):
+        return all(a is b and a._version == v for a, b, v in zip(originals, key[1:], versions, strict=True))
     return all(
         a.shape == b.shape and a.device == b.device and torch.equal(a, b)
-        for a, b in zip(cached[1:], key[1:], strict=True)
+        for a, b in zip(copies, key[1:], strict=True)
     )
 
 

@@ -400,7 +400,7 @@ class TransFusionHead(nn.Module):
         self, gt_boxes: Sequence[torch.Tensor], gt_labels: Sequence[torch.Tensor]
     ) -> torch.Tensor:
         """Gaussian class heatmaps [B, 10, H, W] of the boxes (CenterHead's targets, all classes in one map)."""
-        all_classes = (tuple(self.channel_labels.tolist()),)
+        all_classes = (tuple(CLASSES.index(name) for name in self.class_names),)  # channel_labels, not read back
         max_objs = max([1, *map(len, gt_boxes)])
         targets = build_targets(
             gt_boxes, gt_labels, self.grid, all_classes, self.gaussian_overlap, self.min_radius, max_objs
