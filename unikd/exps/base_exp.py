@@ -404,9 +404,11 @@ class BaseExp(pl.LightningModule):
         """All ranks' `records` on rank 0 (None elsewhere)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return records
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, records)
-        return [r for part in gathered for r in part] if self.trainer.is_global_zero else None
+        # only rank 0 writes the submission or runs the devkit: gather to it alone, not to every rank
+        zero = torch.distributed.get_rank() == 0
+        gathered = [None] * torch.distributed.get_world_size() if zero else None
+        torch.distributed.gather_object(records, gathered, dst=0)
+        return [r for part in gathered for r in part] if zero else None
 
     def devkit_metrics(self) -> dict | None:
         from unikd.evaluation.devkit_eval import evaluate_with_devkit

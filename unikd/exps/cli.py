@@ -27,13 +27,35 @@ from unikd.exps.checkpoints import (
     load_detector_checkpoint,
     read_checkpoint,
 )
+from unikd.exps.distributed import RankSeeding, ddp_strategy
 from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
 from unikd.exps.options import parse_options
 from unikd.exps.run_dir import discard_if_empty, is_launch_rank_zero, point_latest, resolve_run_dir
 from unikd.interop import is_unikd_checkpoint
+from unikd.ops.precision import enable_tf32
 from unikd.ops.spconv_compat import check_cuda_build
 
-CPU_PRECISIONS = ("32", "32-true")  # the CPU build of spconv computes in float32 only
+# autocast ("-mixed") keeps the weights, the voxelization, the losses and BatchNorm in float32; "-true"
+# precisions would cast the whole model and its inputs (point coordinates) to 16 bits.
+PRECISIONS = ("32", "16-mixed", "bf16-mixed")
+CPU_PRECISIONS = ("32",)  # the CPU build of spconv computes in float32 only
+
+
+def precision_setting(text: str) -> str:
+    """One of PRECISIONS; any other Lightning precision is refused with the reason."""
+    if text in PRECISIONS:
+        return text
+    if text in ("16-true", "bf16-true"):
+        reason = (
+            "casts the whole model and its inputs to 16 bits: the voxelization (point coordinates), the losses and "
+            "BatchNorm would compute in 16 bits (on CPU, 77,501 of 120,000 voxels matched float32)"
+        )
+    else:
+        reason = "is not a precision unikd trains in"
+    raise argparse.ArgumentTypeError(
+        f"{text!r} {reason}; choose one of {', '.join(PRECISIONS)} (the mixed ones on GPUs: autocast with float32 "
+        "weights, voxelization and losses)"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -94,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint_every_n_steps", type=positive_int, default=None, help="also save last.ckpt every N steps"
     )
     trainer = parser.add_argument_group("Lightning Trainer options")
-    trainer.add_argument("--precision", default=None, help="e.g. 32, 16-mixed, bf16-mixed (GPU only but 32)")
+    trainer.add_argument(
+        "--precision", type=precision_setting, default=None, help=f"one of {', '.join(PRECISIONS)} (GPU only but 32)"
+    )
     trainer.add_argument("--limit_train_batches", type=batches_or_fraction, default=None, help="batches (int) or fraction")
     trainer.add_argument("--limit_val_batches", type=batches_or_fraction, default=None, help="batches (int) or fraction")
     trainer.add_argument("--check_val_every_n_epoch", type=positive_int, default=None)
@@ -184,10 +208,12 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
     except ValueError as error:
         parser.error(str(error))
     check_arguments(parser, args, exp_class, accelerator)
+    if accelerator == "gpu":
+        enable_tf32()
     if args.ckpt_path:  # resolve `latest/...` now: this run may re-point `latest` at itself
         args.ckpt_path = str(Path(args.ckpt_path).resolve())
 
-    pl.seed_everything(args.seed, workers=True)
+    pl.seed_everything(args.seed, workers=True)  # the same on every process: one model, one data order
     options = parse_options(args.exp_options)
     for key in ("max_epochs", "version", "eval_backend", "infos", "infos_box_convention"):
         if getattr(args, key) is not None:
@@ -247,6 +273,7 @@ def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accele
     under_slurm = SLURMEnvironment.detect()
     signals = (signal.SIGTERM,) if under_slurm else (signal.SIGTERM, signal.SIGUSR1)  # SLURM: Lightning requeues
     callbacks.append(CheckpointOnSignal(checkpoint_dir, signals))
+    callbacks.append(RankSeeding(args.seed))  # model-side draws differ per process (unikd.exps.distributed)
     trainer_kwargs = {
         key: getattr(args, key)
         for key in ("precision", "limit_train_batches", "limit_val_batches", "check_val_every_n_epoch")
@@ -257,7 +284,7 @@ def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accele
         accelerator=accelerator,
         devices=devices,
         num_nodes=args.num_nodes,
-        strategy="ddp" if world > 1 else "auto",
+        strategy=ddp_strategy(world, args.sync_batchnorm),
         sync_batchnorm=args.sync_batchnorm,
         use_distributed_sampler=False,  # the experiment shards its own loaders (resumable order)
         max_epochs=exp.max_epochs,

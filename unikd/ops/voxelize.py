@@ -1,7 +1,8 @@
 """Hard voxelization in pure torch (the same code runs on CPU and GPU).
 
 A point (x, y, z, ...) falls in voxel (iz, iy, ix) with i = floor((p - p_min) / voxel_size), computed
-in the points' dtype; it is kept when 0 <= i < grid size on every axis, where the grid size is
+in the points' dtype, float32 for 16-bit points, with autocast off (`in_float32`: float16 coordinates
+would put points in the wrong voxel); it is kept when 0 <= i < grid size on every axis, where the grid size is
 round((p_max - p_min) / voxel_size). So the range is half-open: [p_min, p_max).
 
 Voxels are listed in order of their first point in the input, at most `max_voxels` of them, and each
@@ -14,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from unikd.ops.precision import in_float32
 
 
 def grid_size(voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> tuple[int, int, int]:
@@ -30,6 +33,7 @@ def grid_size(voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -
     return sizes[0], sizes[1], sizes[2]
 
 
+@in_float32
 def voxelize(
     points: torch.Tensor,
     voxel_size: Sequence[float],

@@ -18,6 +18,7 @@ from torch import nn
 
 from unikd.distill.adapters import resize_to
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
+from unikd.ops.precision import in_float32
 
 
 def attention_map(feature: torch.Tensor) -> torch.Tensor:
@@ -45,6 +46,7 @@ class AttentionTransferLoss(DistillTerm):
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self(student, teacher)
 
+    @in_float32
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         student = self.resize(student)
         if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:

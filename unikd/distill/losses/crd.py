@@ -32,6 +32,7 @@ from torch import nn
 
 from unikd.distill.losses.distributed import average_across_processes, gather_across_processes
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
+from unikd.ops.precision import in_float32
 
 NCE_EPS = 1e-7
 
@@ -116,6 +117,7 @@ class CRDLoss(DistillTerm):
         moved = memory[index] * self.momentum + embedding.to(memory) * (1 - self.momentum)
         memory[index] = F.normalize(moved, dim=1)
 
+    @in_float32
     def forward(
         self,
         student: torch.Tensor,

@@ -22,6 +22,7 @@ from unikd.distill.losses.distributed import average_across_processes
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.boxes import pad_boxes
+from unikd.ops.precision import in_float32
 
 
 def sample_box_keypoints(
@@ -59,6 +60,7 @@ class FeatureDistillLoss(DistillTerm):
         student_shape = setup.student_shape  # the adapter keeps the student's resolution
         return cls(setup.grid, build_adapter(student_shape, (setup.teacher_shape[0], *student_shape[1:])))
 
+    @in_float32
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         student = self.adapter(student)
         if student.shape[1] != teacher.shape[1]:

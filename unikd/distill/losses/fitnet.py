@@ -12,6 +12,7 @@ import torch
 
 from unikd.distill.adapters import build_adapter
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
+from unikd.ops.precision import in_float32
 
 
 @register_term("fitnet")
@@ -36,6 +37,7 @@ class FitNetLoss(DistillTerm):
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self(student, teacher)
 
+    @in_float32
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         adapted = self.adapter(student)
         if adapted.shape != teacher.shape:

@@ -21,6 +21,7 @@ from torch import nn
 from unikd.distill.adapters import resize_to
 from unikd.distill.losses.head_outputs import HeadOutputs, check_dense_heatmaps, dense_heatmap
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
+from unikd.ops.precision import in_float32
 
 
 @register_term("heatmap_kd")
@@ -45,6 +46,7 @@ class HeatmapKDLoss(DistillTerm):
     def distill(self, student: HeadOutputs, teacher: HeadOutputs, batch: Mapping[str, Any]) -> torch.Tensor:
         return self(self.resize(dense_heatmap(student)), dense_heatmap(teacher))
 
+    @in_float32
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(

@@ -23,6 +23,7 @@ from torch import nn
 from unikd.distill.adapters import resize_to
 from unikd.distill.losses.head_outputs import HeadOutputs, check_dense_heatmaps, dense_heatmap
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
+from unikd.ops.precision import in_float32
 
 
 @register_term("heatmap_kl")
@@ -41,6 +42,7 @@ class HeatmapKLLoss(DistillTerm):
         check_dense_heatmaps(setup, cls.kind)
         return cls(resize=resize_to(setup.student_shape, setup.teacher_shape), **options)
 
+    @in_float32
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(

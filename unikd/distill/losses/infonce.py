@@ -37,6 +37,7 @@ from unikd.distill.losses.projector import Projector
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.boxes import pad_boxes
+from unikd.ops.precision import in_float32
 
 
 def info_nce(
@@ -236,6 +237,7 @@ class MultiLevelInfoNCE(DistillTerm):
             pooled_levels.append(F.normalize(pooled, dim=1))
         return torch.cat(pooled_levels, dim=1)
 
+    @in_float32
     def forward(
         self, student: Mapping[str, Any], teacher: Mapping[str, Any], gt_boxes: Sequence[torch.Tensor] | None = None
     ) -> torch.Tensor:

@@ -38,6 +38,7 @@ from unikd.distill.adapters import build_adapter
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.models.deformable import DeformableBlock
 from unikd.models.heads.center_targets import gaussian_gt_mask
+from unikd.ops.precision import in_float32
 from unikd.ops.bev_grid import BEVGrid
 
 
@@ -66,6 +67,7 @@ class GaussianMaskedFeatureLoss(DistillTerm):
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self(student, teacher, batch["gt_boxes"])
+    @in_float32
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         student = self.adapter(student)
@@ -155,6 +157,7 @@ class QueryGuidedMaskGenerator(nn.Module):
         logits = self.mask_head(x).transpose(1, 2).reshape(batch, -1, height, width)
         return activate_masks(logits, self.activation)
 
+@in_float32
 
 def dice_diversity(masks: torch.Tensor) -> torch.Tensor:
     """Mean Dice overlap 2<m_i, m_j> / (|m_i|^2 + |m_j|^2) over mask pairs i < j and the batch ([B, Q, H, W])."""
@@ -312,6 +315,7 @@ class LearnedMaskDistillLoss(DistillTerm):
         """Freeze the masks once `epoch` reaches `mask_learning_until_epoch`."""
         if self.mask_learning_until_epoch is not None and epoch >= self.mask_learning_until_epoch:
             self.freeze_masks()
+    @in_float32
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The masked loss of the module doc for masks [B, Q, H, W] (taken as given: detach them first).

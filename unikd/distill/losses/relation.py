@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from unikd.distill.losses.feature import box_count, sample_box_keypoints
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.precision import in_float32
 
 
 def keypoint_relation(points: torch.Tensor) -> torch.Tensor:
@@ -40,6 +41,7 @@ class RelationDistillLoss(DistillTerm):
     def build(cls, setup: TermSetup) -> RelationDistillLoss:
         return cls(setup.grid)
 
+    @in_float32
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         s, t, valid = sample_box_keypoints(student, teacher, gt_boxes, self.grid)
         per_box = (keypoint_relation(s) - keypoint_relation(t)).abs().mean(dim=(2, 3))  # [B, M]

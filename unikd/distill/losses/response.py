@@ -27,6 +27,7 @@ from unikd.distill.losses.head_outputs import dense_heatmap, require_center_head
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.models.heads.center_targets import gaussian_gt_mask
 from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.precision import in_float32
 
 REGRESSION_KEYS = ("reg", "height", "dim", "rot", "vel")
 HeadOutputs = Sequence[Mapping[str, torch.Tensor]]
@@ -69,6 +70,7 @@ class ResponseDistillLoss(DistillTerm):
         require_center_heads(setup, cls.kind)
         return cls(setup.grid, resize_to(setup.student_shape, setup.teacher_shape), **options)
 
+    @in_float32
     def forward(self, student: HeadOutputs, teacher: HeadOutputs, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         student = [{key: self.resize(value) for key, value in task.items()} for task in student]
         heat_s = class_max_heatmap(student, self.student_temperature)

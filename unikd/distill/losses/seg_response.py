@@ -22,6 +22,7 @@ from torch import nn
 
 from unikd.distill.adapters import resize_to
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
+from unikd.ops.precision import in_float32
 
 SEG_RESPONSE_LOSSES = ("kl", "mse")
 
@@ -63,6 +64,7 @@ class SegResponseLoss(DistillTerm):
             )
         return cls(resize=resize_to(setup.student_shape[1:], setup.teacher_shape[1:]), **options)
 
+    @in_float32
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         student_logits = self.resize(student_logits)
         if student_logits.shape != teacher_logits.shape:
