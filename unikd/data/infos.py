@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from unikd.data.classes import CAMERAS, CATEGORY_TO_CLASS
 from unikd.data.nuscenes_boxes import nuscenes_to_boxes, transform_boxes
-from unikd.utils.file_stamps import table_stamps
+from unikd.data.file_stamps import table_stamps
 
 # Bump when the cached content or layout changes.
 INFOS_FORMAT = 2

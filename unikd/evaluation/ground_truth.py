@@ -24,7 +24,7 @@ from unikd.data.classes import CATEGORY_TO_CLASS, CLASSES
 from unikd.evaluation.algorithm import BoxArrays, expand_ranges
 from unikd.evaluation.geometry import box_corners, points_in_boxes, quaternions_to_yaw
 from unikd.evaluation.predictions import attribute_index
-from unikd.utils.file_stamps import table_stamps
+from unikd.data.file_stamps import table_stamps
 
 BIKE_RACK = "static_object.bicycle_rack"
 CYCLES = (CLASSES.index("motorcycle"), CLASSES.index("bicycle"))

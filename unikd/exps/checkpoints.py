@@ -24,6 +24,7 @@ from torch import nn
 from unikd.interop import detector_state
 
 METADATA_KEY = "unikd"
+from unikd.models.camera.depth_pretrain import CAMERA_INIT_PARTS
 MAX_GROUPS = 8  # module groups listed in a mismatch summary
 
 
@@ -219,11 +220,6 @@ def load_detector_checkpoint(
     print(f"{role} {path}: {source}", file=sys.stderr)
     check_state_dict(state, model.state_dict(), path, target, checkpoint, hint=hint)
     model.load_state_dict(state, strict=True)
-
-
-# The parts of a camera branch that `camera_init` loads (prefixes of CameraBEVEncoder's state dict): those
-# that depth pretraining (`unikd.exps.depth_pretrain_exp`) trains.
-CAMERA_INIT_PARTS = ("backbone.", "neck.", "view_transform.depth_net.")
 
 
 def load_camera_init(model: nn.Module, path: str | Path) -> None:
