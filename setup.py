@@ -1,6 +1,9 @@
 from setuptools import find_packages, setup
 
-SPCONV_CUDA_BUILDS = ("cu113", "cu114", "cu116", "cu117", "cu118", "cu120", "cu121", "cu124", "cu126")
+# spconv's CUDA builds with a 2.3.8 release, the version tested (wheels for Python 3.11 and 3.12; cu124 and
+# cu126 need glibc >= 2.28, cu121 runs on older systems). cu120 ends at 2.3.6, with no Python 3.12 wheel.
+# unikd.ops.spconv_compat.SPCONV_CUDA_BUILDS names the same builds in its error for a CPU-only spconv.
+SPCONV_CUDA_BUILDS = ("cu114", "cu118", "cu121", "cu124", "cu126")
 
 setup(
     name="unikd",
@@ -22,8 +25,8 @@ setup(
         "tensorboard>=2.10,<3",
     ],
     extras_require={
-        "cpu": ["spconv>=2.3,<3"],
-        **{build: [f"spconv-{build}>=2.3,<3"] for build in SPCONV_CUDA_BUILDS},
+        "cpu": ["spconv>=2.3.8,<3"],
+        **{build: [f"spconv-{build}>=2.3.8,<3"] for build in SPCONV_CUDA_BUILDS},
         "dev": ["pytest>=7,<10", "ruff>=0.5,<0.18"],
     },
 )

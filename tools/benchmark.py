@@ -1,6 +1,7 @@
 """Speed and memory measurements of unikd (the only place where the project measures them).
 
-    python tools/benchmark.py [--only NAME ...] [--data_root DIR] [--quick] [--device cpu|cuda] [--json out.json]
+    python tools/benchmark.py [--only NAME ...] [--data_root DIR] [--quick] [--device cpu|cuda]
+                              [--precision 32|16-mixed|bf16-mixed] [--json out.json]
 
 Entries: voxelize, data_loading, image_decode, lidar_train_step, bev_pool, camera_train_step, camera_forward,
 metric, head_step, fuser_step, distill_step, distill_terms, center_targets, data_throughput.
@@ -29,6 +30,7 @@ Method:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import datetime
 import gc
@@ -54,6 +56,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from unikd.data.infos import SPLITS_BY_VERSION  # noqa: E402
+from unikd.ops.precision import enable_tf32  # noqa: E402
 
 if TYPE_CHECKING:
     from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
@@ -104,6 +107,14 @@ class Context:
     version: str | None
     synthetic: bool  # data_root is the dataset this run built
     metric_samples: int
+    precision: str = "32"  # the training step's: "32", "16-mixed" or "bf16-mixed" (autocast, as --precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The training step's autocast for `precision` (none for 32)."""
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "16-mixed" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def repeats(self, default: int, quick: int) -> int:
         return quick if self.quick else default
@@ -471,15 +482,20 @@ def bench_train_step(ctx: Context, size: str, modalities: tuple[str, ...], repea
     num_sweeps = 10 if "lidar" in modalities else 1  # a camera model reads the key frame's points only
     batch = to_device(training_batch(ctx, size, modalities, batch_size=1, num_sweeps=num_sweeps), ctx.device)
 
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "16-mixed")
+
     def forward() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), ctx.autocast():
             model(batch)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        outputs = model(batch)
-        sum(model.loss(outputs, batch).values()).backward()
-        optimizer.step()
+        with ctx.autocast():
+            outputs = model(batch)
+            loss = sum(model.loss(outputs, batch).values())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     # The memory runs are the warm-ups (forward first: a step's peak is the larger one).
     forward_memory = peak_memory(forward, ctx.device)
@@ -1664,6 +1680,8 @@ def run_case(
         args.device,
         "--metric_samples",
         str(args.metric_samples),
+        "--precision",
+        args.precision,
     ]
     if args.quick:
         command.append("--quick")
@@ -1706,7 +1724,10 @@ def run_child(args: argparse.Namespace) -> None:
         version=args.version,
         synthetic=args._synthetic,
         metric_samples=args.metric_samples,
+        precision=args.precision,
     )
+    if ctx.device.type == "cuda":
+        enable_tf32()  # as training on GPUs
     result = ENTRIES[name].run(ctx, case)
     Path(args._result).write_text(json.dumps(result, indent=1, default=str))
 
@@ -1724,6 +1745,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="fewer repeats, smaller sets, no nuScenes-size train step"
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=("32", "16-mixed", "bf16-mixed"),
+        help="the training steps' precision, as the experiments' --precision (the mixed ones with --device cuda)",
+    )
     parser.add_argument("--json", help="also write every result to this JSON file")
     parser.add_argument(
         "--threads",
@@ -1751,6 +1778,8 @@ def main() -> None:
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
+    if args.device == "cpu" and args.precision != "32":
+        raise SystemExit(f"--precision {args.precision} needs --device cuda: the CPU build of spconv computes float32 only")
     names = args.only or list(ENTRIES)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
