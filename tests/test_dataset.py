@@ -160,7 +160,7 @@ def test_missing_root_and_tables_are_clear_errors(tmp_path: Path) -> None:
 def test_truncated_point_file_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "cloud.pcd.bin"
     np.arange(7, dtype=np.float32).tofile(path)
-    with pytest.raises(ValueError, match="truncated point cloud .*cloud.pcd.bin"):
+    with pytest.raises(ValueError, match="point cloud .*cloud.pcd.bin: truncated"):
         load_points(path)
     with pytest.raises(FileNotFoundError, match="missing.pcd.bin"):
         load_points(tmp_path / "missing.pcd.bin")
@@ -189,7 +189,7 @@ def test_missing_and_truncated_files_fail_at_start(
     missing_image = root / infos[2]["cams"]["CAM_BACK"]["path"]
     missing_points.unlink()
     missing_image.unlink()
-    with pytest.raises(OSError, match=r"3 of the \d+ files of split 'mini_val' are missing or truncated") as error:
+    with pytest.raises(OSError, match=r"3 of the \d+ files of split 'mini_val' are missing, truncated or unreadable") as error:
         NuScenesDetectionDataset(root, "v1.0-mini", "mini_val", RANGE, num_sweeps=3, use_camera=True)
     assert f"{truncated} (truncated: " in str(error.value)
     assert f"{missing_points} (No such file or directory)" in str(error.value)

@@ -165,7 +165,7 @@ def test_every_term_kind_is_finite_and_trains_its_adapters(student_size: str, te
         assert distiller.terms["response"].resize.size == (180, 180)
     distiller.set_epoch(1)  # mask learning stops at `mask_learning_until_epoch`
     assert "distill/learned_mask/mask_learning" not in distiller(student_out, teacher_out, batch)
-    assert not queries.requires_grad
+    assert distiller.terms["learned_mask"].frozen_parameters() == [queries]
 
 
 def test_distiller_rejects_what_it_cannot_align() -> None:
@@ -486,7 +486,7 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
     queries_before = queries.detach().clone()
     trainer = tiny_trainer(tmp_path, max_steps=2, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(exp)
-    assert trainer.current_epoch == 2 and not queries.requires_grad
+    assert trainer.current_epoch == 2 and exp.distiller.terms["mask"].frozen_parameters() == [queries]
     assert not torch.equal(queries.detach(), queries_before)  # learned during epoch 0
     changed_rows = (exp.distiller.terms["crd"].memory_student != bank_before).any(dim=1)
     assert int(changed_rows.sum()) == 2 * exp.batch_size_per_device  # one bank row per trained sample

@@ -353,7 +353,7 @@ def test_learned_masks_weight_the_error_and_can_freeze():
     loss_fn.set_epoch(1)
     assert loss_fn.learning_masks
     loss_fn.set_epoch(2)
-    assert not loss_fn.learning_masks and not loss_fn.generator.queries.requires_grad
+    assert not loss_fn.learning_masks and loss_fn.frozen_parameters() == [loss_fn.generator.queries]
     with pytest.raises(RuntimeError, match="frozen"):
         loss_fn.mask_learning_loss(teacher, loss_fn.masks(teacher), lambda masked: masked.mean())
 

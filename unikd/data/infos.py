@@ -23,9 +23,10 @@ import numpy as np
 from pyquaternion import Quaternion
 from tqdm import tqdm
 
+from unikd.data.checks import DataError, quaternion_problem, raise_findings, scene_order_findings
 from unikd.data.classes import CAMERAS, CATEGORY_TO_CLASS
-from unikd.data.nuscenes_boxes import nuscenes_to_boxes, transform_boxes
 from unikd.data.file_stamps import table_stamps
+from unikd.data.nuscenes_boxes import nuscenes_to_boxes, transform_boxes
 
 # Bump when the cached content or layout changes.
 INFOS_FORMAT = 2
@@ -75,8 +76,12 @@ def load_nuscenes(data_root: str | os.PathLike, version: str):
     return NuScenes(version=version, dataroot=str(data_root), verbose=False)
 
 
-def pose_matrix(record: dict) -> np.ndarray:
-    """4x4 matrix of a calibrated_sensor or ego_pose record (sensor/ego -> parent frame)."""
+def pose_matrix(record: dict, name: str = "pose") -> np.ndarray:
+    """4x4 matrix of a calibrated_sensor or ego_pose record (sensor/ego -> parent frame); an error naming
+    the record (`name`) when its rotation is not a unit quaternion."""
+    problem = quaternion_problem(record["rotation"])
+    if problem is not None:
+        raise DataError(f"{name}: {problem}")
     matrix = np.eye(4)
     matrix[:3, :3] = Quaternion(record["rotation"]).rotation_matrix
     matrix[:3, 3] = record["translation"]
@@ -88,7 +93,9 @@ def sensor_to_global(nusc, sample_data_token: str) -> np.ndarray:
     sd = nusc.get("sample_data", sample_data_token)
     calib = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
     ego = nusc.get("ego_pose", sd["ego_pose_token"])
-    return pose_matrix(ego) @ pose_matrix(calib)
+    return pose_matrix(ego, f"ego_pose.json record {ego['token']}") @ pose_matrix(
+        calib, f"calibrated_sensor.json record {calib['token']}"
+    )
 
 
 def scene_tokens_of_split(nusc, split: str) -> set[str]:
@@ -105,16 +112,20 @@ def scene_tokens_of_split(nusc, split: str) -> set[str]:
 
 
 def build_infos(nusc, split: str, max_sweeps: int = 10) -> list[dict]:
-    """Infos of every sample of `split`, in scene then time order."""
+    """Infos of every sample of `split`, in scene then time order; an error naming the samples of a scene
+    out of time order."""
     scene_tokens = scene_tokens_of_split(nusc, split)
-    scene_names = {scene["token"]: scene["name"] for scene in nusc.scene}
-    samples = [s for s in nusc.sample if s["scene_token"] in scene_tokens]
-    samples.sort(key=lambda s: (scene_names[s["scene_token"]], s["timestamp"]))
-    locations = {scene["token"]: nusc.get("log", scene["log_token"])["location"] for scene in nusc.scene}
-    return [
-        sample_info(nusc, s, scene_names[s["scene_token"]], locations[s["scene_token"]], max_sweeps)
-        for s in tqdm(samples, desc=f"infos {split}")
-    ]
+    raise_findings(scene_order_findings(nusc, scene_tokens), f"the sample table of {nusc.dataroot}/{nusc.version}")
+    return [sample_info(nusc, *place, max_sweeps) for place in tqdm(samples_of_split(nusc, split), desc=f"infos {split}")]
+
+
+def samples_of_split(nusc, split: str) -> list[tuple[dict, str, str]]:
+    """(sample record, scene name, map location) of every sample of `split`, in scene then time order."""
+    scene_tokens = scene_tokens_of_split(nusc, split)
+    scenes = {scene["token"]: scene for scene in nusc.scene if scene["token"] in scene_tokens}
+    places = {token: (scene["name"], nusc.get("log", scene["log_token"])["location"]) for token, scene in scenes.items()}
+    samples = [(s, *places[s["scene_token"]]) for s in nusc.sample if s["scene_token"] in scene_tokens]
+    return sorted(samples, key=lambda place: (place[1], place[0]["timestamp"]))
 
 
 def sample_info(nusc, sample: dict, scene_name: str, location: str, max_sweeps: int) -> dict:

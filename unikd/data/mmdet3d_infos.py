@@ -121,7 +121,10 @@ def read_mmdet3d_infos(
         try:
             infos.append(convert(info))
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: record {index} is not a {layout} nuScenes info record: {error!r}") from error
+            token = info.get("token") if isinstance(info, dict) else None
+            raise ValueError(
+                f"{path}: record {index} is not a {layout} nuScenes info record: {error!r} (sample {token})"
+            ) from error
     check_sweeps(path, infos, max_sweeps)
     for info in infos:
         info["sweeps"] = info["sweeps"][: max_sweeps - 1]
@@ -203,8 +206,8 @@ def record_from_1x(info: dict, names: dict[int, str]) -> dict:
 
 def record_from_0x(info: dict, box_convention: str) -> dict:
     lidar2global = pose_matrix(
-        {"rotation": info["ego2global_rotation"], "translation": info["ego2global_translation"]}
-    ) @ pose_matrix({"rotation": info["lidar2ego_rotation"], "translation": info["lidar2ego_translation"]})
+        {"rotation": info["ego2global_rotation"], "translation": info["ego2global_translation"]}, "ego2global"
+    ) @ pose_matrix({"rotation": info["lidar2ego_rotation"], "translation": info["lidar2ego_translation"]}, "lidar2ego")
     sweeps = [
         {
             "path": nuscenes_path(sweep["data_path"], "sweeps/LIDAR_TOP"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from unikd.data.checks import (
+    POINT_FILE_DIMS,
+    check_files,
+    check_infos,
+    finite_points,
+    point_file_problem,
+    raise_findings,
+    split_files,
+)
 from unikd.data.classes import CAMERAS, CLASSES
 from unikd.data.image_aug import apply_image_aug, ida_matrix, open_reduced
 from unikd.data.infos import load_or_build_infos
@@ -27,8 +35,6 @@ from unikd.data.transforms import (
 )
 from unikd.ops.bev_grid import BEVGrid
 
-POINT_FILE_DIMS = 5  # x, y, z, intensity, ring index (float32)
-POINT_BYTES = POINT_FILE_DIMS * 4
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
@@ -49,44 +55,26 @@ class ImageAugConfig:
 
 
 def load_points(path: str | os.PathLike) -> np.ndarray:
-    """[N, 5] float32 points of a `.pcd.bin` file; a clear error when missing or truncated."""
+    """[N, 5] float32 points of a `.pcd.bin` file; a clear error when missing, empty, truncated or not finite."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"point cloud file not found: {path}")
-    size = path.stat().st_size
-    if size % POINT_BYTES != 0:
-        raise ValueError(
-            f"truncated point cloud {path}: {size} bytes is not a multiple of {POINT_FILE_DIMS} float32 per point"
-        )
-    return np.fromfile(path, dtype=np.float32).reshape(-1, POINT_FILE_DIMS)
+    problem = point_file_problem(path)
+    if problem is not None:
+        raise ValueError(f"point cloud {path}: {problem}")
+    return finite_points(np.fromfile(path, dtype=np.float32).reshape(-1, POINT_FILE_DIMS), path)
 
 
 def check_split_files(data_root: Path, infos: list[dict], split: str, num_sweeps: int, use_camera: bool) -> None:
-    """One error naming the missing or truncated files that `infos` will read, from a stat of each (no reading)."""
-    points, images = [], []
-    for info in infos:
-        points.append(info["lidar_path"])
-        points.extend(sweep["path"] for sweep in info["sweeps"][: num_sweeps - 1])
-        if use_camera:
-            images.extend(cam["path"] for cam in info["cams"].values())
-    files = dict.fromkeys(points, True) | dict.fromkeys(images, False)  # relative path -> is a point file
-    problems = []
-    for relative, is_points in files.items():
-        path = data_root / relative
-        try:
-            status = path.stat()
-        except OSError as error:
-            problems.append(f"{path} ({error.strerror})")
-            continue
-        if not stat.S_ISREG(status.st_mode):
-            problems.append(f"{path} (not a file)")
-        elif is_points and status.st_size % POINT_BYTES != 0:
-            problems.append(f"{path} (truncated: {status.st_size} bytes, not a multiple of {POINT_BYTES})")
-    if problems:
-        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+    """One error naming the missing, empty, truncated or unreadable files that `infos` will read: a stat of
+    each, and of each image its header and end (no decoding; points are checked finite when loaded)."""
+    points, images = split_files(infos, num_sweeps, use_camera)
+    findings = check_files(data_root, points, images)
+    if findings:
+        more = f"; and {len(findings) - 5} more" if len(findings) > 5 else ""
         raise OSError(
-            f"{len(problems)} of the {len(files)} files of split {split!r} are missing or truncated: "
-            f"{'; '.join(problems[:5])}{more}"
+            f"{len(findings)} of the {len(points) + len(images)} files of split {split!r} are missing, truncated or "
+            f"unreadable: {'; '.join(f'{f.subject} ({f.problem})' for f in findings[:5])}{more}"
         )
 
 
@@ -136,6 +124,7 @@ class NuScenesDetectionDataset(Dataset):
         if not self.infos:
             source = infos_file or f"{self.data_root}/{version}"
             raise ValueError(f"split {split!r} of {source} has no samples")
+        raise_findings(check_infos(self.infos), f"the records of split {split!r} of {infos_file or self.data_root}")
         check_split_files(self.data_root, self.infos, split, num_sweeps, use_camera)
         self.map_targets = self._map_targets(map_grid, infos_file) if map_segmentation else None
 

@@ -20,11 +20,13 @@ from nuscenes.eval.common.loaders import get_samples_of_custom_split
 from nuscenes.eval.detection.data_classes import DetectionConfig
 from nuscenes.utils.splits import create_splits_scenes
 
+from unikd.data.checks import raise_findings, scene_order_findings
 from unikd.data.classes import CATEGORY_TO_CLASS, CLASSES
+from unikd.data.file_stamps import table_stamps
+from unikd.data.infos import load_nuscenes
 from unikd.evaluation.algorithm import BoxArrays, expand_ranges
 from unikd.evaluation.geometry import box_corners, points_in_boxes, quaternions_to_yaw
 from unikd.evaluation.predictions import attribute_index
-from unikd.data.file_stamps import table_stamps
 
 BIKE_RACK = "static_object.bicycle_rack"
 CYCLES = (CLASSES.index("motorcycle"), CLASSES.index("bicycle"))
@@ -163,22 +165,18 @@ def prepare_ground_truth(
     source: NuScenes | tuple[str, str],
     eval_set: str,
     cache_dir: str | Path | None = None,
-    verbose: bool = False,
 ) -> GroundTruth:
     """The ground truth of `eval_set` ('val', 'mini_val', ... or a custom split), cached per dataset and split.
 
     source: a NuScenes object or (version, dataroot); with the latter and a cached file, no
-    NuScenes object is built. cache_dir defaults to `default_cache_dir()`.
+    NuScenes object is built, and a folder that is no nuScenes database of `version` is an error naming
+    what is missing (`check_dataroot`). cache_dir defaults to `default_cache_dir()`.
     """
     version, dataroot = (source.version, source.dataroot) if isinstance(source, NuScenes) else source
     path = ground_truth_cache_path(version, dataroot, eval_set, cache_dir)
     if path.exists():
         return GroundTruth.load(path)
-    nusc = (
-        source
-        if isinstance(source, NuScenes)
-        else NuScenes(version=version, dataroot=dataroot, verbose=verbose)
-    )
+    nusc = source if isinstance(source, NuScenes) else load_nuscenes(dataroot, version)
     gt = read_ground_truth(nusc, eval_set)
     gt.save(path)
     return gt
@@ -219,6 +217,8 @@ def read_ground_truth(nusc: NuScenes, eval_set: str) -> GroundTruth:
     """Read the ground truth of `eval_set` from a NuScenes object (what `prepare_ground_truth` caches)."""
     attribute_names = {a["token"]: a["name"] for a in nusc.attribute}
     tokens = split_sample_tokens(nusc, eval_set)
+    scenes = dict.fromkeys(nusc.get("sample", token)["scene_token"] for token in tokens)
+    raise_findings(scene_order_findings(nusc, scenes), f"the sample table of {nusc.dataroot}/{nusc.version}")
     ego, boxes, racks = [], [], []
     for index, token in enumerate(tokens):
         sample = nusc.get("sample", token)

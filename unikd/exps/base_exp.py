@@ -148,6 +148,11 @@ class BaseExp(pl.LightningModule):
             raise ValueError(f"eval_backend must be one of {self.eval_backends}, got {self.eval_backend!r}")
         if self.batch_size_per_device < 1:
             raise ValueError(f"batch size per device must be at least 1, got {self.batch_size_per_device}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(
+                f"lr must be a positive finite learning rate, got {self.lr} (a run at lr <= 0 would train nothing; "
+                "to evaluate a checkpoint use -e)"
+            )
         if self.infos_box_convention is not None and not self.infos:
             raise ValueError("--infos_box_convention is for mmdet3d info files: pass them with --infos")
         if self.num_sweeps < 1:
@@ -245,13 +250,45 @@ class BaseExp(pl.LightningModule):
         return self.val_dataloader()
 
     def setup(self, stage: str) -> None:
-        """Open the datasets (their start-up checks) and prepare the metric's ground truth that this stage
-        will read, so that bad data fails before any training time is spent."""
+        """Open the datasets (their start-up checks), check that training makes full batches, and prepare
+        the ground truth that this stage's evaluation will read, so that bad data fails before any
+        training time is spent."""
         if stage == "fit":
-            self.dataset(self.train_split, training=True)
+            self.check_full_batches(len(self.dataset(self.train_split, training=True)))
         self.dataset(self.val_split, training=False)
-        if stage in ("fit", "validate") and self.eval_backend == "metric":
+        if stage in ("fit", "validate") and self.trainer.limit_val_batches != 0:
+            self.check_ground_truth()
+
+    def check_full_batches(self, num_samples: int) -> None:
+        """An error when no rank gets one full training batch (the incomplete last batch is dropped)."""
+        world = self.trainer.world_size
+        per_rank = -(-num_samples // world)  # EpochShuffleSampler's shard
+        if self.batch_size_per_device > per_rank:
+            raise ValueError(
+                f"batch size {self.batch_size_per_device} per device is larger than the {per_rank} samples each of the "
+                f"{world} process(es) gets from the {num_samples} samples of split {self.train_split!r}: no full "
+                "batch, and the incomplete last batch of an epoch is dropped; pass a smaller -b"
+            )
+
+    def check_ground_truth(self) -> None:
+        """Prepare the ground truth the evaluation backend reads (the tables' annotations for detection, with or
+        without --infos), or an error naming what is missing."""
+        if self.task == "segmentation":  # map IoU: the masks come with the dataset
             self.metric()
+            return
+        from unikd.evaluation.ground_truth import prepare_ground_truth
+
+        try:
+            if self.eval_backend == "metric":
+                self.metric()
+            else:  # the devkit reads the same tables at the end of validation
+                prepare_ground_truth((self.version, self.data_root), self.val_split)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"the evaluation (--eval_backend {self.eval_backend}) reads the ground truth of split "
+                f"{self.val_split!r} from the nuScenes tables, also with --infos: {error}. Without the tables, "
+                "train without evaluation (--limit_val_batches 0)"
+            ) from error
 
     def on_train_epoch_start(self) -> None:
         self.dataset(self.train_split, training=True).set_epoch(self.current_epoch)

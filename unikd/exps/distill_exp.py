@@ -30,6 +30,7 @@ comes from `--teacher_ckpt` again.
 from __future__ import annotations
 
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -42,11 +43,23 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
+from unikd.distill.losses.masked import LearnedMaskDistillLoss
 from unikd.exps.base_exp import BaseExp, image_aug_for
 from unikd.exps.checkpoints import load_detector_weights
 
 DISTILLER_STATE_KEY = "distiller_state"
 DISTILL_PREFIXES = ("teacher.", "distiller.")  # state left out of the student's state dict
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """An error naming `source` and the tensors of `model`'s state that hold NaN or inf."""
+    bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(
+            f"{source} holds non-finite weights (NaN or inf) in {len(bad)} tensors: {', '.join(bad[:5])}{more}; "
+            "expected a teacher that trained to finite weights (take an earlier checkpoint of its run)"
+        )
 
 
 def load_exp_class(path: str | Path) -> type[BaseExp]:
@@ -105,12 +118,21 @@ class DistillExp(BaseExp):
                 teacher_ckpt,
                 f"{self.teacher_exp_class.__name__} teacher (teacher_model_size={self.teacher_model_size})",
             )
+            check_finite_weights(self.teacher, f"--teacher_ckpt {teacher_ckpt}")
         self.teacher.requires_grad_(False).eval()
         if "camera" not in self.modalities and self.image_aug is None:
             self.image_aug = image_aug_for(self.teacher_model_size)  # the camera teacher's images
         self.distiller = Distiller(
             self.distill_terms, self.distill_weights, self.model, self.teacher, self.num_train_samples_if_needed()
         )
+
+    def check_settings(self) -> None:
+        """The student experiment's settings, and distillation weights that are finite and not negative
+        (a negative weight would reward the student for moving away from the teacher)."""
+        super().check_settings()
+        bad = {name: weight for name, weight in self.distill_weights.items() if not (math.isfinite(weight) and weight >= 0)}
+        if bad:
+            raise ValueError(f"distill_weights {bad}: expected finite weights >= 0 (0 turns a term off)")
 
     def num_train_samples_if_needed(self) -> int | None:
         """The training set's size when a term keeps per-sample state (crd), else None (no data read)."""
@@ -127,6 +149,13 @@ class DistillExp(BaseExp):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self.distiller.set_epoch(self.current_epoch)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Leave the parameters a term froze as they are: without a gradient the optimizer skips them."""
+        for term in self.distiller.terms.values():
+            if isinstance(term, LearnedMaskDistillLoss):
+                for parameter in term.frozen_parameters():
+                    parameter.grad = None
 
     def data_modalities(self, training: bool) -> tuple[str, ...]:
         """Training batches also carry what the teacher reads (e.g. the images of a camera teacher)."""

@@ -38,8 +38,8 @@ from unikd.distill.adapters import build_adapter
 from unikd.distill.losses.term import DistillTerm, TermSetup, register_term
 from unikd.models.deformable import DeformableBlock
 from unikd.models.heads.center_targets import gaussian_gt_mask
-from unikd.ops.precision import in_float32
 from unikd.ops.bev_grid import BEVGrid
+from unikd.ops.precision import in_float32
 
 
 @register_term("masked")
@@ -67,8 +67,8 @@ class GaussianMaskedFeatureLoss(DistillTerm):
 
     def distill(self, student: torch.Tensor, teacher: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         return self(student, teacher, batch["gt_boxes"])
-    @in_float32
 
+    @in_float32
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, gt_boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         student = self.adapter(student)
         if student.shape != teacher.shape:
@@ -157,8 +157,8 @@ class QueryGuidedMaskGenerator(nn.Module):
         logits = self.mask_head(x).transpose(1, 2).reshape(batch, -1, height, width)
         return activate_masks(logits, self.activation)
 
-@in_float32
 
+@in_float32
 def dice_diversity(masks: torch.Tensor) -> torch.Tensor:
     """Mean Dice overlap 2<m_i, m_j> / (|m_i|^2 + |m_j|^2) over mask pairs i < j and the batch ([B, Q, H, W])."""
     flat = masks.flatten(2)  # [B, Q, HW]
@@ -292,14 +292,15 @@ class LearnedMaskDistillLoss(DistillTerm):
         context: Mapping[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
         teacher = teacher.detach()
-        learning = self.training and self.learning_masks
-        with torch.set_grad_enabled(learning and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
             masks = self.masks(teacher, (context or {}).get("fusion_queries"))
         parts = {"": self(student, teacher, masks.detach())}
-        if learning:
+        if self.training and self.learning_masks:
             parts["mask_learning"] = self.mask_learning_loss(
                 teacher, masks, lambda masked: self.teacher_task_loss(masked, batch)
             )
+        elif masks.requires_grad:  # frozen: zero gradients for every generator parameter (`freeze_masks`)
+            parts[""] = parts[""] + (masks * 0).sum()
         return parts
 
     @property
@@ -307,16 +308,26 @@ class LearnedMaskDistillLoss(DistillTerm):
         return not bool(self.masks_frozen)
 
     def freeze_masks(self) -> None:
-        """Stop mask learning for good (the generator stops receiving gradient; saved in the state dict)."""
+        """Stop mask learning for good (saved in the state dict).
+
+        The generator keeps `requires_grad`: DDP registered its parameters when it wrapped the model and
+        waits for their gradients at every step ("Expected to have finished reduction" otherwise). In
+        training `distill` keeps them in the graph with zero gradients, and the optimizer skips them
+        (`frozen_parameters`: zero gradients alone would still move them through AdamW's momentum and
+        weight decay)."""
         self.masks_frozen.fill_(True)
-        self.generator.requires_grad_(False)
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """The parameters an optimizer step must leave as they are (their gradients set to None): the
+        generator's once the masks are frozen."""
+        return [] if self.learning_masks else list(self.generator.parameters())
 
     def set_epoch(self, epoch: int) -> None:
         """Freeze the masks once `epoch` reaches `mask_learning_until_epoch`."""
         if self.mask_learning_until_epoch is not None and epoch >= self.mask_learning_until_epoch:
             self.freeze_masks()
-    @in_float32
 
+    @in_float32
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The masked loss of the module doc for masks [B, Q, H, W] (taken as given: detach them first).
 
