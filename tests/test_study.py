@@ -1,6 +1,7 @@
 """The study engine on tiny runs: the report's numbers are the runs' own evaluation files, every run
-is in report.json, a finished teacher is reused, runs go in dependency order and a failed run stops
-the others with its log's tail; mean and standard deviation over seeds."""
+is in report.json with a paired row per variant, a finished teacher, pretraining and plain student are
+reused, runs go in dependency order and a failed run stops the others with its log's tail; mean and
+standard deviation over seeds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from PIL import Image
 
 from unikd.data.classes import CLASSES
 from unikd.evaluation.summary import flatten_summary
-from unikd.study.report import format_tables, summarise
+from unikd.study.report import compare_variants, format_tables, summarise
 from unikd.study.results import mean_std
 from unikd.study.runs import Run, RunFailed, Slot, run_all
 from unikd.study.study import (
@@ -38,7 +39,7 @@ def tiny_settings(root: Path, out: Path) -> StudySettings:
     return StudySettings(
         pairing=PAIRING, name="study_test", seeds=(0,), epochs=2, teacher_epochs=1, data_root=root, version="v1.0-mini",
         limit_train_batches="1", limit_val_batches="1", exp_options=("num_workers=0", "num_sweeps=2"),
-        output_root=out, jobs=2, camera_pretrain_epochs=1,
+        output_root=out, jobs=2, camera_pretrain_epochs=1, variants=("feature=10", "feature=0 relation=40"),
     )
 
 
@@ -57,15 +58,27 @@ def test_report_holds_every_run_with_the_runs_own_numbers(study: tuple[StudySett
     settings, returned = study
     folder = Path(returned["runs"][0]["log"]).parents[1]
     report = json.loads((folder / "report.json").read_text())
-    assert {(run["role"], run["seed"]) for run in report["runs"]} == {("plain", 0), ("distilled", 0)}
-    assert not report["teacher"]["reused"]
+    assert [(run["role"], run["variant"], run["seed"]) for run in report["runs"]] == [
+        ("plain", None, 0), ("distilled", "feature=10", 0), ("distilled", "feature=0 relation=40", 0)]
+    assert not report["teacher"]["reused"] and not report["runs"][0]["reused"]
     markdown = (folder / "report.md").read_text()
+    plain = report["runs"][0]
+    for variant, distilled in zip(report["variants"], report["runs"][1:], strict=True):
+        # one row per variant: its paired difference against the one plain student (one seed: no interval)
+        paired = variant["paired"]["mAP"]
+        assert paired["differences"] == [distilled["metrics"]["mAP"] - plain["metrics"]["mAP"]]
+        assert f"| {variant['name']} | 0 | {plain['metrics']['mAP']:.4f} | {distilled['metrics']['mAP']:.4f} | " \
+            f"{paired['mean']:+.4f} none (1 seed) |" in markdown
+        # the distilled run trained with its variant's options after --distill_options
+        options = torch.load(distilled["checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]
+        assert options["exp_options"]["distill_weights.feature"] == float(variant["name"].split()[0].split("=")[1])
     for run in [report["teacher"], *report["runs"]]:
         # -e of the last checkpoint: the (one) epoch it was saved at
         epoch = settings.teacher_epochs - 1 if run["role"] == "teacher" else settings.epochs - 1
         own = flatten_summary(summary_file(Path(run["eval_dir"]), epoch))
         assert run["metrics"] == pytest.approx(own, nan_ok=True)
-        assert f"| {run['role']} | {run['seed']} | {own['mAP']:.4f} | {own['NDS']:.4f} |" in markdown
+        model = run.get("variant") or run["role"]
+        assert f"| {model} | {run['seed']} | {own['mAP']:.4f} | {own['NDS']:.4f} |" in markdown
     for run in report["runs"]:
         # the curve is the training run's validation of every epoch, as its own summaries hold it
         train_dir = Path(run["train_dir"])
@@ -83,32 +96,42 @@ def test_report_holds_every_run_with_the_runs_own_numbers(study: tuple[StudySett
         options = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]["exp_options"]
         assert options["camera_init"] == str(pretrain)
     with Image.open(folder / "report.png") as image:
-        assert image.size[0] > 1000 and image.size[1] > 1000  # curve and BEVs, and the six camera images
+        assert image.size[0] > 1000 and image.size[1] > 1500  # paired plots, curves, BEVs, the six camera images
     assert all(Path(run["log"]).is_file() and Path(run["eval_log"]).is_file() for run in report["runs"])
 
 
 @pytest.mark.slow
-def test_a_finished_teacher_and_pretraining_are_reused(study: tuple[StudySettings, dict], capsys: pytest.CaptureFixture) -> None:
+def test_a_finished_teacher_pretraining_and_plain_students_are_reused(
+    study: tuple[StudySettings, dict], capsys: pytest.CaptureFixture
+) -> None:
     settings, first = study
     checkpoint = Path(first["teacher"]["checkpoint"])
-    mtime = checkpoint.stat().st_mtime_ns
-    second = run_study(replace(settings, epochs=1), ["test"])  # the students' schedule is not the teacher's
+    plain = first["runs"][0]
+    mtimes = [path.stat().st_mtime_ns for path in (checkpoint, Path(plain["checkpoint"]))]
+    second = run_study(replace(settings, variants=("response=5",)), ["test"])  # a new variant: only it trains
     assert second["teacher"]["reused"] and second["teacher"]["checkpoint"] == str(checkpoint)
-    assert checkpoint.stat().st_mtime_ns == mtime
     assert second["teacher"]["metrics"] == pytest.approx(first["teacher"]["metrics"], nan_ok=True)
     pretrain = Path(first["camera_pretrain"]["checkpoint"])
     assert second["camera_pretrain"]["reused"] and second["camera_pretrain"]["checkpoint"] == str(pretrain)
+    reused = second["runs"][0]
+    assert reused["reused"] and reused["train_dir"] == plain["train_dir"]
+    assert reused["metrics"] == pytest.approx(plain["metrics"], nan_ok=True)
+    assert (reused["train_seconds"], reused["log"]) == (plain["train_seconds"], plain["log"])
+    assert [path.stat().st_mtime_ns for path in (checkpoint, Path(plain["checkpoint"]))] == mtimes
+    assert [run["variant"] for run in second["runs"]] == [None, "response=5"]
     printed = capsys.readouterr().out
     assert f"teacher: reusing {checkpoint}" in printed and f"camera_pretrain: reusing {pretrain}" in printed
+    assert f"plain-seed0: reusing {plain['checkpoint']}" in printed
 
 
 def test_mean_and_standard_deviation_over_seeds() -> None:
     def run(role: str, seed: int, value: float) -> dict:
-        return {"role": role, "seed": seed, "metrics": {"mAP": value, "NDS": value / 2}, "train_seconds": 10.0 * value,
-                "train_dir": f"{role}{seed}"}
+        return {"role": role, "variant": "distilled" if role == "distilled" else None, "seed": seed,
+                "metrics": {"mAP": value, "NDS": value / 2}, "train_seconds": 10.0 * value, "train_dir": f"{role}{seed}"}
 
     report = {"teacher": run("teacher", 0, 0.5), "runs": [run("plain", 0, 0.1), run("plain", 1, 0.3),
-                                                          run("distilled", 0, 0.2), run("distilled", 1, 0.6)]}
+                                                          run("distilled", 0, 0.2), run("distilled", 1, 0.6)],
+              "variants": [{"name": "distilled"}]}
     summary = summarise(report)
     # by hand: mean (0.2 + 0.6) / 2 = 0.4, sample std sqrt(((0.2 - 0.4)^2 + (0.6 - 0.4)^2) / 1) = 0.2 * sqrt(2)
     assert summary["distilled"]["mAP"]["mean"] == pytest.approx(0.4)
@@ -124,10 +147,12 @@ def test_tables_show_mean_std_and_every_run() -> None:
     metrics = {"mAP": 0.0, "NDS": 0.0, "mATE": 1.0, "mASE": 1.0, "mAOE": 1.0, "mAVE": 1.0, "mAAE": 1.0}
     def run(role: str, seed: int, value: float) -> dict:
         flat = metrics | {"mAP": value} | {f"AP/{name}": value for name in CLASSES}
-        return {"role": role, "seed": seed, "metrics": flat, "train_seconds": 60.0 + seed, "train_dir": f"{role}{seed}"}
+        return {"role": role, "variant": "distilled" if role == "distilled" else None, "seed": seed, "metrics": flat,
+                "train_seconds": 60.0 + seed, "train_dir": f"{role}{seed}"}
 
     report = {"teacher": run("teacher", 0, 0.5), "runs": [run("plain", 0, 0.1), run("plain", 1, 0.3),
                                                           run("distilled", 0, 0.2), run("distilled", 1, 0.6)]}
+    report["variants"] = compare_variants(report["runs"], [("distilled", [])])
     report["summary"] = summarise(report)
     tables = format_tables(report)
     assert "| plain | 2 | 0.2000 ± 0.1414 |" in tables

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,9 +67,11 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def run_all(runs: list[Run], slots: list[Slot], desc: str = "runs", poll_seconds: float = 1.0) -> None:
-    """Run every run, each when its `needs` are done and a slot is free. The first failure stops the
-    others and raises RunFailed; each run's wall time is set in `seconds`."""
+def run_all(runs: list[Run], slots: list[Slot], desc: str = "runs", poll_seconds: float = 1.0,
+            on_done: Callable[[Run], None] | None = None) -> None:
+    """Run every run, each when its `needs` are done and a slot is free, calling `on_done` with each run
+    that succeeds. The first failure stops the others and raises RunFailed; each run's wall time is set
+    in `seconds`."""
     names = {run.name for run in runs}
     unknown = {need for run in runs for need in run.needs} - names
     if unknown:
@@ -90,6 +93,8 @@ def run_all(runs: list[Run], slots: list[Slot], desc: str = "runs", poll_seconds
                 run.seconds = time.perf_counter() - start
                 done.add(name)
                 free.append(slot)
+                if on_done is not None:
+                    on_done(run)
             for run in [run for run in pending if set(run.needs) <= done][: len(free)]:
                 slot = free.pop(0)
                 run.log.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,15 @@
 """The study engine: for a pairing (a distillation experiment file, which names its student and
 teacher experiments), train the teacher (or reuse a finished one with the same settings), the plain
-and the distilled student for every seed on the same schedule, evaluate all of them with `-e`, and
-write outputs/<name>/<timestamp>/report.{json,md,png}.
+student and the distilled students of every variant (`unikd.study.variants`; one without variants) for
+every seed on the same schedule, evaluate all of them with `-e`, and write
+outputs/<name>/<timestamp>/report.{json,md,png}: the paired difference distilled - plain per seed, per
+variant (`unikd.study.paired`).
 
 Every run is a subprocess of an experiment file (`unikd.study.runs`), with its own run folder and a
 log under the report folder's logs/. Students validate every epoch (the mAP curve of the report);
-the teacher does not (its `-e` evaluates it). Teachers live in <output_root>/teachers/, shared by
-every study of that output root.
+the teacher does not (its `-e` evaluates it). The teacher, the depth pretraining and the plain students
+are shared runs (`unikd.study.records`) in <output_root>/teachers/, camera_pretrains/ and plain_students/,
+reused by every variant and by every later study of that output root with the same settings.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.exps.base_exp import BaseExp
 from unikd.exps.distill_exp import DistillExp, load_exp_class
 from unikd.study.figures import predict_sample, save_report_figure
-from unikd.study.records import read_record, shared_run_name, write_record
-from unikd.study.report import format_tables, summarise, write_report
+from unikd.study.records import claim_run, read_record, release_run, shared_run_name, write_record
+from unikd.study.report import compare_variants, format_tables, summarise, write_report
 from unikd.study.results import eval_metrics, val_map_per_epoch
 from unikd.study.runs import Run, device_slots, run_all
+from unikd.study.variants import DEFAULT_NAME, Variant, VariantError, check_options, parse_variant
 
 DEPTH_PRETRAIN_FILE = Path(__file__).resolve().parents[2] / "exps/nuscenes/BEVFusion/BEVFusion_nuscenes_camera_depth_pretrain_exp.py"
 
@@ -62,6 +66,9 @@ class StudySettings:
     limit_val_batches: str | None = None
     exp_options: tuple[str, ...] = ()  # for every run
     distill_options: tuple[str, ...] = ()  # for the distilled students only
+    # an ablation: each text a variant of the distilled students (`unikd.study.variants`), its options after
+    # distill_options; every variant shares the teacher, the depth pretraining and the plain students
+    variants: tuple[str, ...] = ()
     output_root: Path = Path("outputs")
     jobs: int | None = None  # parallel runs; None: one per GPU, else the CPU cores (at most 2 per seed)
     make_synthetic: bool = False  # build the synthetic set at data_root when it is absent
@@ -128,8 +135,8 @@ class Commands:
 
 @dataclass
 class SharedPlan:
-    """A run the students share (the teacher, the depth pretraining): its settings and folders, and either
-    the record of a finished run with those settings (reused) or the runs that train (and evaluate) it."""
+    """A run that studies share (a teacher, a depth pretraining, a plain student): its settings and folders, and
+    either the record of a finished run with those settings (reused) or the runs that train (and evaluate) it."""
 
     name: str
     settings: dict[str, Any]
@@ -148,6 +155,11 @@ class SharedPlan:
         """What a run that reads the checkpoint waits for: the training, unless it is reused."""
         return (self.train.name,) if self.train else ()
 
+    @property
+    def runs(self) -> list[Run]:
+        """The runs this study gives it (none when reused)."""
+        return [run for run in (self.train, self.evaluate) if run is not None]
+
     def announce(self) -> None:
         if self.record is not None:
             print(f"{self.name}: reusing {self.checkpoint} (same settings, finished {self.record['finished']})")
@@ -155,32 +167,43 @@ class SharedPlan:
             print(f"{self.name}: training {self.settings['experiment']} in {self.run_dir}")
 
     def finish(self) -> None:
-        """Record a run this study trained, once it (and its evaluation) is done."""
-        if self.record is None:
-            self.record = write_record(self.run_dir, self.settings, self.checkpoint, self.train.seconds, self.eval_dir)
+        """Record a run this study trained once its runs are done (a later failure of the study keeps it)."""
+        if self.record is None and all(run.seconds is not None for run in self.runs):
+            logs = {run.name: str(run.log) for run in self.runs}
+            eval_seconds = self.evaluate.seconds if self.evaluate else None
+            self.record = write_record(self.run_dir, self.settings, self.checkpoint, self.train.seconds, self.eval_dir,
+                                       eval_seconds, logs)
+            release_run(self.run_dir)
 
 
-def plan_shared(s: StudySettings, commands: Commands, name: str, exp_file: Path, size: str, epochs: int,
-                logs: Path, evaluate: bool) -> SharedPlan:
-    """Reuse the finished run of the same settings (experiment, model size, epochs, seed, data, batches,
-    options) in <output_root>/<name>s/, else plan its runs (training, and `-e` if `evaluate`) in a fresh folder."""
-    settings = {"experiment": exp_file.stem, "model_size": size, "epochs": epochs,
-                "seed": s.teacher_seed, "data_root": str(s.data_root), "version": s.version,
-                "batch_size": s.batch_size, "limit_train_batches": s.limit_train_batches,
-                "exp_options": list(s.exp_options)}
-    root = s.output_root / f"{name}s"
-    run_name = shared_run_name(name, settings)
+def shared_settings(s: StudySettings, exp_file: Path, size: str, epochs: int, seed: int) -> dict[str, Any]:
+    """What identifies a shared run: experiment, model size, epochs, seed, data, batches, options."""
+    return {"experiment": exp_file.stem, "model_size": size, "epochs": epochs, "seed": seed,
+            "data_root": str(s.data_root), "version": s.version, "batch_size": s.batch_size,
+            "limit_train_batches": s.limit_train_batches, "exp_options": list(s.exp_options)}
+
+
+def plan_shared(s: StudySettings, commands: Commands, name: str, kind: str, exp_file: Path, settings: dict[str, Any],
+                logs: Path, evaluate: bool, validate: bool = False, init_options: tuple[str, ...] = (),
+                needs: tuple[str, ...] = ()) -> SharedPlan:
+    """Reuse the finished run of `settings` in <output_root>/<kind>s/<experiment>/, else plan its runs, named
+    `name`, in a fresh folder: training (validating every epoch if `validate`; `init_options` and `needs` for
+    its initialisation), and `-e` if `evaluate`."""
+    root = s.output_root / f"{kind}s"
+    run_name = shared_run_name(kind, settings)
     run_dir = root / exp_file.stem / run_name
     eval_dir = root / exp_file.stem / f"{run_name}-eval" if evaluate else None
     plan = SharedPlan(name, settings, run_dir, eval_dir, read_record(run_dir, settings))
     if plan.record is not None:
         return plan
+    claim_run(run_dir)
     for folder in (run_dir, eval_dir):  # an unfinished earlier attempt
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
-    options = [f"model_size={size}", *s.exp_options]
-    plan.train = Run(name, commands.train(exp_file, s.teacher_seed, epochs, root, run_name, options, validate=False),
-                     logs / f"{name}.log", run_dir, epochs)
+    options = [f"model_size={settings['model_size']}", *s.exp_options]
+    epochs, seed = settings["epochs"], settings["seed"]
+    plan.train = Run(name, commands.train(exp_file, seed, epochs, root, run_name, [*options, *init_options], validate),
+                     logs / f"{name}.log", run_dir, epochs, needs=needs)
     if evaluate:
         plan.evaluate = Run(f"{name}-eval", commands.evaluate(exp_file, plan.checkpoint, root, eval_dir.name, options),
                             logs / f"{name}-eval.log", eval_dir, needs=(name,))
@@ -199,41 +222,118 @@ def plan_camera_pretrain(s: StudySettings, commands: Commands, student_file: Pat
     if not has_camera:
         raise ValueError(f"camera_pretrain_epochs={epochs}: the student {student_file.stem} has no camera branch; "
                          "set it to 0")
-    return plan_shared(s, commands, "camera_pretrain", DEPTH_PRETRAIN_FILE, s.model_size, epochs, logs, evaluate=False)
+    settings = shared_settings(s, DEPTH_PRETRAIN_FILE, s.model_size, epochs, s.teacher_seed)
+    return plan_shared(s, commands, "camera_pretrain", "camera_pretrain", DEPTH_PRETRAIN_FILE, settings, logs,
+                       evaluate=False)
 
 
-def plan_students(s: StudySettings, commands: Commands, student_file: Path, teacher: SharedPlan,
-                  pretrain: SharedPlan | None, folder: Path) -> list[tuple[str, int, Run, Run]]:
-    """(role, seed, training run, evaluation run) of the plain and the distilled student of every seed,
-    both initialised from the depth pretraining when there is one; both are evaluated by the plain student
-    experiment (a distilled checkpoint is a plain student's)."""
+def plan_plain(s: StudySettings, commands: Commands, student_file: Path, seed: int, pretrain: SharedPlan | None,
+               logs: Path) -> SharedPlan:
+    """The plain student of a seed: a shared run in <output_root>/plain_students/, identified by its settings
+    (those of `shared_settings`, the validation batches and the depth pretraining it starts from), so that
+    every variant of the study and every later study with the same settings reuses it."""
+    settings = shared_settings(s, student_file, s.model_size, s.epochs, seed) | {
+        "limit_val_batches": s.limit_val_batches, "camera_init": pretrain.run_dir.name if pretrain else None}
+    init_options = (f"camera_init={pretrain.checkpoint}",) if pretrain else ()
+    return plan_shared(s, commands, f"plain-seed{seed}", "plain_student", student_file, settings, logs, evaluate=True,
+                       validate=True, init_options=init_options, needs=pretrain.needs if pretrain else ())
+
+
+def distill_options(s: StudySettings, teacher: SharedPlan) -> list[str]:
+    """Options of every distilled student, before its variant's."""
+    return [f"model_size={s.model_size}", *s.exp_options, f"teacher_model_size={teacher.settings['model_size']}",
+            *s.distill_options]
+
+
+def study_variants(s: StudySettings, pairing_class: type[BaseExp], teacher_size: str) -> list[Variant]:
+    """The study's variants (one of no options without `variants`), the distilled students' options and
+    each variant's checked by building the distillation experiment with them."""
+    variants = [parse_variant(text, pairing_class) for text in s.variants] or [Variant(DEFAULT_NAME, ())]
+    names = [variant.name for variant in variants]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise VariantError(f"--variants: {repeated} given more than once")
+    options = [f"model_size={s.model_size}", *s.exp_options, f"teacher_model_size={teacher_size}", *s.distill_options,
+               f"version={s.version}"]
+    check_options("--distill_options", pairing_class, options, s.data_root)
+    for variant in variants:
+        if variant.options:
+            check_options(f"--variants {variant.name!r}", pairing_class, [*options, *variant.options], s.data_root)
+    return variants
+
+
+@dataclass
+class StudyPlan:
+    """The runs of a study: the shared teacher, depth pretraining and plain students (one per seed), and the
+    distilled students, (variant, seed, training run, evaluation run) per variant and seed."""
+
+    teacher: SharedPlan
+    pretrain: SharedPlan | None
+    plain: dict[int, SharedPlan]
+    distilled: list[tuple[Variant, int, Run, Run]]
+
+    @property
+    def shared(self) -> list[SharedPlan]:
+        return [plan for plan in (self.teacher, self.pretrain, *self.plain.values()) if plan is not None]
+
+    def runs(self) -> list[Run]:
+        """Every run to do, in the order slots take them: the teacher's and the pretraining's training, each
+        seed's students, and the teacher's evaluation last (a slot freed by the teacher goes to a student)."""
+        runs = [plan.train for plan in (self.teacher, self.pretrain) if plan is not None and plan.train]
+        for seed, plain in self.plain.items():
+            runs += plain.runs
+            runs += [run for _, k, train, evaluate in self.distilled if k == seed for run in (train, evaluate)]
+        return runs + ([self.teacher.evaluate] if self.teacher.evaluate else [])
+
+
+def plan_study(s: StudySettings, variants: list[Variant], student_file: Path, teacher_file: Path,
+               folder: Path) -> StudyPlan:
+    """Plan (or reuse) the shared runs and plan the distilled students of every variant and seed, all
+    initialised from the depth pretraining when there is one; every student is evaluated by the plain
+    student experiment (a distilled checkpoint is a plain student's)."""
+    commands = Commands(s)
     logs, runs_root = folder / "logs", folder / "runs"
-    plain_options = [f"model_size={s.model_size}", *s.exp_options]
+    teacher_size = s.teacher_model_size or s.model_size
+    teacher = plan_shared(s, commands, "teacher", "teacher", teacher_file,
+                          shared_settings(s, teacher_file, teacher_size, s.teacher_epochs, s.teacher_seed), logs,
+                          evaluate=True)
+    pretrain = plan_camera_pretrain(s, commands, student_file, logs)
+    plain = {seed: plan_plain(s, commands, student_file, seed, pretrain, logs) for seed in s.seeds}
+    eval_options = [f"model_size={s.model_size}", *s.exp_options]
     init_options = [f"camera_init={pretrain.checkpoint}"] if pretrain else []
-    init_needs = pretrain.needs if pretrain else ()
-    distill_options = [*plain_options, f"teacher_model_size={teacher.settings['model_size']}", *s.distill_options]
-    students = []
-    for seed in s.seeds:
-        for role, exp_file, options in (("plain", student_file, plain_options), ("distilled", s.pairing, distill_options)):
-            name = f"{role}-seed{seed}"
-            teacher_ckpt = teacher.checkpoint if role == "distilled" else None
-            train = Run(name, commands.train(exp_file, seed, s.epochs, runs_root, name, [*options, *init_options], True,
-                                             teacher_ckpt),
-                        logs / f"{name}.log", runs_root / exp_file.stem / name, s.epochs,
-                        needs=init_needs + (teacher.needs if teacher_ckpt else ()))
+    needs = (pretrain.needs if pretrain else ()) + teacher.needs
+    distilled = []
+    for index, variant in enumerate(variants):
+        prefix = "distilled" if len(variants) == 1 else f"distilled-v{index}"
+        for seed in s.seeds:
+            name = f"{prefix}-seed{seed}"
+            options = [*distill_options(s, teacher), *variant.options, *init_options]
+            train = Run(name, commands.train(s.pairing, seed, s.epochs, runs_root, name, options, True, teacher.checkpoint),
+                        logs / f"{name}.log", runs_root / s.pairing.stem / name, s.epochs, needs=needs)
             checkpoint = train.run_dir / "checkpoints" / "last.ckpt"
-            evaluate = Run(f"{name}-eval", commands.evaluate(student_file, checkpoint, runs_root, f"{name}-eval", plain_options),
+            evaluate = Run(f"{name}-eval", commands.evaluate(student_file, checkpoint, runs_root, f"{name}-eval", eval_options),
                            logs / f"{name}-eval.log", runs_root / student_file.stem / f"{name}-eval", needs=(name,))
-            students.append((role, seed, train, evaluate))
-    return students
+            distilled.append((variant, seed, train, evaluate))
+    return StudyPlan(teacher, pretrain, plain, distilled)
 
 
-def student_entry(role: str, seed: int, train: Run, evaluate: Run) -> dict[str, Any]:
-    """A finished student's entry in the report: folders, logs, times, `-e` metrics, val/mAP per epoch."""
-    return {"role": role, "seed": seed, "experiment": train.run_dir.parent.name, "train_dir": str(train.run_dir),
-            "checkpoint": str(train.run_dir / "checkpoints" / "last.ckpt"), "eval_dir": str(evaluate.run_dir),
-            "train_seconds": train.seconds, "eval_seconds": evaluate.seconds, "log": str(train.log),
-            "eval_log": str(evaluate.log), "metrics": eval_metrics(evaluate.run_dir),
+def plain_entry(seed: int, plan: SharedPlan) -> dict[str, Any]:
+    """A plain student's entry in the report, from its record (trained by this study or reused)."""
+    record = plan.record
+    return {"role": "plain", "variant": None, "seed": seed, "experiment": plan.run_dir.parent.name,
+            "reused": plan.train is None, "train_dir": str(plan.run_dir), "checkpoint": str(plan.checkpoint),
+            "eval_dir": str(plan.eval_dir), "train_seconds": record["train_seconds"],
+            "eval_seconds": record["eval_seconds"], "log": record["logs"][plan.name],
+            "eval_log": record["logs"][f"{plan.name}-eval"], "metrics": eval_metrics(plan.eval_dir),
+            "val_mAP": val_map_per_epoch(plan.run_dir)}
+
+
+def distilled_entry(variant: Variant, seed: int, train: Run, evaluate: Run) -> dict[str, Any]:
+    """A distilled student's entry in the report: folders, logs, times, `-e` metrics, val/mAP per epoch."""
+    return {"role": "distilled", "variant": variant.name, "seed": seed, "experiment": train.run_dir.parent.name,
+            "reused": False, "train_dir": str(train.run_dir), "checkpoint": str(train.run_dir / "checkpoints" / "last.ckpt"),
+            "eval_dir": str(evaluate.run_dir), "train_seconds": train.seconds, "eval_seconds": evaluate.seconds,
+            "log": str(train.log), "eval_log": str(evaluate.log), "metrics": eval_metrics(evaluate.run_dir),
             "val_mAP": val_map_per_epoch(train.run_dir)}
 
 
@@ -243,25 +343,21 @@ def run_study(s: StudySettings, command: list[str]) -> dict[str, Any]:
     s = replace(s, pairing=s.pairing.resolve(), data_root=s.data_root.resolve(), output_root=s.output_root.resolve())
     student_file, teacher_file = pairing_files(s.pairing)
     ensure_data(s)
+    variants = study_variants(s, load_exp_class(s.pairing), s.teacher_model_size or s.model_size)
     folder = s.output_root / s.name / datetime.now().strftime("%Y%m%d-%H%M%S")
-    commands = Commands(s)
-    logs = folder / "logs"
-    teacher = plan_shared(s, commands, "teacher", teacher_file, s.teacher_model_size or s.model_size,
-                          s.teacher_epochs, logs, evaluate=True)
-    pretrain = plan_camera_pretrain(s, commands, student_file, logs)
-    shared = [plan for plan in (teacher, pretrain) if plan is not None]
-    for plan in shared:
-        plan.announce()
-    students = plan_students(s, commands, student_file, teacher, pretrain, folder)
-    # the teacher's evaluation last: a slot freed by the teacher goes to a distilled student first
-    runs = [plan.train for plan in shared if plan.train]
-    runs += [run for *_, train, evaluate in students for run in (train, evaluate)]
-    runs += [teacher.evaluate] if teacher.evaluate else []
-    print(f"runs' logs: {logs}")
-    run_all(runs, device_slots(s.jobs, 2 * len(s.seeds)), desc=s.name)
-    for plan in shared:
-        plan.finish()
+    plan = plan_study(s, variants, student_file, teacher_file, folder)
+    for shared in plan.shared:
+        shared.announce()
+    print(f"runs' logs: {folder / 'logs'}")
 
+    def finish_shared(_: Run) -> None:
+        for shared in plan.shared:
+            shared.finish()
+
+    runs = plan.runs()
+    run_all(runs, device_slots(s.jobs, 2 * len(s.seeds)), desc=s.name, on_done=finish_shared)
+
+    teacher, pretrain = plan.teacher, plan.pretrain
     report = {
         "study": s.name,
         "pairing": s.pairing.stem,
@@ -271,22 +367,28 @@ def run_study(s: StudySettings, command: list[str]) -> dict[str, Any]:
                     "reused": teacher.train is None, "checkpoint": str(teacher.checkpoint),
                     "train_dir": str(teacher.run_dir), "eval_dir": str(teacher.eval_dir),
                     "train_seconds": teacher.record["train_seconds"], "metrics": eval_metrics(teacher.eval_dir)},
-        "runs": [student_entry(*student) for student in students],
+        "distill_options": distill_options(s, teacher),
+        "runs": [plain_entry(seed, plan.plain[seed]) for seed in s.seeds]
+        + [distilled_entry(*distilled) for distilled in plan.distilled],
     }
     if pretrain is not None:
         report["camera_pretrain"] = {"experiment": DEPTH_PRETRAIN_FILE.stem, "epochs": pretrain.settings["epochs"],
                                      "reused": pretrain.train is None, "checkpoint": str(pretrain.checkpoint),
                                      "train_seconds": pretrain.record["train_seconds"]}
+    report["variants"] = compare_variants(report["runs"], [(variant.name, list(variant.options)) for variant in variants])
     report["summary"] = summarise(report)
 
     print("predicting one validation sample for the figure ...", flush=True)
-    plain, distilled = report["runs"][:2]  # the first seed's
+    first_seed, first_variant = s.seeds[0], variants[0].name
+    plain_run = next(run for run in report["runs"] if run["role"] == "plain" and run["seed"] == first_seed)
+    distilled_run = next(run for run in report["runs"] if run["variant"] == first_variant and run["seed"] == first_seed)
     batch, detections, point_cloud_range = predict_sample(
-        student_file, [Path(plain["checkpoint"]), Path(distilled["checkpoint"])], s.data_root,
+        student_file, [Path(plain_run["checkpoint"]), Path(distilled_run["checkpoint"])], s.data_root,
         [f"model_size={s.model_size}", *s.exp_options, f"version={s.version}"],
     )
-    curves = [(run["role"], run["seed"], run["val_mAP"]) for run in report["runs"]]
-    figure = save_report_figure(folder / "report.png", curves, batch, dict(zip(("plain", "distilled"), detections, strict=True)),
+    curves = [(run["role"], run["variant"] or "plain", run["seed"], run["val_mAP"]) for run in report["runs"]]
+    figure = save_report_figure(folder / "report.png", curves, report["variants"], batch,
+                                dict(zip(("plain", "distilled"), detections, strict=True)), first_variant,
                                 point_cloud_range, s.score_threshold)
     report["wall_seconds"] = time.perf_counter() - start
     json_path, md_path = write_report(report, folder)
