@@ -217,6 +217,28 @@ def test_geometry_is_cached_by_matrix_values():
     assert moved is not first and not torch.equal(moved[1], first[1])
 
 
+def test_geometry_of_inference_tensors():
+    """-e runs under inference mode, whose tensors have no version counter: the geometry is built and cached."""
+    transform = LSSViewTransform(in_channels=4, context_channels=3, depth_bins=(1.0, 60.0, 4.0), bev_cell=1.2)
+    with torch.inference_mode():
+        lidar2cam, cam2img = (tensor(m)[None, None] for m in FRONT_LEFT)
+        img_aug = tensor(ida_matrix(RESIZE, CROP, False, 0.0))[None, None]
+        first = transform.geometry(lidar2cam, cam2img, img_aug, tensor(BDA)[None], (32, 88))
+        again = transform.geometry(lidar2cam.clone(), cam2img, img_aug, tensor(BDA)[None], (32, 88))
+    assert again is first and first[0].numel() > 0
+
+
+def test_frustum_points_stay_float32_under_autocast():
+    transform = LSSViewTransform(in_channels=4, context_channels=3, depth_bins=(1.0, 60.0, 4.0), bev_cell=1.2)
+    lidar2cam, cam2img = (tensor(m)[None, None] for m in FRONT_LEFT)
+    img_aug = tensor(ida_matrix(RESIZE, CROP, False, 0.0))[None, None]
+    reference = transform.frustum_points(lidar2cam, cam2img, img_aug, tensor(BDA)[None], (32, 88))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = transform.frustum_points(lidar2cam, cam2img, img_aug, tensor(BDA)[None], (32, 88))
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, reference)
+
+
 def test_resample_bev_keeps_rows_as_y_and_columns_as_x():
     source = BEVGrid.from_range(POINT_RANGE, 0.3)
     target = source.resized(180, 180)

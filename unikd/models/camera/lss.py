@@ -35,6 +35,7 @@ from unikd.models.camera.swin import SwinTransformer
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.bev_pool import bev_pool
 from unikd.ops.checks import value_checks
+from unikd.ops.precision import in_float32
 
 NUSCENES_POINT_RANGE = (-54.0, -54.0, -10.0, 54.0, 54.0, 10.0)
 GEOMETRIES = ("unikd", "bevdepth")
@@ -173,6 +174,7 @@ class LSSViewTransform(nn.Module):
         # ((feature size, matrices, their versions, copies of them), (point_index, cell_index)): `_same_key`
         self._geometry_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    @in_float32  # the geometry's matmuls lose metres in 16 bits under autocast
     def frustum_points(
         self,
         lidar2cam: torch.Tensor,
@@ -258,7 +260,7 @@ class LSSViewTransform(nn.Module):
         point_index = inside.view(-1).nonzero().squeeze(1)
         result = (point_index, cell.view(-1)[point_index])
         matrices = (lidar2cam, cam2img, img_aug, bda)
-        versions = tuple(m._version for m in matrices)
+        versions = tuple(None if m.is_inference() else m._version for m in matrices)  # inference tensors have none
         copies = tuple(m.detach().clone() for m in matrices)
         self._geometry_cache = ((tuple(feature_size), matrices, versions, copies), result)
         return result
@@ -317,7 +319,7 @@ def _same_key(cached: tuple, key: tuple) -> bool:
     if size != key[0]:
         return False
     if not value_checks(key[1]):
-        return all(a is b and a._version == v for a, b, v in zip(originals, key[1:], versions, strict=True))
+        return all(a is b and v is not None and a._version == v for a, b, v in zip(originals, key[1:], versions, strict=True))
     return all(
         a.shape == b.shape and a.device == b.device and torch.equal(a, b)
         for a, b in zip(copies, key[1:], strict=True)
