@@ -124,12 +124,12 @@ BOXES = [
 ]
 ALL_KINDS = {
     **UNIDISTILL_TERMS,
-    "fitnet": {"loss": "fitnet", "feature": "neck"},
-    "masked": {"loss": "masked", "feature": "bev"},
-    "attention": {"loss": "attention", "feature": "neck"},
-    "heatmap_kd": {"loss": "heatmap_kd", "feature": "head", "temperature": 2.0},
-    "crd": {"loss": "crd", "feature": "neck", "num_negatives": 8},
-    "learned_mask": {"loss": "learned_mask", "feature": "neck", "num_queries": 2, "mask_learning_until_epoch": 1},
+    "fitnet": {"kind": "fitnet", "source": "neck"},
+    "masked": {"kind": "masked", "source": "bev"},
+    "attention": {"kind": "attention", "source": "neck"},
+    "heatmap_kd": {"kind": "heatmap_kd", "source": "head", "temperature": 2.0},
+    "crd": {"kind": "crd", "source": "neck", "num_negatives": 8},
+    "learned_mask": {"kind": "learned_mask", "source": "neck", "num_queries": 2, "mask_learning_until_epoch": 1},
 }
 
 
@@ -177,13 +177,15 @@ def test_distiller_rejects_what_it_cannot_align() -> None:
         Distiller(UNIDISTILL_TERMS, {"infonce": 1.0}, camera, lidar)
     with pytest.raises(ValueError, match="different regions"):
         Distiller(UNIDISTILL_TERMS, {"feature": 1.0}, BEVFusion(model_config("student", ("lidar",))), lidar)
-    with pytest.raises(ValueError, match="loss must be one of"):
-        Distiller({"x": {"loss": "kl", "feature": "bev"}}, {"x": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Distiller({"x": {"kind": "kl", "source": "bev"}}, {"x": 1.0}, camera, lidar)
+    with pytest.raises(ValueError, match="'loss' and 'feature' are now 'kind' and 'source'"):
+        Distiller({"x": {"loss": "feature", "feature": "bev"}}, {"x": 1.0}, camera, lidar)
     assert not Distiller(UNIDISTILL_TERMS, {"feature": 0.0}, camera, lidar).terms  # weight 0: term off
     with pytest.raises(ValueError, match="num_train_samples"):
-        Distiller({"crd": {"loss": "crd", "feature": "bev"}}, {"crd": 1.0}, camera, lidar)
+        Distiller({"crd": {"kind": "crd", "source": "bev"}}, {"crd": 1.0}, camera, lidar)
     with pytest.raises(ValueError, match="through the teacher's decoder"):
-        Distiller({"mask": {"loss": "learned_mask", "feature": "middle_encoder"}}, {"mask": 1.0}, lidar, lidar)
+        Distiller({"mask": {"kind": "learned_mask", "source": "middle_encoder"}}, {"mask": 1.0}, lidar, lidar)
 
 
 def test_kinds_come_from_the_registry_and_specs_are_checked() -> None:
@@ -193,14 +195,14 @@ def test_kinds_come_from_the_registry_and_specs_are_checked() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_term("feature")(type("Again", (DistillTerm,), {}))
     with pytest.raises(TypeError, match=r"'r' \(response\): options \['radius'\]"):
-        Distiller({"r": {"loss": "response", "feature": "head", "radius": 1}}, {"r": 1.0}, camera, lidar)
+        Distiller({"r": {"kind": "response", "source": "head", "radius": 1}}, {"r": 1.0}, camera, lidar)
     with pytest.raises(ValueError, match="reads the head outputs"):
-        Distiller({"r": {"loss": "response", "feature": "neck"}}, {"r": 1.0}, camera, lidar)
+        Distiller({"r": {"kind": "response", "source": "neck"}}, {"r": 1.0}, camera, lidar)
     with pytest.raises(ValueError, match="dense BEV output"):
-        Distiller({"f": {"loss": "feature", "feature": "backbone"}}, {"f": 1.0}, camera, lidar)
+        Distiller({"f": {"kind": "feature", "source": "backbone"}}, {"f": 1.0}, camera, lidar)
     with pytest.raises(ValueError, match="must list named outputs"):
-        Distiller({"i": {"loss": "infonce", "feature": "neck"}}, {"i": 1.0}, lidar, lidar)
-    spec = {"c": {"loss": "crd", "feature": "neck"}}
+        Distiller({"i": {"kind": "infonce", "source": "neck"}}, {"i": 1.0}, lidar, lidar)
+    spec = {"c": {"kind": "crd", "source": "neck"}}
     assert needs_train_samples(spec, {"c": 1.0}) and not needs_train_samples(spec, {"c": 0.0})
     response = Distiller(UNIDISTILL_TERMS, {"response": 1.0}, camera, lidar).terms["response"]
     assert (response.student_temperature, response.teacher_temperature, response.min_radius) == (1.0, 2.0, 0)
@@ -470,8 +472,8 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
     """CRD's banks span the training set; learned masks stop learning at their epoch (Lightning's hook)."""
     torch.manual_seed(0)
     terms = {
-        "crd": {"loss": "crd", "feature": "neck", "num_negatives": 16},
-        "mask": {"loss": "learned_mask", "feature": "neck", "num_queries": 2, "mask_learning_until_epoch": 1},
+        "crd": {"kind": "crd", "source": "neck", "num_negatives": 16},
+        "mask": {"kind": "learned_mask", "source": "neck", "num_queries": 2, "mask_learning_until_epoch": 1},
     }
     exp = make_distill_exp(
         "BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar",
@@ -496,7 +498,7 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
     """A term on a module path (no named output): hooks record it in both networks."""
     torch.manual_seed(0)
     path, shape = "backbone.stages.0", (64, 64, 64)  # the small config's first SECOND stage
-    terms = {"hint": {"loss": "fitnet", "feature": path, "shapes": {"student": shape, "teacher": shape}}}
+    terms = {"hint": {"kind": "fitnet", "source": path, "shapes": {"student": shape, "teacher": shape}}}
     exp = make_distill_exp(LIDARSMALL, synthetic_root, distill_terms=terms, distill_weights={"hint": 2.0})
     assert exp.distiller.module_paths == [path]
     exp.train()
@@ -513,7 +515,7 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in exp.model.backbone.stages[0].parameters())
     with pytest.raises(KeyError, match="not a module path of the student"):
         make_distill_exp(
-            LIDARSMALL, distill_terms={"hint": {**terms["hint"], "feature": "backbone.nowhere"}}, distill_weights={"hint": 1.0}
+            LIDARSMALL, distill_terms={"hint": {**terms["hint"], "source": "backbone.nowhere"}}, distill_weights={"hint": 1.0}
         )
     with pytest.raises(KeyError, match="needs the term's 'shapes'"):
-        make_distill_exp(LIDARSMALL, distill_terms={"hint": {"loss": "fitnet", "feature": path}}, distill_weights={"hint": 1.0})
+        make_distill_exp(LIDARSMALL, distill_terms={"hint": {"kind": "fitnet", "source": path}}, distill_weights={"hint": 1.0})

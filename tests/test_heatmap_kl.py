@@ -40,7 +40,7 @@ def test_heatmap_kl_is_a_term_kind():
     torch.manual_seed(0)
     student = BEVFusion(model_config("student", ("lidar",)))  # 135 x 135 head onto the teacher's 180 x 180
     teacher = BEVFusion(model_config("nuscenes", ("lidar",))).requires_grad_(False)
-    distiller = Distiller({"kl": {"loss": "heatmap_kl", "feature": "head", "temperature": 2.0}}, {"kl": 3.0}, student, teacher)
+    distiller = Distiller({"kl": {"kind": "heatmap_kl", "source": "head", "temperature": 2.0}}, {"kl": 3.0}, student, teacher)
     assert distiller.terms["kl"].resize.size == (180, 180) and distiller.terms["kl"].temperature == 2.0
 
     def heads(model: BEVFusion, grad: bool) -> list[dict[str, torch.Tensor]]:

@@ -26,7 +26,7 @@ class LearnedMaskDDP(DistillExp, LiDAR):
     teacher_exp_class = LiDAR
     teacher_model_size = "small"
     allow_random_teacher = True
-    distill_terms = {{"mask": {{"loss": "learned_mask", "feature": "neck", "num_queries": 2, "mask_learning_until_epoch": 1}}}}
+    distill_terms = {{"mask": {{"kind": "learned_mask", "source": "neck", "num_queries": 2, "mask_learning_until_epoch": 1}}}}
     distill_weights = {{"mask": 1.0}}
 
 

@@ -45,7 +45,7 @@ def test_masked_loss_applies_the_masks_to_both_features_hand_computed() -> None:
 def test_masks_come_from_the_teacher_mgfm_queries_when_it_has_them() -> None:
     torch.manual_seed(0)
     teacher, student = mgfm_teacher(), BEVFusion(model_config("small", ("lidar",)))
-    spec = {"mask": {"loss": "learned_mask", "feature": "neck", "num_queries": 2, "num_heads": 2}}
+    spec = {"mask": {"kind": "learned_mask", "source": "neck", "num_queries": 2, "num_heads": 2}}
     term = Distiller(spec, {"mask": 1.0}, student, teacher).terms["mask"]
     assert isinstance(term.generator, QueryGuidedMaskGenerator) and term.teacher_context == (
         "fusion_queries",
@@ -66,11 +66,11 @@ def test_masks_come_from_the_teacher_mgfm_queries_when_it_has_them() -> None:
         term.distill(student_out["neck"], teacher_out["neck"], BATCH)
 
     conv_teacher = BEVFusion(model_config("small", ("lidar", "camera")))
-    own = {"loss": "learned_mask", "feature": "neck", "num_queries": 2, "queries": "own"}
-    for spec_, teacher_ in ((own, teacher), ({"loss": "learned_mask", "feature": "neck"}, conv_teacher)):
+    own = {"kind": "learned_mask", "source": "neck", "num_queries": 2, "queries": "own"}
+    for spec_, teacher_ in ((own, teacher), ({"kind": "learned_mask", "source": "neck"}, conv_teacher)):
         term = Distiller({"mask": spec_}, {"mask": 1.0}, student, teacher_).terms["mask"]
         assert isinstance(term.generator, MaskGenerator) and term.teacher_context == ()
-    fusion = {"loss": "learned_mask", "feature": "neck", "queries": "fusion"}
+    fusion = {"kind": "learned_mask", "source": "neck", "queries": "fusion"}
     with pytest.raises(ValueError, match="no MGFM fuser"):
         Distiller({"mask": fusion}, {"mask": 1.0}, student, conv_teacher)
     with pytest.raises(ValueError, match="own queries"):
@@ -81,13 +81,13 @@ def test_query_guided_masks_learn_until_the_stop_epoch_at_both_levels() -> None:
     torch.manual_seed(1)
     teacher, student = mgfm_teacher(), BEVFusion(model_config("small", ("lidar",)))
     options = {
-        "loss": "learned_mask",
+        "kind": "learned_mask",
         "num_queries": 2,
         "num_heads": 2,
         "num_blocks": 2,
         "mask_learning_until_epoch": 1,
     }
-    spec = {"low": dict(options, feature="bev"), "high": dict(options, feature="neck")}
+    spec = {"low": dict(options, source="bev"), "high": dict(options, source="neck")}
     distiller = Distiller(spec, {"low": 1.0, "high": 2.0}, student, teacher).train()
     student_out = dense_outputs(student, ("bev", "neck"), grad=True)
     teacher_out = dense_outputs(teacher, ("bev", "neck", "fusion_queries"), grad=False)

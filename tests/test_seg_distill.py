@@ -75,36 +75,36 @@ def test_segmentation_terms_camera_from_fusion() -> None:
     assert TERM_KINDS["seg_response"] is SegResponseLoss
     torch.manual_seed(0)
     student, teacher = seg_model(("camera",)), seg_model(("lidar", "camera")).requires_grad_(False)
-    weights = {"feature": 1.0, "masked": 2.0, "seg_response": 10.0}
+    weights = {"fitnet": 1.0, "masked": 2.0, "seg_response": 10.0}
     distiller = Distiller(SEGMENTATION_TERMS, weights, student, teacher)
     student_outputs, teacher_outputs = fake_outputs(student), fake_outputs(teacher)
     batch = {"gt_boxes": [torch.tensor([[5.0, -10.0, 0.0, 4.0, 2.0, 1.5, 0.3, 0.0, 0.0]])]}
     losses = distiller(student_outputs, teacher_outputs, batch)
-    assert set(losses) == {"distill/feature", "distill/masked", "distill/seg_response"}
+    assert set(losses) == {"distill/fitnet", "distill/masked", "distill/seg_response"}
     assert all(torch.isfinite(value) and value > 0 for value in losses.values())
     expected = 10.0 * SegResponseLoss()(student_outputs["seg"], teacher_outputs["seg"])
     torch.testing.assert_close(losses["distill/seg_response"], expected)
     sum(losses.values()).backward()
     assert student_outputs["seg"].grad.abs().sum() > 0 and student_outputs["bev"].grad.abs().sum() > 0
-    assert distiller.terms["feature"].adapter[0].weight.grad.abs().sum() > 0  # camera 32 -> fused 64 channels
+    assert distiller.terms["fitnet"].adapter[0].weight.grad.abs().sum() > 0  # camera 32 -> fused 64 channels
 
 
 def test_terms_of_the_detection_head_need_one() -> None:
     segmentation, detection = seg_model(("lidar",)), BEVFusion(model_config("small", ("lidar",)))
     for kind in ("response", "heatmap_kd", "heatmap_kl"):
-        spec = {"response": {"loss": kind, "feature": "head"}}
+        spec = {"response": {"kind": kind, "source": "head"}}
         with pytest.raises(ValueError, match="the student has no detection head"):
             Distiller(spec, {"response": 1.0}, segmentation, detection)
         with pytest.raises(ValueError, match="the teacher has no detection head"):
             Distiller(spec, {"response": 1.0}, detection, segmentation)
     with pytest.raises(ValueError, match="teacher's detection head, and the teacher has none"):
         Distiller(
-            {"mask": {"loss": "learned_mask", "feature": "neck"}}, {"mask": 1.0}, detection, segmentation
+            {"mask": {"kind": "learned_mask", "source": "neck"}}, {"mask": 1.0}, detection, segmentation
         )
     with pytest.raises(KeyError, match="reads 'seg', which the teacher does not output"):
         Distiller(SEGMENTATION_TERMS, {"seg_response": 1.0}, segmentation, detection)
     with pytest.raises(ValueError, match="reads the segmentation logits"):
-        Distiller({"r": {"loss": "seg_response", "feature": "neck"}}, {"r": 1.0}, segmentation, segmentation)
+        Distiller({"r": {"kind": "seg_response", "source": "neck"}}, {"r": 1.0}, segmentation, segmentation)
     assert Distiller(UNIDISTILL_TERMS, {"feature": 1.0, "relation": 1.0}, segmentation, segmentation).terms
 
 
@@ -115,7 +115,7 @@ def test_segmentation_pairing_files(student: str) -> None:
     plain = load_exp_class(EXP_DIR / f"BEVFusion_nuscenes_seg_{student}_exp.py")
     assert isinstance(exp, plain) and exp.task == "segmentation" and exp.reads_map_masks
     assert exp.model.head is None and exp.teacher.head is None and exp.teacher.fuser is not None
-    assert set(exp.distiller.terms) == {"feature", "seg_response"}  # masked is off (weight 0) until asked for
+    assert set(exp.distiller.terms) == {"fitnet", "seg_response"}  # masked is off (weight 0) until asked for
     assert set(exp.state_dict()) == set(plain(exp_options={"model_size": "small"}).state_dict())
     with pytest.raises(ValueError, match="segmentation uses 'metric'"):
         plain(exp_options={"model_size": "small", "eval_backend": "devkit"})

@@ -284,9 +284,9 @@ def test_detector_with_a_transfusion_head_and_distillation_terms() -> None:
 
     center = BEVFusion(model_config("small", ("lidar",)))
     with pytest.raises(ValueError, match="'response'.*student's head is a TransFusionHead"):
-        Distiller({"r": {"loss": "response", "feature": "head"}}, {"r": 1.0}, model, center)
+        Distiller({"r": {"kind": "response", "source": "head"}}, {"r": 1.0}, model, center)
     kd = Distiller(
-        {"kd": {"loss": "heatmap_kd", "feature": "head"}}, {"kd": 1.0}, model, center.requires_grad_(False)
+        {"kd": {"kind": "heatmap_kd", "source": "head"}}, {"kd": 1.0}, model, center.requires_grad_(False)
     )
     with torch.no_grad():
         teacher_outputs = center(batch)
@@ -299,7 +299,7 @@ def test_detector_with_a_transfusion_head_and_distillation_terms() -> None:
     regrouped = model_config("small", ("lidar",))
     regrouped["head"]["tasks"] = [TASKS[1], TASKS[0], *TASKS[2:]]  # truck and construction_vehicle first
     with pytest.raises(ValueError, match="'heatmap_kl'.*channel by channel"):
-        Distiller({"kl": {"loss": "heatmap_kl", "feature": "head"}}, {"kl": 1.0}, model, BEVFusion(regrouped))
+        Distiller({"kl": {"kind": "heatmap_kl", "source": "head"}}, {"kl": 1.0}, model, BEVFusion(regrouped))
 
 
 def unikd_head_from_fixture(case: dict) -> TransFusionHead:

@@ -1,21 +1,21 @@
 """The distiller: distillation terms built from a declarative spec, computed from both networks' outputs.
 
-A spec maps a term name to a dict: `loss` (a registered term kind, `unikd.distill.losses.TERM_KINDS`),
-`feature` (what the kind reads: a named detector output, a list of them for a "levels" kind, or a
+A spec maps a term name to a dict: `kind` (a registered term kind, `unikd.distill.losses.TERM_KINDS`),
+`source` (what the kind reads: a named detector output, a list of them for a "levels" kind, or a
 module path with `shapes`, see below) and the kind's own options. Weights say which terms are on: a
 term is built only when its weight is non-zero. For example (UniDistill, camera student from a LiDAR
 teacher):
 
-    terms   = {"feature": {"loss": "feature", "feature": "bev"},
-               "relation": {"loss": "relation", "feature": "neck"},
-               "response": {"loss": "response", "feature": "head"}}
+    terms   = {"feature": {"kind": "feature", "source": "bev"},
+               "relation": {"kind": "relation", "source": "neck"},
+               "response": {"kind": "response", "source": "head"}}
     weights = {"feature": 100.0, "relation": 40.0, "response": 10.0}
 
 Each kind is built from the two detectors' output shapes (`BEVFusion.output_shapes`), so every adapter
 and projector exists at construction and trains with the student. Student and teacher may differ in
 modality, width and BEV resolution, but their BEV grids must cover the same metric region.
 
-A "dense" term may read a submodule's output instead of a named one: `feature` is then the module path
+A "dense" term may read a submodule's output instead of a named one: `source` is then the module path
 (in both networks) and the option `shapes` gives {"student": (C, H, W), "teacher": (C, H, W)}. The
 distiller records those outputs itself: run both networks inside `Distiller.recording(student,
 teacher)`, then call the distiller with their named outputs:
@@ -44,26 +44,29 @@ from unikd.distill.recorder import FeatureRecorder
 # UniDistill's placements (docs/ARCHITECTURE.md, named outputs): low-level BEV, high-level BEV, head; the combined InfoNCE
 # over four levels. An experiment turns terms on through its weights.
 UNIDISTILL_TERMS: dict[str, dict[str, Any]] = {
-    "feature": {"loss": "feature", "feature": "bev"},
-    "relation": {"loss": "relation", "feature": "neck"},
-    "response": {"loss": "response", "feature": "head"},
-    "infonce": {"loss": "infonce", "feature": ["voxel_encoder", "middle_encoder", "backbone", "neck"]},
+    "feature": {"kind": "feature", "source": "bev"},
+    "relation": {"kind": "relation", "source": "neck"},
+    "response": {"kind": "response", "source": "head"},
+    "infonce": {"kind": "infonce", "source": ["voxel_encoder", "middle_encoder", "backbone", "neck"]},
 }
 # Map segmentation pairings: the map covers the whole grid, not only the boxes, so the BEV features are
 # imitated everywhere (fitnet) or under the boxes' Gaussian masks (masked), and the response is the
 # per-cell binary KL of the segmentation logits.
 SEGMENTATION_TERMS: dict[str, dict[str, Any]] = {
-    "feature": {"loss": "fitnet", "feature": "bev"},
-    "masked": {"loss": "masked", "feature": "bev"},
-    "seg_response": {"loss": "seg_response", "feature": "seg"},
+    "fitnet": {"kind": "fitnet", "source": "bev"},
+    "masked": {"kind": "masked", "source": "bev"},
+    "seg_response": {"kind": "seg_response", "source": "seg"},
 }
 
 
 def term_kind(name: str, spec: Mapping[str, Any]) -> type[DistillTerm]:
-    """The registered class of a spec entry's `loss`."""
-    kind = spec.get("loss")
+    """The registered class of a spec entry's `kind`."""
+    renamed = sorted({"loss", "feature"} & set(spec))
+    if renamed:
+        raise ValueError(f"distill term {name!r}: the spec keys 'loss' and 'feature' are now 'kind' and 'source', got {renamed}")
+    kind = spec.get("kind")
     if kind not in TERM_KINDS:
-        raise ValueError(f"distill term {name!r}: loss must be one of {sorted(TERM_KINDS)}, got {kind!r}")
+        raise ValueError(f"distill term {name!r}: kind must be one of {sorted(TERM_KINDS)}, got {kind!r}")
     return TERM_KINDS[kind]
 
 
@@ -73,20 +76,20 @@ def needs_train_samples(terms: Mapping[str, Mapping[str, Any]], weights: Mapping
 
 
 def _read_shapes(
-    name: str, kind: type[DistillTerm], feature: Any, module_shapes: Any, student: nn.Module, teacher: nn.Module
+    name: str, kind: type[DistillTerm], source: Any, module_shapes: Any, student: nn.Module, teacher: nn.Module
 ) -> tuple[Any, Any]:
     """The (student, teacher) shapes of what a term reads, checked against what the kind reads."""
     student_shapes, teacher_shapes = student.output_shapes(), teacher.output_shapes()
     if kind.reads == "levels":
-        if not isinstance(feature, (list, tuple)) or not feature or module_shapes is not None:
-            raise ValueError(f"distill term {name!r} ({kind.kind}): 'feature' must list named outputs, got {feature!r}")
-        levels = list(feature)
+        if not isinstance(source, (list, tuple)) or not source or module_shapes is not None:
+            raise ValueError(f"distill term {name!r} ({kind.kind}): 'source' must list named outputs, got {source!r}")
+        levels = list(source)
     else:
-        if not isinstance(feature, str):
-            raise ValueError(f"distill term {name!r} ({kind.kind}): 'feature' must name one output, got {feature!r}")
-        levels = [feature]
-    if kind.reads == "head" and feature != "head":
-        raise ValueError(f"distill term {name!r} ({kind.kind}) reads the head outputs ('head'), got {feature!r}")
+        if not isinstance(source, str):
+            raise ValueError(f"distill term {name!r} ({kind.kind}): 'source' must name one output, got {source!r}")
+        levels = [source]
+    if kind.reads == "head" and source != "head":
+        raise ValueError(f"distill term {name!r} ({kind.kind}) reads the head outputs ('head'), got {source!r}")
     if kind.reads == "head":
         for network, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
             if "head" not in shapes:
@@ -100,13 +103,13 @@ def _read_shapes(
                 f"distill term {name!r}: 'shapes' is {{'student': (C, H, W), 'teacher': (C, H, W)}} of the "
                 f"module path a dense term reads, got {module_shapes!r} for a {kind.kind} term"
             )
-        if feature in student_shapes or feature in teacher_shapes:
-            raise ValueError(f"distill term {name!r}: {feature!r} is a named output; 'shapes' is for module paths")
+        if source in student_shapes or source in teacher_shapes:
+            raise ValueError(f"distill term {name!r}: {source!r} is a named output; 'shapes' is for module paths")
         for network, model in (("student", student), ("teacher", teacher)):
-            if feature not in dict(model.named_modules()):
-                raise KeyError(f"distill term {name!r}: {feature!r} is not a module path of the {network}")
-        student_shapes[feature] = tuple(module_shapes["student"])
-        teacher_shapes[feature] = tuple(module_shapes["teacher"])
+            if source not in dict(model.named_modules()):
+                raise KeyError(f"distill term {name!r}: {source!r} is not a module path of the {network}")
+        student_shapes[source] = tuple(module_shapes["student"])
+        teacher_shapes[source] = tuple(module_shapes["teacher"])
     for level in levels:
         for network, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
             if level not in shapes:
@@ -117,10 +120,10 @@ def _read_shapes(
                 )
     if kind.reads == "levels":
         return {level: student_shapes[level] for level in levels}, {level: teacher_shapes[level] for level in levels}
-    shapes = student_shapes[feature], teacher_shapes[feature]
+    shapes = student_shapes[source], teacher_shapes[source]
     if kind.reads == "dense" and not all(isinstance(shape, tuple) and len(shape) == 3 for shape in shapes):
         raise ValueError(
-            f"distill term {name!r} ({kind.kind}) needs a dense BEV output [B, C, H, W]; {feature!r} is not one"
+            f"distill term {name!r} ({kind.kind}) needs a dense BEV output [B, C, H, W]; {source!r} is not one"
         )
     return shapes
 
@@ -131,11 +134,11 @@ def build_term(
     """The term `name` of a spec entry, built by its kind from both detectors' shapes."""
     options = dict(spec)
     kind = term_kind(name, options)
-    del options["loss"]
-    feature, module_shapes = options.pop("feature", None), options.pop("shapes", None)
-    student_shape, teacher_shape = _read_shapes(name, kind, feature, module_shapes, student, teacher)
+    del options["kind"]
+    source, module_shapes = options.pop("source", None), options.pop("shapes", None)
+    student_shape, teacher_shape = _read_shapes(name, kind, source, module_shapes, student, teacher)
     setup = TermSetup(
-        tuple(feature) if kind.reads == "levels" else feature,
+        tuple(source) if kind.reads == "levels" else source,
         student_shape,
         teacher_shape,
         teacher.grid,
@@ -180,12 +183,12 @@ class Distiller(nn.Module):
                 f"{regions[0]} vs {regions[1]}; use the same point_cloud_range"
             )
         self.weights = {name: float(weight) for name, weight in weights.items() if weight != 0}
-        self.features = {name: terms[name]["feature"] for name in self.weights}
         self.terms = nn.ModuleDict(
             {name: build_term(name, terms[name], student, teacher, num_train_samples) for name in self.weights}
         )
+        self.sources = {name: terms[name]["source"] for name in self.weights}
         # Submodule outputs the terms read beside the named outputs, recorded by `recording`.
-        self.module_paths = sorted({terms[name]["feature"] for name in self.weights if "shapes" in terms[name]})
+        self.module_paths = sorted({terms[name]["source"] for name in self.weights if "shapes" in terms[name]})
         self._recorders: dict[str, FeatureRecorder] = {}
 
     @contextlib.contextmanager
@@ -233,12 +236,12 @@ class Distiller(nn.Module):
         self, name: str, student: Mapping[str, Any], teacher: Mapping[str, Any], batch: Mapping[str, Any]
     ) -> dict[str, torch.Tensor]:
         """The weighted losses of one term from both networks' outputs (`inputs`)."""
-        term, feature = self.terms[name], self.features[name]
+        term, source = self.terms[name], self.sources[name]
         context = {"context": {n: teacher[n] for n in term.teacher_context}} if term.teacher_context else {}
         if term.reads == "levels":
-            levels = {f: student[f] for f in feature}, {f: teacher[f] for f in feature}
+            levels = {f: student[f] for f in source}, {f: teacher[f] for f in source}
             value = term.distill(*levels, batch, **context)
         else:
-            value = term.distill(student[feature], teacher[feature], batch, **context)
+            value = term.distill(student[source], teacher[source], batch, **context)
         parts = value if isinstance(value, dict) else {"": value}
         return {"/".join(filter(None, ("distill", name, part))): self.weights[name] * loss for part, loss in parts.items()}

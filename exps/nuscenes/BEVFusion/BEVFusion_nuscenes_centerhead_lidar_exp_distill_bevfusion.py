@@ -16,7 +16,7 @@ Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_transfusion_fusion_exp.py")
 class BEVFusion_nuscenes_centerhead_lidar_exp_distill_bevfusion(DistillExp, Student):
     teacher_exp_class = Teacher
     teacher_model_size = "bevfusion_fusion"
-    distill_terms = {**UNIDISTILL_TERMS, "heatmap_kd": {"loss": "heatmap_kd", "feature": "head"}}
+    distill_terms = {**UNIDISTILL_TERMS, "heatmap_kd": {"kind": "heatmap_kd", "source": "head"}}
     distill_weights = {"feature": 10.0, "relation": 1.0, "heatmap_kd": 10.0}
 
 

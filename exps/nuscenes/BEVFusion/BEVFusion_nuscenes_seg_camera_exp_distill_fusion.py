@@ -16,7 +16,7 @@ class BEVFusion_nuscenes_seg_camera_exp_distill_fusion(DistillExp, Student):
     teacher_exp_class = Teacher
     teacher_model_size = "nuscenes_seg"
     distill_terms = SEGMENTATION_TERMS
-    distill_weights = {"feature": 1.0, "masked": 0.0, "seg_response": 10.0}
+    distill_weights = {"fitnet": 1.0, "masked": 0.0, "seg_response": 10.0}
 
 
 if __name__ == "__main__":
