@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ from unikd.data.samplers import EpochShuffleSampler, UnpaddedDistributedSampler
 from unikd.data.transforms import BEVAugConfig, apply_bda_to_boxes
 from unikd.evaluation.predictions import make_prediction
 from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata, load_camera_init
+from unikd.exps.finite_guard import FiniteLossGuard
+from unikd.exps.loader_workers import stop_signal_shield
 from unikd.exps.options import apply_options
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
@@ -66,14 +67,6 @@ def one_cycle_factor(step: int, total_steps: int, warmup: float = 0.4, start: fl
     return end + (1 - end) * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))) / 2
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """In a data-loading worker: leave SIGTERM / SIGUSR1 to the training process, which saves and stops at
-    the end of its batch (a cluster signals every process of a job; a worker that died of it would
-    fail the batch before the checkpoint). The workers still end with their loader."""
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
-
-
 class BaseExp(pl.LightningModule):
     """An experiment file subclasses this and states only what differs.
 
@@ -94,6 +87,7 @@ class BaseExp(pl.LightningModule):
     lr: float = 2e-3
     weight_decay: float = 0.01
     grad_clip: float = 35.0
+    max_nonfinite_steps: int = 20  # mixed precision: non-finite steps in a row skipped before training stops
     num_workers: int = 2
     eval_backend: str = "metric"  # "metric" (fast, identical) or "devkit" (official)
     eval_backends: tuple[str, ...] = ("metric", "devkit")
@@ -133,6 +127,7 @@ class BaseExp(pl.LightningModule):
         self._resume_position: tuple[int, int] | None = None  # (epoch, batches done) of a resumed run
         self._datasets: dict[str, NuScenesDetectionDataset] = {}
         self._metric = None
+        self._finite_guard: FiniteLossGuard | None = None  # built at the first step, for the trainer's precision
 
     def check_settings(self) -> None:
         """Settings that would otherwise fail late, checked when the experiment is built."""
@@ -222,7 +217,7 @@ class BaseExp(pl.LightningModule):
             collate_fn=collate_batch,
             pin_memory=torch.cuda.is_available(),
             drop_last=shuffle,  # training
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=stop_signal_shield(),  # a job-wide SIGTERM leaves the workers to the checkpoint
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -327,14 +322,13 @@ class BaseExp(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.training_losses(batch)
-        bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
-        if bad:
-            raise FloatingPointError(
-                f"non-finite loss at epoch {self.current_epoch} step {self.global_step}: "
-                + ", ".join(f"{name}={losses[name].item()}" for name in bad)
-                + f" (samples {batch['sample_token']})"
-            )
         total = sum(losses.values())
+        if self._finite_guard is None:
+            self._finite_guard = FiniteLossGuard("mixed" in str(self.trainer.precision), self.max_nonfinite_steps)
+        last = self.run_dir() / "checkpoints" / "last.ckpt"
+        where = f"at epoch {self.current_epoch} step {self.global_step} (samples {batch['sample_token']})"
+        if not self._finite_guard.check(losses, where, last if last.is_file() else None):
+            return total  # mixed precision: its non-finite gradients make the grad scaler skip the update, on every rank
         batch_size = len(batch["sample_token"])
         for name, value in losses.items():
             self.log(f"train/{name}", value, batch_size=batch_size)

@@ -7,8 +7,10 @@ by what it is and which flags would load it, instead of by hundreds of key names
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -22,9 +24,9 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
 from unikd.interop import detector_state
+from unikd.models.camera.depth_pretrain import CAMERA_INIT_PARTS
 
 METADATA_KEY = "unikd"
-from unikd.models.camera.depth_pretrain import CAMERA_INIT_PARTS
 MAX_GROUPS = 8  # module groups listed in a mismatch summary
 
 
@@ -44,13 +46,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        check_finite_weights(checkpoint, Path(path))
         save_atomically(checkpoint, Path(path))
         if self.on_saved is not None:
             self.on_saved(Path(path))
 
 
+class NonFiniteWeights(FloatingPointError):
+    """A checkpoint about to be written holds non-finite weights."""
+
+
+def check_finite_weights(checkpoint: Mapping[str, Any], path: Path) -> None:
+    """A NonFiniteWeights error, instead of a save, when the `state_dict` of `checkpoint` has a non-finite
+    tensor: it names them, the step, and the newest checkpoint of the folder (the last finite state)."""
+    state = checkpoint.get("state_dict") or {}
+    bad = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if not bad:
+        return
+    last = path.parent / "last.ckpt"
+    resume = f"resume from the last finite checkpoint with --ckpt_path {last}" if last.is_file() else "no checkpoint was saved before"
+    raise NonFiniteWeights(
+        f"not saving {path}: {len(bad)} tensors of the model are non-finite at epoch {checkpoint.get('epoch')} step "
+        f"{checkpoint.get('global_step')} (e.g. {', '.join(bad[:3])}): training diverged (lower lr, check the data); "
+        f"{resume}"
+    )
+
+
+PARTIAL_GLOB = ".*.partial"  # save_atomically's temporary files
+
+
+def remove_partial_checkpoints(folder: Path) -> None:
+    """Remove the temporary files that an interrupted save (a killed process) left in `folder`; call it only
+    while holding the folder's run lock (no save is under way)."""
+    for partial in folder.glob(PARTIAL_GLOB):
+        partial.unlink(missing_ok=True)
+
+
 def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save into `path` through a temporary file beside it and one rename."""
+    """torch.save into `path` through a temporary file beside it and one rename. A full disk is a
+    CheckpointError that says so and names the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
@@ -60,14 +94,30 @@ def save_atomically(obj: Any, path: Path) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a checkpoint is not
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if _disk_full(error):
+            raise CheckpointError(
+                f"disk full: could not write checkpoint {path.name} in {path.parent} (no space left on the device; "
+                f"{shutil.disk_usage(path.parent).free:,} bytes free now); free space or pass another --output_root, "
+                "then resume from the newest checkpoint there (the ones already written are intact)"
+            ) from error
         raise
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the rename itself survives a crash
     finally:
         os.close(directory)
+
+
+def _disk_full(error: BaseException) -> bool:
+    """Whether `error` or an error in its chain is ENOSPC (torch reports it as a RuntimeError caused by it)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _umask() -> int:

@@ -20,17 +20,22 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from unikd.exps.checkpoints import (
+    METADATA_KEY,
     AtomicCheckpointIO,
     CheckpointError,
     check_state_dict,
+    describe_checkpoint,
     experiment_hint,
     load_detector_checkpoint,
     read_checkpoint,
+    remove_partial_checkpoints,
 )
 from unikd.exps.distributed import RankSeeding, ddp_strategy
 from unikd.exps.interrupt import CheckpointOnSignal, TrainingInterrupted
 from unikd.exps.options import parse_options
 from unikd.exps.run_dir import discard_if_empty, is_launch_rank_zero, point_latest, resolve_run_dir
+from unikd.exps.run_lock import RunLock
+from unikd.exps.step_checkpoints import NewestStepCheckpoint
 from unikd.interop import is_unikd_checkpoint
 from unikd.ops.precision import enable_tf32
 from unikd.ops.spconv_compat import check_cuda_build
@@ -195,6 +200,14 @@ def restored_checkpoint(exp: pl.LightningModule, path: str, training: bool) -> s
             )
         load_detector_checkpoint(exp.model, checkpoint, path, target, "--ckpt_path", experiment_hint)
         return None
+    written_by = (checkpoint.get(METADATA_KEY) or {}).get("experiment")
+    if training and written_by not in (None, type(exp).__name__):
+        raise CheckpointError(
+            f"--ckpt_path {path} is {describe_checkpoint(checkpoint)}: training resumes only a checkpoint of its own "
+            f"experiment, {type(exp).__name__} (its optimizer and loop state); "
+            f"{experiment_hint(checkpoint[METADATA_KEY])} to resume it"
+            + (", or pass it as --teacher_ckpt to distil from it" if "teacher_ckpt" in exp.cli_arguments else "")
+        )
     check_state_dict(checkpoint["state_dict"], exp.state_dict(), path, target, checkpoint, hint=experiment_hint)
     return path
 
@@ -232,7 +245,10 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
     run_dir = resolve_run_dir(args.output_root, exp_class.__name__, args.run_name)
     exp.output_dir = run_dir
     owner = is_launch_rank_zero()
-    if owner:
+    lock = RunLock(run_dir)
+    if owner:  # the other processes of this run write under its lock
+        lock.acquire()
+        remove_partial_checkpoints(run_dir / "checkpoints")
         (run_dir / "config.json").write_text(json.dumps({"argv": sys.argv, "args": vars(args)}, indent=2, default=str))
     try:
         run(exp, args, run_dir, accelerator, devices)
@@ -240,9 +256,14 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
         print(stop, file=sys.stderr)
         raise
     except BaseException:
-        if owner and discard_if_empty(run_dir):
-            print(f"run folder {run_dir} removed: the run failed before writing any result", file=sys.stderr)
+        if owner:
+            lock.release()
+            if discard_if_empty(run_dir):
+                print(f"run folder {run_dir} removed: the run failed before writing any result", file=sys.stderr)
         raise
+    finally:
+        if owner:
+            lock.release()
     if owner and (args.evaluate or args.predict):
         point_latest(run_dir)
     return exp
@@ -251,25 +272,22 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
 def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accelerator: str, devices: int) -> None:
     """Build the Trainer and train, evaluate or predict."""
     checkpoint_dir = run_dir / "checkpoints"
+    # One name policy: every save of the newest state, by any callback or run (a resumed one included), writes
+    # last.ckpt itself (no version counter: never last-v1.ckpt), so last.ckpt is the newest state.
     callbacks = [
         # every epoch, whether or not it validates, so that a crash loses at most one epoch
         ModelCheckpoint(
-            dirpath=str(checkpoint_dir), save_last=True, save_top_k=-1, every_n_epochs=1, save_on_train_epoch_end=True
+            dirpath=str(checkpoint_dir),
+            save_last=True,
+            save_top_k=-1,
+            every_n_epochs=1,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
     if args.checkpoint_every_n_steps:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(checkpoint_dir),
-                filename="{step}",
-                save_last=True,
-                save_top_k=1,
-                monitor="step",
-                mode="max",
-                every_n_train_steps=args.checkpoint_every_n_steps,
-            )
-        )
+        callbacks.append(NewestStepCheckpoint(checkpoint_dir, args.checkpoint_every_n_steps))
     under_slurm = SLURMEnvironment.detect()
     signals = (signal.SIGTERM,) if under_slurm else (signal.SIGTERM, signal.SIGUSR1)  # SLURM: Lightning requeues
     callbacks.append(CheckpointOnSignal(checkpoint_dir, signals))
