@@ -224,7 +224,7 @@ def test_camera_options_are_checked() -> None:
         image_neck("lss", [16, 32], [4, 8], [8, 8], None)
     with pytest.raises(ValueError, match="image neck must be one of"):
         image_neck("fpn", [16, 32], [4, 8], 8, None)
-    with pytest.raises(ValueError, match="geometry one of"):
+    with pytest.raises(ValueError, match="geometry must be one of"):
         LSSViewTransform(geometry="bevfusion")
     with pytest.raises(ValueError, match="depth_net must be one of"):
         LSSViewTransform(depth_net="3x3")

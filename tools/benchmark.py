@@ -1176,7 +1176,7 @@ def bench_head_step(ctx: Context, case: str) -> dict:
     for name, size in HEAD_SIZES.items():
         config = model_config(size, ("lidar",))
         head_config, channels = dict(config["head"]), sum(config["neck"]["out_channels"])
-        heads[name] = HEADS[head_config.pop("type", "center")](channels, grid=grid, **head_config).to(ctx.device)
+        heads[name] = HEADS.build(head_config.pop("type", "center"), channels, grid=grid, **head_config).to(ctx.device)
     neck = torch.randn(TERMS_BATCH, channels, grid.height, grid.width, generator=gen).to(ctx.device)
     gt_boxes, gt_labels = [], []
     for _ in range(TERMS_BATCH):

@@ -9,20 +9,19 @@ import torch
 from torch import nn
 
 from unikd.data.map_targets import MAP_CLASSES
+from unikd.models import heads  # noqa: F401  (registers the detection heads)
 from unikd.models.camera import CameraBEVEncoder
 from unikd.models.camera.depth_loss import key_frame_points
 from unikd.models.decoder import SECOND, SECONDFPN
 from unikd.models.fuser import build_fuser
-from unikd.models.heads.center_head import CenterHead
 from unikd.models.heads.seg_head import BEVSegmentationHead
-from unikd.models.heads.transfusion_head import TransFusionHead
 from unikd.models.lidar import MeanVFE, SparseEncoder
 from unikd.models.mgfm import FusionOutput, ModalityGeneralFusion
+from unikd.models.registry import HEADS
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.voxelize import voxelize_batch
 
 POINT_FEATURES = 5  # x, y, z, intensity, time lag
-HEADS = {"center": CenterHead, "transfusion": TransFusionHead}  # config["head"]["type"], "center" when absent
 FUSER_INPUTS = ("camera", "lidar")  # the order of the fuser's inputs
 
 
@@ -92,10 +91,7 @@ class BEVFusion(nn.Module):
         self.head = None
         if config.get("head") is not None:
             head_config = dict(config["head"])
-            head_type = head_config.pop("type", "center")
-            if head_type not in HEADS:
-                raise ValueError(f"config head.type must be one of {sorted(HEADS)}, got {head_type!r}")
-            self.head = HEADS[head_type](neck_channels, grid=self.grid, **head_config)
+            self.head = HEADS.build(head_config.pop("type", "center"), neck_channels, grid=self.grid, **head_config)
         self.seg_head = None
         if config.get("seg_head") is not None:
             self.seg_head = BEVSegmentationHead(neck_channels, self.grid, MAP_CLASSES, **config["seg_head"])

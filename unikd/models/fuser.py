@@ -3,9 +3,10 @@
 With `channel_attention` the concatenation is first gated per channel by sigmoid(1x1 conv of its
 global average), UniDistill's FusionEncoder (`att`, then `reduce_conv`).
 
-`build_fuser` builds a detector's fuser from its configuration: `config["fuser"]["type"]` "conv"
-(the default when `fuser` is absent: this ConvFuser, from `fuser_channels` and `fuser_attention`) or
-"mgfm" (`unikd.models.mgfm.ModalityGeneralFusion`, its settings the other keys of `fuser`).
+`build_fuser` builds a detector's fuser from its configuration: `config["fuser"]["type"]` names a fuser of
+the `FUSERS` registry (`unikd.models.registry`), "conv" when `fuser` is absent. Registered here: "conv" (this
+ConvFuser, from `fuser_channels` and `fuser_attention`) and "mgfm" (`unikd.models.mgfm.ModalityGeneralFusion`
+to `fuser_channels`, its settings the other keys of `fuser`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import torch
 from torch import nn
 
 from unikd.models.mgfm import ModalityGeneralFusion
-
-FUSER_TYPES = ("conv", "mgfm")
+from unikd.models.registry import FUSERS
 
 
 class ChannelGate(nn.Sequential):
@@ -73,16 +73,25 @@ class ConvFuser(nn.Sequential):
 def build_fuser(in_channels: Sequence[int], config: dict, grid_size: tuple[int, int]) -> nn.Module:
     """The fuser of a detector `config` (module doc) for inputs of `in_channels` on a `grid_size` BEV."""
     settings = dict(config.get("fuser", {"type": "conv"}))
-    kind = settings.pop("type", None)
-    if kind not in FUSER_TYPES:
-        raise ValueError(f"config 'fuser' type must be one of {FUSER_TYPES}, got {kind!r}")
-    if kind == "conv":
-        if settings:
-            raise ValueError(
-                "config 'fuser' of type 'conv' takes no settings (a ConvFuser's are fuser_channels and "
-                f"fuser_attention), got {sorted(settings)}"
-            )
-        return ConvFuser(in_channels, config["fuser_channels"], config.get("fuser_attention", False))
+    return FUSERS.build(settings.pop("type", None), in_channels, config, grid_size, **settings)
+
+
+@FUSERS.register("conv")
+def conv_fuser(in_channels: Sequence[int], config: dict, grid_size: tuple[int, int], **settings) -> ConvFuser:
+    """BEVFusion's ConvFuser (UniDistill's FusionEncoder with `fuser_attention`)."""
+    if settings:
+        raise ValueError(
+            "config 'fuser' of type 'conv' takes no settings (a ConvFuser's are fuser_channels and "
+            f"fuser_attention), got {sorted(settings)}"
+        )
+    return ConvFuser(in_channels, config["fuser_channels"], config.get("fuser_attention", False))
+
+
+@FUSERS.register("mgfm")
+def mgfm_fuser(
+    in_channels: Sequence[int], config: dict, grid_size: tuple[int, int], **settings
+) -> ModalityGeneralFusion:
+    """VeXKD's modality-general fusion module, its settings those of `fuser`."""
     if config.get("fuser_attention", False):
         raise ValueError("fuser_attention is a ConvFuser setting; config 'fuser' has type 'mgfm'")
     try:

@@ -1,5 +1,6 @@
-"""Camera branch: ResNet or Swin backbone, LSS FPN neck, LSS view transform (with BEVFusion's DepthLSS depth
-net as an option) and depth supervision."""
+"""Camera branch: an image backbone (registered in `CAMERA_BACKBONES`: ResNet, Swin), an image neck, the LSS
+view transform with a depth net (registered in `DEPTH_NETS`: LSS's, BEVDepth's 1x1, BEVFusion's DepthLSS) and
+depth supervision. Importing it registers its backbones and depth nets (`unikd.models.registry`)."""
 
 from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins, project_points
 from unikd.models.camera.depth_lss import DepthLSSNet, lidar_depth_image
@@ -7,6 +8,8 @@ from unikd.models.camera.fpn import LSSFPN
 from unikd.models.camera.lss import (
     CameraBEVEncoder,
     CameraBEVOutput,
+    ConvDepthNet,
+    LinearDepthNet,
     LSSViewTransform,
     camera_rays,
     pixel_to_lidar,
@@ -19,8 +22,10 @@ __all__ = [
     "LSSFPN",
     "CameraBEVEncoder",
     "CameraBEVOutput",
+    "ConvDepthNet",
     "DepthLSSNet",
     "LSSViewTransform",
+    "LinearDepthNet",
     "ResNet",
     "SwinTransformer",
     "camera_rays",

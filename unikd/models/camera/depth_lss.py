@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from unikd.models.camera.depth_loss import project_points
+from unikd.models.registry import DEPTH_NETS
 
 DEPTH_IMAGE_STRIDE = 8  # of dtransform: 1 x 4 x 2
 DEPTH_FEATURE_CHANNELS = 64
@@ -62,8 +63,12 @@ def conv_bn_relu_layers(
     return [conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
+@DEPTH_NETS.register("depth_lss")
 class DepthLSSNet(nn.Module):
     """(image features [N, C_in, H_f, W_f], depth image [N, 1, 8 H_f, 8 W_f]) -> [N, D + C, H_f, W_f] logits."""
+
+    needs_points = True  # its forward reads the LiDAR depth image
+    feature_stride = DEPTH_IMAGE_STRIDE
 
     def __init__(self, in_channels: int, num_bins: int, context_channels: int):
         super().__init__()

@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from unikd.models.camera.depth_loss import depth_loss, depth_targets, num_depth_bins
-from unikd.models.camera.depth_lss import DEPTH_IMAGE_STRIDE, DepthLSSNet, lidar_depth_image
+from unikd.models.camera.depth_lss import lidar_depth_image  # its module registers the depth net "depth_lss"
 from unikd.models.camera.fpn import conv_bn_relu, image_neck
 from unikd.models.camera.resnet import ResNet, load_torchvision_state_dict
 from unikd.models.camera.swin import SwinTransformer
+from unikd.models.registry import CAMERA_BACKBONES, DEPTH_NETS
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.bev_pool import bev_pool
 from unikd.ops.checks import value_checks
@@ -39,8 +40,6 @@ from unikd.ops.precision import in_float32
 
 NUSCENES_POINT_RANGE = (-54.0, -54.0, -10.0, 54.0, 54.0, 10.0)
 GEOMETRIES = ("unikd", "bevdepth")
-DEPTH_NETS = ("3x3+1x1", "1x1", "depth_lss")
-BACKBONES = ("resnet", "swin")
 
 
 def camera_rays(
@@ -83,6 +82,29 @@ def resample_bev(bev: torch.Tensor, source: BEVGrid, target: BEVGrid) -> torch.T
     return F.grid_sample(bev, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+@DEPTH_NETS.register("3x3+1x1")
+class ConvDepthNet(nn.Sequential):
+    """LSS's depth net: 3x3 conv + BN + ReLU, then a 1x1 conv to D depth logits and C context channels."""
+
+    needs_points = False
+    feature_stride = None  # any
+
+    def __init__(self, in_channels: int, num_bins: int, context_channels: int):
+        head = nn.Conv2d(in_channels, num_bins + context_channels, 1)
+        super().__init__(conv_bn_relu(in_channels, in_channels, 3), head)
+
+
+@DEPTH_NETS.register("1x1")
+class LinearDepthNet(nn.Sequential):
+    """BEVDepth's (UniDistill's) depth net: the 1x1 conv to D depth logits and C context channels alone."""
+
+    needs_points = False
+    feature_stride = None  # any
+
+    def __init__(self, in_channels: int, num_bins: int, context_channels: int):
+        super().__init__(nn.Conv2d(in_channels, num_bins + context_channels, 1))
+
+
 class LSSViewTransform(nn.Module):
     """Image features of every camera -> camera BEV [B, C, H, W] on `output_grid`, and depth probabilities.
 
@@ -93,9 +115,10 @@ class LSSViewTransform(nn.Module):
     Geometry depends only on the matrices and the feature size; the last one is cached and
     reused when the same values come again.
 
-    `depth_net`: "3x3+1x1" (3x3 conv + BN + ReLU, then the 1x1 conv to D + C channels), "1x1"
-    (the 1x1 conv alone, BEVDepth/UniDistill) or "depth_lss" (BEVFusion's, `depth_lss.DepthLSSNet`: it also
-    reads the LiDAR depth image of the batch's points, so `forward` needs them; feature stride 8).
+    `depth_net`: a depth net of the `DEPTH_NETS` registry (`unikd.models.registry`): "3x3+1x1"
+    (`ConvDepthNet`), "1x1" (`LinearDepthNet`, BEVDepth/UniDistill) or "depth_lss" (BEVFusion's,
+    `depth_lss.DepthLSSNet`: it also reads the LiDAR depth image of the batch's points, so `forward` needs
+    them; feature stride 8).
     `geometry`: "unikd" or "bevdepth" (module doc). `splat_z_range`: the (z_min, z_max) of the pooled
     frustum points, when it is not the point cloud range's.
     """
@@ -115,14 +138,14 @@ class LSSViewTransform(nn.Module):
         splat_z_range: tuple[float, float] | None = None,
     ):
         super().__init__()
-        if depth_net not in DEPTH_NETS or geometry not in GEOMETRIES:
+        depth_net_class = DEPTH_NETS.get(depth_net)
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"camera geometry must be one of {GEOMETRIES}, got {geometry!r}")
+        if depth_net_class.feature_stride not in (None, feature_stride):
             raise ValueError(
-                f"depth_net must be one of {DEPTH_NETS} and geometry one of {GEOMETRIES}, "
-                f"got {depth_net!r} and {geometry!r}"
+                f"depth_net {depth_net!r} reads features at stride {depth_net_class.feature_stride}, got stride {feature_stride}"
             )
-        if depth_net == "depth_lss" and feature_stride != DEPTH_IMAGE_STRIDE:
-            raise ValueError(f"depth_net 'depth_lss' reads features at stride {DEPTH_IMAGE_STRIDE}, got stride {feature_stride}")
-        self.needs_points = depth_net == "depth_lss"
+        self.needs_points = depth_net_class.needs_points
         self.context_channels = context_channels
         self.feature_stride = feature_stride
         self.geometry_convention = geometry
@@ -157,12 +180,7 @@ class LSSViewTransform(nn.Module):
             self.splat_grid.height // bev_downsample, self.splat_grid.width // bev_downsample
         )
         self.output_grid = output_grid or self.bev_grid
-        if depth_net == "depth_lss":
-            self.depth_net = DepthLSSNet(in_channels, self.num_bins, context_channels)
-        else:
-            head = nn.Conv2d(in_channels, self.num_bins + context_channels, 1)
-            hidden = [conv_bn_relu(in_channels, in_channels, 3)] if depth_net == "3x3+1x1" else []
-            self.depth_net = nn.Sequential(*hidden, head)
+        self.depth_net = depth_net_class(in_channels, self.num_bins, context_channels)
         if bev_downsample == 1:
             self.downsample = nn.Identity()
         else:
@@ -279,7 +297,7 @@ class LSSViewTransform(nn.Module):
         height, width = features.shape[-2:]
         if self.needs_points:
             if points is None:
-                raise ValueError("the depth_lss depth net reads the LiDAR depth image: pass the batch's points")
+                raise ValueError("this depth net reads the LiDAR depth image: pass the batch's points")
             image_size = (height * self.feature_stride, width * self.feature_stride)
             depth_image = lidar_depth_image(points, lidar2cam, cam2img, img_aug, bda, image_size)
             out = self.depth_net(features.flatten(0, 1), depth_image.flatten(0, 1))
@@ -326,29 +344,36 @@ def _same_key(cached: tuple, key: tuple) -> bool:
     )
 
 
-def image_backbone(
-    kind: str,
+@CAMERA_BACKBONES.register("resnet")
+def resnet_backbone(
     out_indices: tuple[int, ...],
-    depth: int | None,
-    base_width: int | None,
-    swin: dict | None,
-    pretrained: str | os.PathLike | None,
-) -> ResNet | SwinTransformer:
-    """The image backbone of `CameraBEVEncoder` (its docstring); settings of the other kind are an error."""
-    if kind == "resnet":
-        if swin is not None:
-            raise ValueError(f"the resnet backbone takes no swin settings, got swin={swin}")
-        model = ResNet(50 if depth is None else depth, out_indices, 64 if base_width is None else base_width)
-        if pretrained is not None:
-            load_torchvision_state_dict(model, pretrained)
-        return model
-    if kind == "swin":
-        if depth is not None or base_width is not None:
-            raise ValueError(f"the swin backbone takes no backbone_depth / base_width, got {depth} / {base_width}")
-        if pretrained is not None:
-            raise ValueError("pretrained (a torchvision ResNet file) does not apply to the swin backbone")
-        return SwinTransformer(out_indices=out_indices, **(swin or {}))
-    raise ValueError(f"camera backbone must be one of {BACKBONES}, got {kind!r}")
+    backbone_depth: int = 50,
+    base_width: int = 64,
+    pretrained: str | os.PathLike | None = None,
+    **other,
+) -> ResNet:
+    """A ResNet of `backbone_depth` layers at `base_width`, torchvision ImageNet weights from `pretrained`."""
+    if other:
+        raise ValueError(
+            f"the resnet backbone takes no {' / '.join(sorted(other))} settings "
+            "(its settings: backbone_depth, base_width, pretrained)"
+        )
+    model = ResNet(backbone_depth, out_indices, base_width)
+    if pretrained is not None:
+        load_torchvision_state_dict(model, pretrained)
+    return model
+
+
+@CAMERA_BACKBONES.register("swin")
+def swin_backbone(
+    out_indices: tuple[int, ...], swin: dict | None = None, pretrained: None = None, **other
+) -> SwinTransformer:
+    """A Swin Transformer of the `swin` settings (those of `SwinTransformer` other than `out_indices`; Swin-T)."""
+    if other:
+        raise ValueError(f"the swin backbone takes no {' / '.join(sorted(other))} (its settings: swin), got {other}")
+    if pretrained is not None:
+        raise ValueError("pretrained (a torchvision ResNet file) does not apply to the swin backbone")
+    return SwinTransformer(out_indices=out_indices, **(swin or {}))
 
 
 class CameraBEVOutput(NamedTuple):
@@ -371,18 +396,16 @@ class CameraBEVEncoder(nn.Module):
     BEVFusion's camera branch (mmdet3d `projects/BEVFusion`) is `backbone="swin"` with `depth_net="depth_lss"`,
     `geometry="bevdepth"` and `splat_z_range` (`unikd.models.configs.BEVFUSION_CAMERA`).
 
-    `backbone`: "resnet" (`backbone_depth`, default 50, and `base_width`, default 64) or "swin" (`swin`:
-    the `SwinTransformer` settings other than `out_indices`, default Swin-T).
+    `backbone` names a camera backbone of the `CAMERA_BACKBONES` registry (`unikd.models.registry`), built
+    from `out_indices` and `backbone_settings` (the keyword arguments not listed here): "resnet"
+    (`resnet_backbone`: `backbone_depth`, default 50, `base_width`, default 64, `pretrained`) or "swin"
+    (`swin_backbone`: `swin`, the `SwinTransformer` settings other than `out_indices`, default Swin-T).
     """
 
     def __init__(
         self,
         backbone: str = "resnet",
-        backbone_depth: int | None = None,
-        base_width: int | None = None,
-        swin: dict | None = None,
         out_indices: tuple[int, ...] = (1, 2, 3),
-        pretrained: str | os.PathLike | None = None,
         neck_channels: int | tuple[int, ...] = 256,
         context_channels: int = 80,
         depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5),
@@ -395,9 +418,10 @@ class CameraBEVEncoder(nn.Module):
         depth_net: str = "3x3+1x1",
         geometry: str = "unikd",
         splat_z_range: tuple[float, float] | None = None,
+        **backbone_settings,
     ):
         super().__init__()
-        self.backbone = image_backbone(backbone, out_indices, backbone_depth, base_width, swin, pretrained)
+        self.backbone = CAMERA_BACKBONES.build(backbone, out_indices, **backbone_settings)
         self.neck, neck_out, self.feature_stride = image_neck(
             neck, self.backbone.out_channels, self.backbone.out_strides, neck_channels, neck_upsample_strides
         )

@@ -19,6 +19,7 @@ from torch import nn
 from unikd.data.classes import CLASSES, TASKS
 from unikd.models.heads.box_coder import CODE_SIZE, CODE_SLICES, decode_boxes
 from unikd.models.heads.center_targets import TaskTargets, build_targets
+from unikd.models.registry import HEADS
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.nms import circle_nms, rotated_nms
 from unikd.ops.rotated_iou import paired_bev_iou
@@ -80,6 +81,7 @@ class SeparateHead(nn.Module):
         return {name: head(x) for name, head in self.heads.items()}
 
 
+@HEADS.register("center")
 class CenterHead(nn.Module):
     """CenterPoint head over a BEV map whose extent and resolution are `grid`.
 

@@ -83,6 +83,7 @@ from unikd.models.heads.box_coder import CODE_SIZE, decode_boxes, encode_boxes
 from unikd.models.heads.center_head import HEATMAP_INIT_BIAS, gaussian_focal_loss
 from unikd.models.heads.center_targets import build_targets
 from unikd.models.heads.transfusion_assigner import HungarianAssigner
+from unikd.models.registry import HEADS
 from unikd.ops.bev_grid import BEVGrid
 
 # mmdet3d's nuScenes class_names: the channels of the heatmaps and the class encoding
@@ -232,6 +233,7 @@ class QueryPredictionHead(nn.Module):
         return {name: getattr(self, name)(query) for name in self.output_names}
 
 
+@HEADS.register("transfusion")
 class TransFusionHead(nn.Module):
     """TransFusion head over a BEV map whose extent and resolution are `grid` (module doc).
 
