@@ -1,14 +1,67 @@
-"""Each preset's camera branch reads the images its image augmentation makes."""
+"""The presets: each preset's camera branch reads the images its image augmentation makes, the preset table is
+the one frozen in tests/fixtures/presets/preset_table.json (written from the table before the presets became
+named constants; `python tests/test_presets.py` rewrites it after an intended change), and `derive` merges
+sections, replaces and removes them as it says."""
+
+import json
+from pathlib import Path
 
 import pytest
 
 from unikd.exps.base_exp import image_aug_for
-from unikd.models.configs import _SIZES
+from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive
 
-SMALL_CAMERA = _SIZES["small"]["camera"]
+SMALL_CAMERA = SMALL.config["camera"]
+TABLE = Path(__file__).parent / "fixtures" / "presets" / "preset_table.json"
 
 
-@pytest.mark.parametrize("size", sorted(name for name, config in _SIZES.items() if config.get("camera") == SMALL_CAMERA))
+def canonical(value):
+    """`value` with every dict as its sorted (key, value) pairs: equal for equal configurations, tuples and lists,
+    ints and floats told apart by `repr`."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, canonical(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return type(value)(canonical(item) for item in value)
+    return value
+
+
+def preset_table() -> dict[str, str]:
+    return {name: repr(canonical(preset.config)) for name, preset in sorted(PRESETS.items())}
+
+
+@pytest.mark.parametrize(
+    "size", sorted(name for name, preset in PRESETS.items() if preset.config.get("camera") == SMALL_CAMERA)
+)
 def test_presets_with_the_small_camera_read_small_images(size):
     assert image_aug_for(size) == image_aug_for("small")
     assert image_aug_for(size).final_size == (128, 352)
+
+
+def test_every_frozen_preset_is_unchanged():
+    frozen = json.loads(TABLE.read_text())
+    table = preset_table()
+    assert set(frozen) <= set(table)
+    for name, config in frozen.items():
+        assert table[name] == config, name
+    assert all(name == preset.name for name, preset in PRESETS.items())
+
+
+def test_derive_merges_replaces_and_removes_sections():
+    base = Preset("base", {"a": 1, "head": {"x": 1, "inner": {"p": 1, "q": 2}}, "camera": {"w": 3}, "seg": {}})
+    derived = derive(base, "derived", a=2, head={"inner": {"q": 5}, "y": 0}, camera=Replace({"v": 4}), seg=REMOVE,
+                     fuser={"type": "mgfm"})
+    assert derived == Preset(
+        "derived", {"a": 2, "head": {"x": 1, "inner": {"p": 1, "q": 5}, "y": 0}, "camera": {"v": 4}, "fuser": {"type": "mgfm"}}
+    )
+    assert base.config == {"a": 1, "head": {"x": 1, "inner": {"p": 1, "q": 2}}, "camera": {"w": 3}, "seg": {}}
+    derived.config["head"]["inner"]["p"] = 9
+    assert base.config["head"]["inner"]["p"] == 1  # a deep copy
+    with pytest.raises(KeyError, match="derived.lidar: no such section to remove"):
+        derive(base, "derived", lidar=REMOVE)
+    with pytest.raises(TypeError, match="derived.a: a dict cannot be merged into 1; use Replace"):
+        derive(base, "derived", a={"b": 1})
+
+
+if __name__ == "__main__":
+    TABLE.write_text(json.dumps(preset_table(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(PRESETS)} presets to {TABLE}")

@@ -33,6 +33,7 @@ from unikd.interop.bevfusion_camera import camera_to_unikd, check_geometry
 from unikd.interop.formats import CheckpointFormat, CheckpointFormatError, Conversion, State, register_format
 from unikd.interop.mmdet3d_meta import mmdet3d_box_convention
 from unikd.interop.spconv_layout import spconv2_kernels
+from unikd.models.configs import BEVFUSION_FUSION, BEVFUSION_LIDAR
 
 CAMERA_ROOTS = ("img_backbone.", "img_neck.", "view_transform.")
 
@@ -154,8 +155,8 @@ def modalities(state: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
     return ("camera", "lidar") if camera else ("lidar",)
 
 
-# unikd model size of mmdet3d's published BEVFusion models, by their sensors
-MODEL_SIZES = {("lidar",): "bevfusion_lidar", ("camera", "lidar"): "bevfusion_fusion"}
+# unikd preset of mmdet3d's published BEVFusion models, by their sensors
+MODEL_SIZES = {("lidar",): BEVFUSION_LIDAR.name, ("camera", "lidar"): BEVFUSION_FUSION.name}
 
 
 def is_bevfusion_state(state: Mapping[str, torch.Tensor]) -> bool:

@@ -25,6 +25,7 @@ import torch
 from unikd.interop.formats import CheckpointFormat, Conversion, State, register_format
 from unikd.interop.mmdet3d_meta import mmdet3d_box_convention
 from unikd.interop.spconv_layout import spconv1_kernel, spconv2_kernel
+from unikd.models.configs import CENTERPOINT_0075, CENTERPOINT_01
 
 _BLOCK_PARTS = ("conv1", "bn1", "conv2", "bn2")
 
@@ -155,10 +156,10 @@ def unikd_to_centerpoint(state: Mapping[str, torch.Tensor], spconv_version: int 
     return converted
 
 
-# unikd model size of each published configuration, by its voxel size
+# unikd preset of each published configuration, by its voxel size
 PUBLISHED = {
-    (0.075, 0.075, 0.2): ("centerpoint_0075", "centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d"),
-    (0.1, 0.1, 0.2): ("centerpoint_01", "centerpoint_voxel01_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d"),
+    (0.075, 0.075, 0.2): (CENTERPOINT_0075.name, "centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d"),
+    (0.1, 0.1, 0.2): (CENTERPOINT_01.name, "centerpoint_voxel01_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d"),
 }
 
 

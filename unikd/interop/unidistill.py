@@ -34,6 +34,7 @@ import torch
 from unikd.interop.formats import CheckpointFormat, CheckpointFormatError, Conversion, State, register_format
 from unikd.interop.spconv_layout import spconv2_kernels
 from unikd.interop.unidistill_camera import camera_to_unikd, check_geometry_buffers
+from unikd.models.configs import UNIDISTILL_CAMERA, UNIDISTILL_FUSION, UNIDISTILL_LIDAR
 
 MODEL_PREFIX = "model."
 CAMERA_ROOTS = ("camera_encoder.", "fusion_encoder.")
@@ -142,8 +143,12 @@ def unidistill_to_unikd(
     return converted, unmapped, dropped
 
 
-# the unikd model size of each UniDistill model, by its modalities
-MODEL_SIZES = {("lidar",): "unidistill_lidar", ("camera",): "unidistill_camera", ("camera", "lidar"): "unidistill_fusion"}
+# the unikd preset of each UniDistill model, by its modalities
+MODEL_SIZES = {
+    ("lidar",): UNIDISTILL_LIDAR.name,
+    ("camera",): UNIDISTILL_CAMERA.name,
+    ("camera", "lidar"): UNIDISTILL_FUSION.name,
+}
 
 
 def _to_unikd(conversion: Conversion) -> tuple[State, str]:

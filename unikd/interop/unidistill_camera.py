@@ -3,7 +3,7 @@
 Keys are taken after the checkpoint's model prefix (`model.` in its Lightning `state_dict`, none in
 the `model_state` its distillation experiments read). UniDistill's `camera_encoder.backbone` is
 BEVDepth's LSSFPN, which unikd's camera branch reproduces with the options of
-`unikd.models.configs.UNIDISTILL_CAMERA`:
+`unikd.models.configs.UNIDISTILL_CAMERA_BRANCH`:
 
 - `img_backbone`: mmdet's ResNet-50 (style pytorch: the stride on the 3x3 conv), all four stages;
   its names (`conv1`, `bn1`, `layer{1..4}.{i}.conv{1,2,3}/bn{1,2,3}/downsample.{0,1}`) are

@@ -1,25 +1,77 @@
-"""Detector configurations (presets), by name: `model_config(size, modalities, task)`.
+"""Detector configurations: presets as named constants derived from each other, and `model_config`.
 
-The presets: `nuscenes` (BEVFusion's reference sizes), `student` (a lighter LiDAR student), `small` (a CPU
-setting for tests and demos) and its variants (`small_transfusion`, `small_bevfusion`, `small_mgfm`), the
-published networks that other frameworks' checkpoints load into (`centerpoint_0075`, `centerpoint_01`,
-`unidistill_lidar` / `_camera` / `_fusion`, `bevfusion_lidar` / `_fusion`), `nuscenes_mgfm` and `nuscenes_seg`.
-A configuration is a plain nested dict (so `--exp_options model_config.head.score_threshold=0.2`
-reaches any field); `BEVFusion` reads it. Branch dicts are kept only for the modalities used, and
-only the head of the task: `head` (a CenterHead, or a TransFusionHead with `type: transfusion`) for
-detection, `seg_head` (map segmentation) for segmentation.
+A preset is a `Preset` (its name, once, and its configuration); most are `derive`d from another with what
+differs. `PRESETS` maps each name to its preset; the name is what `--exp_options model_size=...` (or
+`preset=...`) selects and what checkpoints record. The constants below say where each comes from: BEVFusion's
+reference sizes (`NUSCENES`), a lighter LiDAR student (`STUDENT`), the CPU setting of tests and demos (`SMALL`)
+and its variants, the published networks that other frameworks' checkpoints load into (CenterPoint, UniDistill,
+BEVFusion), the MGFM fuser and map segmentation.
+
+A configuration is a plain nested dict (so `--exp_options model_config.head.score_threshold=0.2` reaches any
+field); `BEVFusion` reads it: `lidar` and `camera` (the branches; `camera.backbone` and `camera.depth_net` name
+registered parts, `unikd.models.registry`), `fuser` (its `type` a registered fuser; a ConvFuser of
+`fuser_channels` when absent), `backbone` and `neck` (the decoder), and the head of the task: `head` (its
+`type` a registered head, "center" when absent) for detection, `seg_head` (map segmentation) for segmentation.
+`model_config` keeps the branches of the modalities used and the head of the task.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named detector configuration. Never changed in place: `model_config` and `derive` copy it."""
+
+    name: str
+    config: dict[str, Any]
+
+
+class Replace(NamedTuple):
+    """In `derive`: this section in place of the base's whole section (not merged into it)."""
+
+    section: dict[str, Any]
+
+
+REMOVE = object()  # in `derive`: the base's section is removed
+
+
+def derive(base: Preset, name: str, **changes: Any) -> Preset:
+    """The preset `name`: a deep copy of `base` with `changes`. A dict is merged into the base's section of
+    that name key by key (recursively; a new section when the base has none); `Replace(section)` replaces
+    the section whole; `REMOVE` deletes it; any other value replaces the base's."""
+    return Preset(name, _merged(base.config, changes, name))
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        path = f"{where}.{key}"
+        if value is REMOVE:
+            if key not in merged:
+                raise KeyError(f"{path}: no such section to remove; the base has {sorted(merged)}")
+            del merged[key]
+        elif isinstance(value, Replace):
+            merged[key] = copy.deepcopy(value.section)
+        elif isinstance(value, dict):
+            if not isinstance(merged.get(key, {}), dict):
+                raise TypeError(f"{path}: a dict cannot be merged into {merged[key]!r}; use Replace")
+            merged[key] = _merged(merged.get(key, {}), value, path)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
 
 NUSCENES_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
 SMALL_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 
-_SIZES: dict[str, dict] = {
-    # BEVFusion's nuScenes reference: 0.075 m voxels -> 180x180 BEV of 0.6 m cells.
-    "nuscenes": {
+# BEVFusion's nuScenes reference: 0.075 m voxels -> 180x180 BEV of 0.6 m cells.
+NUSCENES = Preset(
+    "nuscenes",
+    {
         "point_cloud_range": NUSCENES_RANGE,
         "lidar": {
             "voxel_size": (0.075, 0.075, 0.2),
@@ -50,27 +102,26 @@ _SIZES: dict[str, dict] = {
         "neck": {"out_channels": (256, 256), "upsample_strides": (1, 2)},
         "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
     },
-    # Same-modality compression student: 0.1 m voxels, narrower encoder and decoder, 256-channel neck.
-    "student": {
-        "point_cloud_range": NUSCENES_RANGE,
-        "lidar": {
-            "voxel_size": (0.1, 0.1, 0.2),
-            "max_points_per_voxel": 10,
-            "max_voxels": 90000,
-            "sparse_encoder": {
-                "base_channels": 16,
-                "encoder_channels": ((16, 32), (32, 64), (64, 128), (128,)),
-                "downsample_paddings": (1, 1, (0, 1, 1)),
-                "output_channels": 64,
-            },
-        },
-        "bev_cell": 0.8,
-        "backbone": {"out_channels": (64, 128), "layer_nums": (3, 3), "layer_strides": (1, 2)},
-        "neck": {"out_channels": (128, 128), "upsample_strides": (1, 2)},
-        "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
+)
+
+# Same-modality compression student: 0.1 m voxels, narrower encoder and decoder, 256-channel neck.
+STUDENT = derive(
+    NUSCENES,
+    "student",
+    lidar={
+        "voxel_size": (0.1, 0.1, 0.2),
+        "max_voxels": 90000,
+        "sparse_encoder": {"encoder_channels": ((16, 32), (32, 64), (64, 128), (128,)), "output_channels": 64},
     },
-    # A CPU setting for tests and demos: 0.4 m voxels, 1.6 m BEV cells, narrow layers, small images.
-    "small": {
+    bev_cell=0.8,
+    backbone={"out_channels": (64, 128), "layer_nums": (3, 3)},
+    neck={"out_channels": (128, 128)},
+)
+
+# A CPU setting for tests and demos: 0.4 m voxels, 1.6 m BEV cells, narrow layers, small images.
+SMALL = Preset(
+    "small",
+    {
         "point_cloud_range": SMALL_RANGE,
         "lidar": {
             "voxel_size": (0.4, 0.4, 0.5),
@@ -103,17 +154,18 @@ _SIZES: dict[str, dict] = {
         # BEVFusion's map grid (200 x 200 cells of 0.5 m), narrow layers
         "seg_head": {"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "channels": 16},
     },
-}
-_SIZES["student"] = {**copy.deepcopy(_SIZES["nuscenes"]), **_SIZES["student"]}
+)
+
 # mmdet3d's published nuScenes CenterPoint models (`unikd.interop.mmdet3d_centerpoint`), layer for layer:
 # centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d is the nuScenes LiDAR size
 # (sparse shape [41, 1440, 1440], 180x180 BEV); the voxel01 model covers +-51.2 m at 0.1 m voxels
 # (sparse shape [41, 1024, 1024], 128x128 BEV of 0.8 m). Both: max 10 points per voxel, 120000 voxels
 # at test time, top 500 per task, score > 0.1, circle NMS, 83 kept per task.
-_SIZES["centerpoint_0075"] = copy.deepcopy(_SIZES["nuscenes"])
-_SIZES["centerpoint_01"] = copy.deepcopy(_SIZES["nuscenes"])
-_SIZES["centerpoint_01"].update(point_cloud_range=SMALL_RANGE, bev_cell=0.8)
-_SIZES["centerpoint_01"]["lidar"]["voxel_size"] = (0.1, 0.1, 0.2)
+CENTERPOINT_0075 = derive(NUSCENES, "centerpoint_0075")
+CENTERPOINT_01 = derive(
+    NUSCENES, "centerpoint_01", point_cloud_range=SMALL_RANGE, bev_cell=0.8, lidar={"voxel_size": (0.1, 0.1, 0.2)}
+)
+
 # UniDistill's LiDAR detector (BEVFusion_nuscenes_centerhead_lidar_exp, `unikd.interop.unidistill`), layer for
 # layer: the nuScenes LiDAR branch and decoder (its VoxelResBackBone8x, HeightCompression and BaseBEVBackbone are
 # this SparseEncoder, SECOND and SECONDFPN) and CenterHeadIouAware: an `iou` map per task, decoding ranked by
@@ -121,16 +173,19 @@ _SIZES["centerpoint_01"]["lidar"]["voxel_size"] = (0.1, 0.1, 0.2)
 # [0.001, 30] m, rotated BEV NMS at IoU 0.1, 100 kept per task; of those up to 600, the 500 best scored
 # (the nuScenes devkit's limit per sample, which its own evaluation would stop at). (Its voxelizer keeps
 # 120000 voxels in training and testing: the test value of its config is never read.)
-_SIZES["unidistill_lidar"] = copy.deepcopy(_SIZES["nuscenes"])
-_SIZES["unidistill_lidar"]["head"].update(
-    top_k=1500,
-    post_max_size=100,
-    iou_rectifier=(0.65,) * 6,
-    nms_type="rotated",
-    nms_iou_threshold=0.1,
-    post_center_range=(-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-    dim_range=(0.001, 30.0),
-    max_per_sample=500,
+UNIDISTILL_LIDAR = derive(
+    NUSCENES,
+    "unidistill_lidar",
+    head={
+        "top_k": 1500,
+        "post_max_size": 100,
+        "iou_rectifier": (0.65,) * 6,
+        "nms_type": "rotated",
+        "nms_iou_threshold": 0.1,
+        "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+        "dim_range": (0.001, 30.0),
+        "max_per_sample": 500,
+    },
 )
 
 # mmdet3d's BEVFusion-L head (projects/BEVFusion, bevfusion_lidar_voxel0075_second_secfpn_8xb4-cyclic-20e_nus-3d):
@@ -139,42 +194,51 @@ _SIZES["unidistill_lidar"]["head"].update(
 # no NMS. Its LiDAR branch and decoder are the nuScenes size's: BEVFusionSparseEncoder is CenterPoint's
 # SparseEncoder in x-major order (`unikd.interop.bevfusion` carries its weights across), SECOND and SECONDFPN the
 # same; its voxelizer keeps up to 160000 voxels at test time (the teacher's case; 120000 in training).
-_SIZES["bevfusion_lidar"] = copy.deepcopy(_SIZES["nuscenes"])
-_SIZES["bevfusion_lidar"]["lidar"]["max_voxels"] = 160000
-_SIZES["bevfusion_lidar"]["head"] = {
-    "type": "transfusion",
-    "num_proposals": 200,
-    "hidden_channels": 128,
-    "num_heads": 8,
-    "ffn_channels": 256,
-    "num_decoder_layers": 1,
-    "nms_kernel_size": 3,
-    "score_threshold": None,
-    "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-}
+BEVFUSION_LIDAR = derive(
+    NUSCENES,
+    "bevfusion_lidar",
+    lidar={"max_voxels": 160000},
+    head=Replace(
+        {
+            "type": "transfusion",
+            "num_proposals": 200,
+            "hidden_channels": 128,
+            "num_heads": 8,
+            "ffn_channels": 256,
+            "num_decoder_layers": 1,
+            "nms_kernel_size": 3,
+            "score_threshold": None,
+            "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+        }
+    ),
+)
 # The small CPU setting with a TransFusionHead at small width (tests, synthetic training).
-_SIZES["small_transfusion"] = copy.deepcopy(_SIZES["small"])
-_SIZES["small_transfusion"]["head"] = {
-    "type": "transfusion",
-    "num_proposals": 100,
-    "hidden_channels": 32,
-    "num_heads": 4,
-    "ffn_channels": 64,
-    "head_conv": 32,
-    "num_decoder_layers": 1,
-    "nms_kernel_size": 3,
-    "score_threshold": None,
-    "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-}
+SMALL_TRANSFUSION = derive(
+    SMALL,
+    "small_transfusion",
+    head=Replace(
+        {
+            "type": "transfusion",
+            "num_proposals": 100,
+            "hidden_channels": 32,
+            "num_heads": 4,
+            "ffn_channels": 64,
+            "head_conv": 32,
+            "num_decoder_layers": 1,
+            "nms_kernel_size": 3,
+            "score_threshold": None,
+            "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+        }
+    ),
+)
 
 # UniDistill's camera encoder (BEVDepth's LSSFPN as its camera and fusion experiments configure it):
 # mmdet ResNet-50 (all four stages), SECONDFPN image neck [256, 512, 1024, 2048] -> 4 x 128 at stride
 # 16, a 1x1 depth net 512 -> 112 depth bins [2, 58, 0.5] + 256 context channels, BEVDepth's frustum,
 # pooled straight into the 0.6 m, 180 x 180 BEV (no downsampling convs); trained without depth
 # supervision. Its fusion model gates the concatenation per channel before the 3x3 conv to 256.
-# (`unikd.interop.unidistill_camera`.) Sizes unidistill_camera (modalities camera) and unidistill_fusion
-# (lidar + camera): these with unidistill_lidar's LiDAR branch, decoder and head.
-UNIDISTILL_CAMERA = {
+# (`unikd.interop.unidistill_camera`.)
+UNIDISTILL_CAMERA_BRANCH = {
     "backbone_depth": 50,
     "base_width": 64,
     "out_indices": (0, 1, 2, 3),
@@ -190,9 +254,16 @@ UNIDISTILL_CAMERA = {
     "geometry": "bevdepth",
 }
 UNIDISTILL_FUSER = {"fuser_channels": 256, "fuser_attention": True}
-for _size in ("unidistill_camera", "unidistill_fusion"):
-    _SIZES[_size] = copy.deepcopy(_SIZES["unidistill_lidar"])
-    _SIZES[_size].update(camera=copy.deepcopy(UNIDISTILL_CAMERA), depth_loss_weight=0.0, **UNIDISTILL_FUSER)
+# UniDistill's camera (modalities camera) and fusion (lidar + camera) models: these with unidistill_lidar's
+# LiDAR branch, decoder and head; one network under the two names its experiments use.
+UNIDISTILL_CAMERA = derive(
+    UNIDISTILL_LIDAR,
+    "unidistill_camera",
+    camera=Replace(UNIDISTILL_CAMERA_BRANCH),
+    depth_loss_weight=0.0,
+    **UNIDISTILL_FUSER,
+)
+UNIDISTILL_FUSION = derive(UNIDISTILL_CAMERA, "unidistill_fusion")
 
 # BEVFusion's camera branch (mmdet3d projects/BEVFusion, bevfusion_lidar-cam_voxel0075_second_secfpn_8xb4-cyclic-
 # 20e_nus-3d; `unikd.interop.bevfusion_camera`): Swin-T (embed 96, depths [2, 2, 6, 2], heads [3, 6, 12, 24],
@@ -215,11 +286,12 @@ BEVFUSION_CAMERA = {
     "geometry": "bevdepth",
     "splat_z_range": (-10.0, 10.0),
 }
-# Size bevfusion_fusion (BEVFusion-LC): bevfusion_lidar with this camera and the ConvFuser [80, 256] -> 256.
-_SIZES["bevfusion_fusion"] = copy.deepcopy(_SIZES["bevfusion_lidar"])
-_SIZES["bevfusion_fusion"].update(camera=copy.deepcopy(BEVFUSION_CAMERA), depth_loss_weight=0.0, fuser_channels=256)
-# Its CPU variant for tests and demos (size small_bevfusion: small_transfusion with it): a Swin of three stages at
-# width 16 (stages 1-2 out, strides 8 and 16), the small camera's widths, grid and depth bins.
+# BEVFusion-LC: bevfusion_lidar with this camera and the ConvFuser [80, 256] -> 256.
+BEVFUSION_FUSION = derive(
+    BEVFUSION_LIDAR, "bevfusion_fusion", camera=Replace(BEVFUSION_CAMERA), depth_loss_weight=0.0, fuser_channels=256
+)
+# Its CPU variant for tests and demos (small_transfusion with it): a Swin of three stages at width 16 (stages 1-2
+# out, strides 8 and 16), the small camera's widths, grid and depth bins.
 SMALL_BEVFUSION_CAMERA = dict(
     BEVFUSION_CAMERA,
     swin={"embed_dims": 16, "depths": (2, 2, 2), "num_heads": (1, 2, 4), "window_size": 7, "drop_path_rate": 0.1},
@@ -229,8 +301,9 @@ SMALL_BEVFUSION_CAMERA = dict(
     depth_bins=(1.0, 60.0, 1.0),
     bev_cell=0.8,
 )
-_SIZES["small_bevfusion"] = copy.deepcopy(_SIZES["small_transfusion"])
-_SIZES["small_bevfusion"].update(camera=copy.deepcopy(SMALL_BEVFUSION_CAMERA), depth_loss_weight=0.0)
+SMALL_BEVFUSION = derive(
+    SMALL_TRANSFUSION, "small_bevfusion", camera=Replace(SMALL_BEVFUSION_CAMERA), depth_loss_weight=0.0
+)
 
 # BEVFusion's nuScenes map segmentation (mit-han-lab/bevfusion configs/nuscenes/seg: lidar-centerpoint-bev128,
 # camera-bev256d2, fusion-bev256d2-lss): +-51.2 m, 0.1 m voxels -> 128 x 128 BEV of 0.8 m (the camera's 0.4 m
@@ -239,12 +312,13 @@ _SIZES["small_bevfusion"].update(camera=copy.deepcopy(SMALL_BEVFUSION_CAMERA), d
 # conv3x3-BN-ReLU of the input's width, 1x1 to the 6 map classes, sigmoid focal loss. Differences: the
 # camera backbone is unikd's ResNet-50 (BEVFusion: Swin-T), and the camera-only model keeps SECOND/SECONDFPN
 # (BEVFusion: GeneralizedResNet + LSSFPN to 256 channels).
-_SIZES["nuscenes_seg"] = copy.deepcopy(_SIZES["nuscenes"])
-del _SIZES["nuscenes_seg"]["head"]
-_SIZES["nuscenes_seg"]["lidar"]["voxel_size"] = (0.1, 0.1, 0.2)
-_SIZES["nuscenes_seg"]["camera"].update(bev_cell=0.4, bev_downsample=2)
-_SIZES["nuscenes_seg"].update(
+NUSCENES_SEG = derive(
+    NUSCENES,
+    "nuscenes_seg",
+    head=REMOVE,
     point_cloud_range=SMALL_RANGE,
+    lidar={"voxel_size": (0.1, 0.1, 0.2)},
+    camera={"bev_cell": 0.4, "bev_downsample": 2},
     bev_cell=0.8,
     depth_loss_weight=0.0,
     seg_head={"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "num_layers": 2},
@@ -255,29 +329,54 @@ _SIZES["nuscenes_seg"].update(
 # (BEVFormer's widths at the nuScenes size: 256 channels, 8 heads, 4 points, FFN 512; 3 blocks).
 MGFM_FUSER = {"type": "mgfm", "embed_dims": 256, "num_heads": 8, "num_points": 4, "num_blocks": 3,
               "ffn_channels": 512, "modality_dropout": 0.0}
-_SIZES["nuscenes_mgfm"] = copy.deepcopy(_SIZES["nuscenes"])
-_SIZES["nuscenes_mgfm"]["fuser"] = dict(MGFM_FUSER)
-_SIZES["small_mgfm"] = copy.deepcopy(_SIZES["small"])
-_SIZES["small_mgfm"]["fuser"] = dict(MGFM_FUSER, embed_dims=64, num_heads=4, num_blocks=2, ffn_channels=128)
+NUSCENES_MGFM = derive(NUSCENES, "nuscenes_mgfm", fuser=MGFM_FUSER)
+SMALL_MGFM = derive(SMALL, "small_mgfm", fuser=dict(MGFM_FUSER, embed_dims=64, num_heads=4, num_blocks=2, ffn_channels=128))
+
+
+def _by_name(*presets: Preset) -> dict[str, Preset]:
+    names = [preset.name for preset in presets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"preset names must be unique; repeated: {repeated}")
+    return dict(zip(names, presets, strict=True))
+
+
+PRESETS: dict[str, Preset] = _by_name(
+    NUSCENES,
+    STUDENT,
+    SMALL,
+    CENTERPOINT_0075,
+    CENTERPOINT_01,
+    UNIDISTILL_LIDAR,
+    BEVFUSION_LIDAR,
+    SMALL_TRANSFUSION,
+    UNIDISTILL_CAMERA,
+    UNIDISTILL_FUSION,
+    BEVFUSION_FUSION,
+    SMALL_BEVFUSION,
+    NUSCENES_SEG,
+    NUSCENES_MGFM,
+    SMALL_MGFM,
+)
 
 MODALITIES = ("lidar", "camera")
 HEAD_OF_TASK = {"detection": "head", "segmentation": "seg_head"}
 
 
 def model_config(size: str, modalities: tuple[str, ...], task: str = "detection") -> dict:
-    """The configuration of `size` for the given modalities and task (a fresh copy)."""
-    if size not in _SIZES:
-        raise ValueError(f"unknown model size {size!r}; expected one of {sorted(_SIZES)}")
+    """The configuration of the preset named `size` for the given modalities and task (a fresh copy)."""
+    if size not in PRESETS:
+        raise ValueError(f"unknown model size (preset) {size!r}; expected one of {sorted(PRESETS)}")
     unknown = set(modalities) - set(MODALITIES)
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
     if task not in HEAD_OF_TASK:
         raise ValueError(f"unknown task {task!r}; expected one of {tuple(HEAD_OF_TASK)}")
     head = HEAD_OF_TASK[task]
-    if head not in _SIZES[size]:
-        sizes = sorted(name for name, config in _SIZES.items() if head in config)
+    if head not in PRESETS[size].config:
+        sizes = sorted(name for name, preset in PRESETS.items() if head in preset.config)
         raise ValueError(f"model size {size!r} has no {task} head ({head!r}); sizes with one: {sizes}")
-    config = copy.deepcopy(_SIZES[size])
+    config = copy.deepcopy(PRESETS[size].config)
     for other in HEAD_OF_TASK.values():
         if other != head:
             config.pop(other, None)
