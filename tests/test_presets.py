@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from unikd.exps.base_exp import image_aug_for
+from unikd.exps.cli import run_cli
+from unikd.exps.distill_exp import load_exp_class
 from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive
 
 SMALL_CAMERA = SMALL.config["camera"]
 TABLE = Path(__file__).parent / "fixtures" / "presets" / "preset_table.json"
+EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"
 
 
 def canonical(value):
@@ -60,6 +63,25 @@ def test_derive_merges_replaces_and_removes_sections():
         derive(base, "derived", lidar=REMOVE)
     with pytest.raises(TypeError, match="derived.a: a dict cannot be merged into 1; use Replace"):
         derive(base, "derived", a={"b": 1})
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        # small_transfusion's head has a type (a registered head): the model was built from that preset
+        (("preset=small_transfusion", "model_config.head.type=centre"), ValueError, "config head.type must be one of"),
+        (("model_size=small_transfusion", "model_config.head.type=centre"), ValueError, "config head.type must be one of"),
+        (("preset=small", "model_config.head.type=centre"), KeyError, "model_config.head has no key 'type'; known: \\['head_conv'"),
+        (("preset=small", "model_size=small"), ValueError, "preset and model_size name the same setting"),
+    ],
+)
+def test_preset_option_is_the_model_size(tmp_path: Path, options: tuple[str, ...], error: type, message: str):
+    exp_class = load_exp_class(EXP_DIR / "BEVFusion_nuscenes_transfusion_lidar_exp.py")
+    argv = ["--data_root", str(tmp_path / "nuscenes"), "--output_root", str(tmp_path / "outputs"), "-b", "1",
+            "--exp_options", *options]
+    with pytest.raises(error, match=message):
+        run_cli(exp_class, argv)
+    assert not (tmp_path / "outputs").exists()
 
 
 if __name__ == "__main__":

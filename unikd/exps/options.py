@@ -22,13 +22,23 @@ def parse_value(text: str) -> Any:
         return text
 
 
+# Clearer names accepted for experiment attributes: `preset=small` sets `model_size` (a preset of
+# `unikd.models.configs.PRESETS`), `teacher_preset=...` sets `teacher_model_size`.
+OPTION_NAMES = {"preset": "model_size", "teacher_preset": "teacher_model_size"}
+
+
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    options = {}
+    """{attribute path: value} of `key=value` pairs (the last of a key wins); a clearer name (OPTION_NAMES)
+    gives its attribute's key, and both names of one attribute is an error."""
+    options, given_as = {}, {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--exp_options expects key=value, got {pair!r}")
-        options[key] = parse_value(value)
+        attribute = OPTION_NAMES.get(key, key)
+        if given_as.setdefault(attribute, key) != key:
+            raise ValueError(f"--exp_options {given_as[attribute]} and {key} name the same setting ({attribute}); give one")
+        options[attribute] = parse_value(value)
     return options
 
 
