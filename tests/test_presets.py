@@ -11,7 +11,7 @@ import pytest
 from unikd.exps.base_exp import image_aug_for
 from unikd.exps.cli import run_cli
 from unikd.exps.distill_exp import load_exp_class
-from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive
+from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive, register_preset
 
 SMALL_CAMERA = SMALL.config["camera"]
 TABLE = Path(__file__).parent / "fixtures" / "presets" / "preset_table.json"
@@ -63,6 +63,8 @@ def test_derive_merges_replaces_and_removes_sections():
         derive(base, "derived", lidar=REMOVE)
     with pytest.raises(TypeError, match="derived.a: a dict cannot be merged into 1; use Replace"):
         derive(base, "derived", a={"b": 1})
+    with pytest.raises(ValueError, match="preset 'small' is already registered"):
+        register_preset(derive(SMALL, "small"))
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """Detector configurations: presets as named constants derived from each other, and `model_config`.
 
 A preset is a `Preset` (its name, once, and its configuration); most are `derive`d from another with what
-differs. `PRESETS` maps each name to its preset; the name is what `--exp_options model_size=...` (or
-`preset=...`) selects and what checkpoints record. The constants below say where each comes from: BEVFusion's
+differs, and each is one `register_preset` into `PRESETS` (name -> preset). The name is what
+`--exp_options preset=...` (or `model_size=...`) selects and what checkpoints record; other modules refer
+to a preset by its constant (`SMALL.name`). The constants below say where each comes from: BEVFusion's
 reference sizes (`NUSCENES`), a lighter LiDAR student (`STUDENT`), the CPU setting of tests and demos (`SMALL`)
 and its variants, the published networks that other frameworks' checkpoints load into (CenterPoint, UniDistill,
 BEVFusion), the MGFM fuser and map segmentation.
@@ -65,95 +66,112 @@ def _merged(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[s
     return merged
 
 
+PRESETS: dict[str, Preset] = {}
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Make `preset` selectable by its name (`PRESETS`, `model_config`); a name is registered once."""
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    PRESETS[preset.name] = preset
+    return preset
+
+
 NUSCENES_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
 SMALL_RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
 
 # BEVFusion's nuScenes reference: 0.075 m voxels -> 180x180 BEV of 0.6 m cells.
-NUSCENES = Preset(
-    "nuscenes",
-    {
-        "point_cloud_range": NUSCENES_RANGE,
-        "lidar": {
-            "voxel_size": (0.075, 0.075, 0.2),
-            "max_points_per_voxel": 10,
-            "max_voxels": 120000,
-            "sparse_encoder": {
-                "base_channels": 16,
-                "encoder_channels": ((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)),
-                "downsample_paddings": (1, 1, (0, 1, 1)),
-                "output_channels": 128,
+NUSCENES = register_preset(
+    Preset(
+        "nuscenes",
+        {
+            "point_cloud_range": NUSCENES_RANGE,
+            "lidar": {
+                "voxel_size": (0.075, 0.075, 0.2),
+                "max_points_per_voxel": 10,
+                "max_voxels": 120000,
+                "sparse_encoder": {
+                    "base_channels": 16,
+                    "encoder_channels": ((16, 16, 32), (32, 32, 64), (64, 64, 128), (128, 128)),
+                    "downsample_paddings": (1, 1, (0, 1, 1)),
+                    "output_channels": 128,
+                },
             },
+            "camera": {
+                "backbone_depth": 50,
+                "base_width": 64,
+                "out_indices": (1, 2, 3),
+                "pretrained": None,
+                "neck_channels": 256,
+                "context_channels": 80,
+                "depth_bins": (1.0, 60.0, 0.5),
+                "bev_cell": 0.3,
+                "bev_downsample": 2,
+            },
+            "depth_loss_weight": 3.0,
+            "bev_cell": 0.6,
+            "fuser_channels": 256,
+            "backbone": {"out_channels": (128, 256), "layer_nums": (5, 5), "layer_strides": (1, 2)},
+            "neck": {"out_channels": (256, 256), "upsample_strides": (1, 2)},
+            "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
         },
-        "camera": {
-            "backbone_depth": 50,
-            "base_width": 64,
-            "out_indices": (1, 2, 3),
-            "pretrained": None,
-            "neck_channels": 256,
-            "context_channels": 80,
-            "depth_bins": (1.0, 60.0, 0.5),
-            "bev_cell": 0.3,
-            "bev_downsample": 2,
-        },
-        "depth_loss_weight": 3.0,
-        "bev_cell": 0.6,
-        "fuser_channels": 256,
-        "backbone": {"out_channels": (128, 256), "layer_nums": (5, 5), "layer_strides": (1, 2)},
-        "neck": {"out_channels": (256, 256), "upsample_strides": (1, 2)},
-        "head": {"shared_channels": 64, "head_conv": 64, "score_threshold": 0.1, "post_max_size": 83},
-    },
+    )
 )
 
 # Same-modality compression student: 0.1 m voxels, narrower encoder and decoder, 256-channel neck.
-STUDENT = derive(
-    NUSCENES,
-    "student",
-    lidar={
-        "voxel_size": (0.1, 0.1, 0.2),
-        "max_voxels": 90000,
-        "sparse_encoder": {"encoder_channels": ((16, 32), (32, 64), (64, 128), (128,)), "output_channels": 64},
-    },
-    bev_cell=0.8,
-    backbone={"out_channels": (64, 128), "layer_nums": (3, 3)},
-    neck={"out_channels": (128, 128)},
+STUDENT = register_preset(
+    derive(
+        NUSCENES,
+        "student",
+        lidar={
+            "voxel_size": (0.1, 0.1, 0.2),
+            "max_voxels": 90000,
+            "sparse_encoder": {"encoder_channels": ((16, 32), (32, 64), (64, 128), (128,)), "output_channels": 64},
+        },
+        bev_cell=0.8,
+        backbone={"out_channels": (64, 128), "layer_nums": (3, 3)},
+        neck={"out_channels": (128, 128)},
+    )
 )
 
 # A CPU setting for tests and demos: 0.4 m voxels, 1.6 m BEV cells, narrow layers, small images.
-SMALL = Preset(
-    "small",
-    {
-        "point_cloud_range": SMALL_RANGE,
-        "lidar": {
-            "voxel_size": (0.4, 0.4, 0.5),
-            "max_points_per_voxel": 5,
-            "max_voxels": 40000,
-            "sparse_encoder": {
-                "base_channels": 16,
-                "encoder_channels": ((16, 32), (32, 64), (64,)),
-                "downsample_paddings": (1, (0, 1, 1)),
-                "output_channels": 64,
+SMALL = register_preset(
+    Preset(
+        "small",
+        {
+            "point_cloud_range": SMALL_RANGE,
+            "lidar": {
+                "voxel_size": (0.4, 0.4, 0.5),
+                "max_points_per_voxel": 5,
+                "max_voxels": 40000,
+                "sparse_encoder": {
+                    "base_channels": 16,
+                    "encoder_channels": ((16, 32), (32, 64), (64,)),
+                    "downsample_paddings": (1, (0, 1, 1)),
+                    "output_channels": 64,
+                },
             },
+            "camera": {
+                "backbone_depth": 18,
+                "base_width": 16,
+                "out_indices": (1, 2, 3),  # stride 8: the step time of stride 16 (the decoder dominates), finer rows
+                "pretrained": None,
+                "neck_channels": 32,
+                "context_channels": 32,
+                "depth_bins": (1.0, 60.0, 1.0),
+                "bev_cell": 0.8,
+                "bev_downsample": 2,
+            },
+            "depth_loss_weight": 3.0,
+            "bev_cell": 1.6,
+            "fuser_channels": 64,
+            "backbone": {"out_channels": (64, 128), "layer_nums": (2, 2), "layer_strides": (1, 2)},
+            "neck": {"out_channels": (64, 64), "upsample_strides": (1, 2)},
+            "head": {"shared_channels": 32, "head_conv": 32, "score_threshold": 0.1, "post_max_size": 83},
+            # BEVFusion's map grid (200 x 200 cells of 0.5 m), narrow layers
+            "seg_head": {"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "channels": 16},
         },
-        "camera": {
-            "backbone_depth": 18,
-            "base_width": 16,
-            "out_indices": (1, 2, 3),  # stride 8: the step time of stride 16 (the decoder dominates), finer rows
-            "pretrained": None,
-            "neck_channels": 32,
-            "context_channels": 32,
-            "depth_bins": (1.0, 60.0, 1.0),
-            "bev_cell": 0.8,
-            "bev_downsample": 2,
-        },
-        "depth_loss_weight": 3.0,
-        "bev_cell": 1.6,
-        "fuser_channels": 64,
-        "backbone": {"out_channels": (64, 128), "layer_nums": (2, 2), "layer_strides": (1, 2)},
-        "neck": {"out_channels": (64, 64), "upsample_strides": (1, 2)},
-        "head": {"shared_channels": 32, "head_conv": 32, "score_threshold": 0.1, "post_max_size": 83},
-        # BEVFusion's map grid (200 x 200 cells of 0.5 m), narrow layers
-        "seg_head": {"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "channels": 16},
-    },
+    )
 )
 
 # mmdet3d's published nuScenes CenterPoint models (`unikd.interop.mmdet3d_centerpoint`), layer for layer:
@@ -161,9 +179,11 @@ SMALL = Preset(
 # (sparse shape [41, 1440, 1440], 180x180 BEV); the voxel01 model covers +-51.2 m at 0.1 m voxels
 # (sparse shape [41, 1024, 1024], 128x128 BEV of 0.8 m). Both: max 10 points per voxel, 120000 voxels
 # at test time, top 500 per task, score > 0.1, circle NMS, 83 kept per task.
-CENTERPOINT_0075 = derive(NUSCENES, "centerpoint_0075")
-CENTERPOINT_01 = derive(
-    NUSCENES, "centerpoint_01", point_cloud_range=SMALL_RANGE, bev_cell=0.8, lidar={"voxel_size": (0.1, 0.1, 0.2)}
+CENTERPOINT_0075 = register_preset(derive(NUSCENES, "centerpoint_0075"))
+CENTERPOINT_01 = register_preset(
+    derive(
+        NUSCENES, "centerpoint_01", point_cloud_range=SMALL_RANGE, bev_cell=0.8, lidar={"voxel_size": (0.1, 0.1, 0.2)}
+    )
 )
 
 # UniDistill's LiDAR detector (BEVFusion_nuscenes_centerhead_lidar_exp, `unikd.interop.unidistill`), layer for
@@ -173,19 +193,21 @@ CENTERPOINT_01 = derive(
 # [0.001, 30] m, rotated BEV NMS at IoU 0.1, 100 kept per task; of those up to 600, the 500 best scored
 # (the nuScenes devkit's limit per sample, which its own evaluation would stop at). (Its voxelizer keeps
 # 120000 voxels in training and testing: the test value of its config is never read.)
-UNIDISTILL_LIDAR = derive(
-    NUSCENES,
-    "unidistill_lidar",
-    head={
-        "top_k": 1500,
-        "post_max_size": 100,
-        "iou_rectifier": (0.65,) * 6,
-        "nms_type": "rotated",
-        "nms_iou_threshold": 0.1,
-        "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-        "dim_range": (0.001, 30.0),
-        "max_per_sample": 500,
-    },
+UNIDISTILL_LIDAR = register_preset(
+    derive(
+        NUSCENES,
+        "unidistill_lidar",
+        head={
+            "top_k": 1500,
+            "post_max_size": 100,
+            "iou_rectifier": (0.65,) * 6,
+            "nms_type": "rotated",
+            "nms_iou_threshold": 0.1,
+            "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+            "dim_range": (0.001, 30.0),
+            "max_per_sample": 500,
+        },
+    )
 )
 
 # mmdet3d's BEVFusion-L head (projects/BEVFusion, bevfusion_lidar_voxel0075_second_secfpn_8xb4-cyclic-20e_nus-3d):
@@ -194,42 +216,46 @@ UNIDISTILL_LIDAR = derive(
 # no NMS. Its LiDAR branch and decoder are the nuScenes size's: BEVFusionSparseEncoder is CenterPoint's
 # SparseEncoder in x-major order (`unikd.interop.bevfusion` carries its weights across), SECOND and SECONDFPN the
 # same; its voxelizer keeps up to 160000 voxels at test time (the teacher's case; 120000 in training).
-BEVFUSION_LIDAR = derive(
-    NUSCENES,
-    "bevfusion_lidar",
-    lidar={"max_voxels": 160000},
-    head=Replace(
-        {
-            "type": "transfusion",
-            "num_proposals": 200,
-            "hidden_channels": 128,
-            "num_heads": 8,
-            "ffn_channels": 256,
-            "num_decoder_layers": 1,
-            "nms_kernel_size": 3,
-            "score_threshold": None,
-            "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-        }
-    ),
+BEVFUSION_LIDAR = register_preset(
+    derive(
+        NUSCENES,
+        "bevfusion_lidar",
+        lidar={"max_voxels": 160000},
+        head=Replace(
+            {
+                "type": "transfusion",
+                "num_proposals": 200,
+                "hidden_channels": 128,
+                "num_heads": 8,
+                "ffn_channels": 256,
+                "num_decoder_layers": 1,
+                "nms_kernel_size": 3,
+                "score_threshold": None,
+                "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+            }
+        ),
+    )
 )
 # The small CPU setting with a TransFusionHead at small width (tests, synthetic training).
-SMALL_TRANSFUSION = derive(
-    SMALL,
-    "small_transfusion",
-    head=Replace(
-        {
-            "type": "transfusion",
-            "num_proposals": 100,
-            "hidden_channels": 32,
-            "num_heads": 4,
-            "ffn_channels": 64,
-            "head_conv": 32,
-            "num_decoder_layers": 1,
-            "nms_kernel_size": 3,
-            "score_threshold": None,
-            "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
-        }
-    ),
+SMALL_TRANSFUSION = register_preset(
+    derive(
+        SMALL,
+        "small_transfusion",
+        head=Replace(
+            {
+                "type": "transfusion",
+                "num_proposals": 100,
+                "hidden_channels": 32,
+                "num_heads": 4,
+                "ffn_channels": 64,
+                "head_conv": 32,
+                "num_decoder_layers": 1,
+                "nms_kernel_size": 3,
+                "score_threshold": None,
+                "post_center_range": (-61.2, -61.2, -10.0, 61.2, 61.2, 10.0),
+            }
+        ),
+    )
 )
 
 # UniDistill's camera encoder (BEVDepth's LSSFPN as its camera and fusion experiments configure it):
@@ -256,14 +282,16 @@ UNIDISTILL_CAMERA_BRANCH = {
 UNIDISTILL_FUSER = {"fuser_channels": 256, "fuser_attention": True}
 # UniDistill's camera (modalities camera) and fusion (lidar + camera) models: these with unidistill_lidar's
 # LiDAR branch, decoder and head; one network under the two names its experiments use.
-UNIDISTILL_CAMERA = derive(
-    UNIDISTILL_LIDAR,
-    "unidistill_camera",
-    camera=Replace(UNIDISTILL_CAMERA_BRANCH),
-    depth_loss_weight=0.0,
-    **UNIDISTILL_FUSER,
+UNIDISTILL_CAMERA = register_preset(
+    derive(
+        UNIDISTILL_LIDAR,
+        "unidistill_camera",
+        camera=Replace(UNIDISTILL_CAMERA_BRANCH),
+        depth_loss_weight=0.0,
+        **UNIDISTILL_FUSER,
+    )
 )
-UNIDISTILL_FUSION = derive(UNIDISTILL_CAMERA, "unidistill_fusion")
+UNIDISTILL_FUSION = register_preset(derive(UNIDISTILL_CAMERA, "unidistill_fusion"))
 
 # BEVFusion's camera branch (mmdet3d projects/BEVFusion, bevfusion_lidar-cam_voxel0075_second_secfpn_8xb4-cyclic-
 # 20e_nus-3d; `unikd.interop.bevfusion_camera`): Swin-T (embed 96, depths [2, 2, 6, 2], heads [3, 6, 12, 24],
@@ -287,8 +315,10 @@ BEVFUSION_CAMERA = {
     "splat_z_range": (-10.0, 10.0),
 }
 # BEVFusion-LC: bevfusion_lidar with this camera and the ConvFuser [80, 256] -> 256.
-BEVFUSION_FUSION = derive(
-    BEVFUSION_LIDAR, "bevfusion_fusion", camera=Replace(BEVFUSION_CAMERA), depth_loss_weight=0.0, fuser_channels=256
+BEVFUSION_FUSION = register_preset(
+    derive(
+        BEVFUSION_LIDAR, "bevfusion_fusion", camera=Replace(BEVFUSION_CAMERA), depth_loss_weight=0.0, fuser_channels=256
+    )
 )
 # Its CPU variant for tests and demos (small_transfusion with it): a Swin of three stages at width 16 (stages 1-2
 # out, strides 8 and 16), the small camera's widths, grid and depth bins.
@@ -301,8 +331,10 @@ SMALL_BEVFUSION_CAMERA = dict(
     depth_bins=(1.0, 60.0, 1.0),
     bev_cell=0.8,
 )
-SMALL_BEVFUSION = derive(
-    SMALL_TRANSFUSION, "small_bevfusion", camera=Replace(SMALL_BEVFUSION_CAMERA), depth_loss_weight=0.0
+SMALL_BEVFUSION = register_preset(
+    derive(
+        SMALL_TRANSFUSION, "small_bevfusion", camera=Replace(SMALL_BEVFUSION_CAMERA), depth_loss_weight=0.0
+    )
 )
 
 # BEVFusion's nuScenes map segmentation (mit-han-lab/bevfusion configs/nuscenes/seg: lidar-centerpoint-bev128,
@@ -312,16 +344,18 @@ SMALL_BEVFUSION = derive(
 # conv3x3-BN-ReLU of the input's width, 1x1 to the 6 map classes, sigmoid focal loss. Differences: the
 # camera backbone is unikd's ResNet-50 (BEVFusion: Swin-T), and the camera-only model keeps SECOND/SECONDFPN
 # (BEVFusion: GeneralizedResNet + LSSFPN to 256 channels).
-NUSCENES_SEG = derive(
-    NUSCENES,
-    "nuscenes_seg",
-    head=REMOVE,
-    point_cloud_range=SMALL_RANGE,
-    lidar={"voxel_size": (0.1, 0.1, 0.2)},
-    camera={"bev_cell": 0.4, "bev_downsample": 2},
-    bev_cell=0.8,
-    depth_loss_weight=0.0,
-    seg_head={"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "num_layers": 2},
+NUSCENES_SEG = register_preset(
+    derive(
+        NUSCENES,
+        "nuscenes_seg",
+        head=REMOVE,
+        point_cloud_range=SMALL_RANGE,
+        lidar={"voxel_size": (0.1, 0.1, 0.2)},
+        camera={"bev_cell": 0.4, "bev_downsample": 2},
+        bev_cell=0.8,
+        depth_loss_weight=0.0,
+        seg_head={"output_range": (-50.0, -50.0, 50.0, 50.0), "output_cell": 0.5, "num_layers": 2},
+    )
 )
 
 # VeXKD's modality-general fusion module (`unikd.models.mgfm`) in place of the ConvFuser: learnable BEV queries,
@@ -329,35 +363,11 @@ NUSCENES_SEG = derive(
 # (BEVFormer's widths at the nuScenes size: 256 channels, 8 heads, 4 points, FFN 512; 3 blocks).
 MGFM_FUSER = {"type": "mgfm", "embed_dims": 256, "num_heads": 8, "num_points": 4, "num_blocks": 3,
               "ffn_channels": 512, "modality_dropout": 0.0}
-NUSCENES_MGFM = derive(NUSCENES, "nuscenes_mgfm", fuser=MGFM_FUSER)
-SMALL_MGFM = derive(SMALL, "small_mgfm", fuser=dict(MGFM_FUSER, embed_dims=64, num_heads=4, num_blocks=2, ffn_channels=128))
-
-
-def _by_name(*presets: Preset) -> dict[str, Preset]:
-    names = [preset.name for preset in presets]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"preset names must be unique; repeated: {repeated}")
-    return dict(zip(names, presets, strict=True))
-
-
-PRESETS: dict[str, Preset] = _by_name(
-    NUSCENES,
-    STUDENT,
-    SMALL,
-    CENTERPOINT_0075,
-    CENTERPOINT_01,
-    UNIDISTILL_LIDAR,
-    BEVFUSION_LIDAR,
-    SMALL_TRANSFUSION,
-    UNIDISTILL_CAMERA,
-    UNIDISTILL_FUSION,
-    BEVFUSION_FUSION,
-    SMALL_BEVFUSION,
-    NUSCENES_SEG,
-    NUSCENES_MGFM,
-    SMALL_MGFM,
+NUSCENES_MGFM = register_preset(derive(NUSCENES, "nuscenes_mgfm", fuser=MGFM_FUSER))
+SMALL_MGFM = register_preset(
+    derive(SMALL, "small_mgfm", fuser=dict(MGFM_FUSER, embed_dims=64, num_heads=4, num_blocks=2, ffn_channels=128))
 )
+
 
 MODALITIES = ("lidar", "camera")
 HEAD_OF_TASK = {"detection": "head", "segmentation": "seg_head"}
