@@ -1,4 +1,7 @@
-"""BEVFusion-style detector of any modality: LiDAR, camera or both, with a CenterHead and/or a map head."""
+"""BEVFusion-style detector of any modality: LiDAR, camera or both, with a detection head and/or a map head.
+
+It composes parts chosen by name from the registries of `unikd.models.registry` (camera backbone and depth net,
+fuser, detection head) as its configuration (`unikd.models.configs`) names them."""
 
 from __future__ import annotations
 
@@ -33,11 +36,11 @@ class SparseFeatures(NamedTuple):
 
 
 class BEVFusion(nn.Module):
-    """LiDAR branch and/or camera branch -> (fuser) -> SECOND -> SECONDFPN -> CenterHead and/or map head.
+    """LiDAR branch and/or camera branch -> (fuser) -> SECOND -> SECONDFPN -> detection head and/or map head.
 
     `forward` returns the named features of ARCHITECTURE.md so that distillation never guesses:
     voxel_encoder, middle_encoder (LiDAR), camera_bev and depth_probs (camera), fusion_queries (an
-    MGFM fuser's query map), bev, backbone, neck, head (config `head`: CenterHead), seg (config
+    MGFM fuser's query map), bev, backbone, neck, head (config `head`: a registered head), seg (config
     `seg_head`: map logits); `output_shapes` gives their shapes without running the network.
     """
 
@@ -96,7 +99,7 @@ class BEVFusion(nn.Module):
         if config.get("seg_head") is not None:
             self.seg_head = BEVSegmentationHead(neck_channels, self.grid, MAP_CLASSES, **config["seg_head"])
         if self.head is None and self.seg_head is None:
-            raise ValueError("a detector needs a head: config 'head' (CenterHead) and/or 'seg_head' (map)")
+            raise ValueError("a detector needs a head: config 'head' (detection) and/or 'seg_head' (map)")
 
     def forward(self, batch: dict, absent_modality: str | None = None) -> dict:
         """The named outputs; `absent_modality` ("camera" or "lidar", fusion only) is removed before the

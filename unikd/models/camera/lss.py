@@ -382,17 +382,17 @@ class CameraBEVOutput(NamedTuple):
 
 
 class CameraBEVEncoder(nn.Module):
-    """Camera branch: ResNet -> LSSFPN -> LSSViewTransform.
+    """Camera branch: image backbone (registered) -> image neck -> LSSViewTransform (with a registered depth net).
 
     Defaults are the nuScenes reference: 256x704 images, ResNet-50 stages (1, 2, 3) fused at
     stride 8 into 256 channels, 80 context channels, depth bins [1, 60, 0.5] (118), a 0.3 m
     splat grid over [-54, 54] m downsampled to 180x180. ResNet-50 is the default because it is
     the camera student of UniDistill's nuScenes setting (BEVDepth-style, 256x704) and has
     torchvision ImageNet weights (`pretrained`: path of a torchvision state dict file).
-    The CPU setting is `unikd.models.configs`' size `small` (ResNet-18 at width 16, stride 8).
+    The CPU setting is the camera of `unikd.models.configs.SMALL` (ResNet-18 at width 16, stride 8).
     UniDistill's camera encoder (BEVDepth's LSSFPN) is `neck="secondfpn"` with
-    `neck_upsample_strides`, `depth_net="1x1"` and `geometry="bevdepth"` (`unikd.models.configs`,
-    size `unidistill_camera`); `fpn.image_neck` and `LSSViewTransform` say what they change.
+    `neck_upsample_strides`, `depth_net="1x1"` and `geometry="bevdepth"`
+    (`unikd.models.configs.UNIDISTILL_CAMERA_BRANCH`); `fpn.image_neck` and `LSSViewTransform` say what they change.
     BEVFusion's camera branch (mmdet3d `projects/BEVFusion`) is `backbone="swin"` with `depth_net="depth_lss"`,
     `geometry="bevdepth"` and `splat_z_range` (`unikd.models.configs.BEVFUSION_CAMERA`).
 
