@@ -168,7 +168,7 @@ def test_a_truncated_validation_file_stops_training_before_the_first_step(
 
     root = linked_copy(synthetic_root, tmp_path / "nuscenes")
     exp = LIDAR(data_root=str(root), exp_options={"model_size": "small"})
-    broken = root / exp.dataset(exp.val_split, training=False).infos[0]["lidar_path"]
+    broken = root / exp.datamodule.val_dataset().infos[0]["lidar_path"]
     replace_file(broken, broken.read_bytes()[:-3])
 
     steps = []

@@ -14,8 +14,8 @@ import pytest
 import torch
 from pytorch_lightning.strategies import DDPStrategy
 
-from unikd.exps.base_exp import BaseExp
 from unikd.exps.distributed import RankSeeding, ddp_strategy, rank_seed
+from unikd.exps.tasks import gathered_records
 
 DRAWS_EXP = Path(__file__).resolve().parent / "fixtures/draws_exp.py"
 COMMON = ["--no_progress_bar", "-b", "1", "--max_epochs", "1", "--limit_train_batches", "2", "--limit_val_batches", "0",
@@ -51,7 +51,7 @@ def _gather_worker(rank: int, init_file: str, results) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         records = [{"token": f"r{rank}-{i}"} for i in range(rank + 1)]  # rank 0: one record, rank 1: two
-        results.put((rank, BaseExp.gathered_records(None, records)))
+        results.put((rank, gathered_records(records)))
     finally:
         dist.destroy_process_group()
 

@@ -23,7 +23,7 @@ def pretrain_exp(root: Path, **options) -> CameraDepthPretrainExp:
 
 
 def one_batch(exp, root: Path, indices=(2, 5)) -> dict:
-    dataset = exp.dataset("mini_train", training=False)
+    dataset = exp.datamodule.dataset("mini_train", training=False)
     return collate_batch([dataset[i] for i in indices])
 
 

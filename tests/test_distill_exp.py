@@ -62,7 +62,7 @@ def make_distill_exp(
 
 
 def training_batches(exp: DistillExp, count: int) -> list[dict]:
-    dataset = exp.dataset(exp.train_split, training=True)
+    dataset = exp.datamodule.train_dataset()
     return [collate_batch([dataset[i]]) for i in range(count)]
 
 
@@ -304,8 +304,8 @@ def test_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> No
     # Training batches carry what either network reads; evaluation batches only what the student reads.
     modalities = {"lidar": ("lidar",), "camera": ("camera",), "fusion": ("lidar", "camera")}
     uses_camera = {name: "camera" in modalities[name] for name in (student_modality, teacher_modality)}
-    assert ("imgs" in exp.dataset(exp.train_split, training=True)[0]) == any(uses_camera.values())
-    assert ("imgs" in exp.dataset(exp.val_split, training=False)[0]) == uses_camera[student_modality]
+    assert ("imgs" in exp.datamodule.train_dataset()[0]) == any(uses_camera.values())
+    assert ("imgs" in exp.datamodule.val_dataset()[0]) == uses_camera[student_modality]
     trains_with_finite_terms_and_frozen_teacher(exp)
 
 
@@ -481,7 +481,7 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
         distill_terms=terms,
         distill_weights={"crd": 1.0, "mask": 1.0},
     )
-    num_train = len(exp.dataset(exp.train_split, training=True))
+    num_train = len(exp.datamodule.train_dataset())
     assert exp.distiller.terms["crd"].memory_student.shape[0] == num_train
     bank_before = exp.distiller.terms["crd"].memory_student.clone()
     queries = exp.distiller.terms["mask"].generator.queries

@@ -86,7 +86,7 @@ def training_step(exp, batch: dict) -> dict[str, torch.Tensor]:
 def test_training_step_in_16_mixed(synthetic_root: Path, name: str) -> None:
     torch.manual_seed(0)
     exp = experiment(name, synthetic_root).cuda().train()
-    dataset = exp.dataset(exp.train_split, training=True)
+    dataset = exp.datamodule.train_dataset()
     batch = to_cuda(collate_batch([dataset[0], dataset[1]]))
     losses = training_step(exp, batch)
     assert losses and all(torch.isfinite(value) for value in losses.values()), losses

@@ -222,6 +222,6 @@ def test_cli_reads_the_infos_it_is_given(root: Path, tmp_path: Path) -> None:
          "--limit_val_batches", "1", "--infos", str(FIXTURES / "0.x"), "--infos_box_convention", "0.x",
          "--exp_options", "model_size=small", "num_workers=0", "num_sweeps=2"],
     )
-    infos = exp.dataset(exp.val_split, training=False).infos
-    assert [info["token"] for info in infos] == [info["token"] for info in read("0.x", exp.val_split)]
+    infos = exp.datamodule.val_dataset().infos
+    assert [info["token"] for info in infos] == [info["token"] for info in read("0.x", exp.datamodule.val_split)]
     assert {info["scene_name"] for info in infos} == {""}  # the reader's, not the devkit path's

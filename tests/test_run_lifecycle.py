@@ -20,13 +20,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from unikd.data.loader_workers import stop_signal_shield
 from unikd.exps import checkpoints
 from unikd.exps.checkpoints import AtomicCheckpointIO, CheckpointError
 from unikd.exps.cli import run_cli
 from unikd.exps.distill_exp import load_exp_class
 from unikd.exps.finite_guard import FiniteLossGuard, NonFiniteLoss
 from unikd.exps.interrupt import TrainingInterrupted
-from unikd.exps.loader_workers import stop_signal_shield
 from unikd.exps.run_lock import LOCK_NAME, RunFolderLocked
 
 ROOT = Path(__file__).resolve().parents[1]

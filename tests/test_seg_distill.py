@@ -113,7 +113,7 @@ def test_segmentation_pairing_files(student: str) -> None:
     stem = f"BEVFusion_nuscenes_seg_{student}_exp_distill_fusion"
     exp = load_exp_class(EXP_DIR / f"{stem}.py")(exp_options=SMALL)
     plain = load_exp_class(EXP_DIR / f"BEVFusion_nuscenes_seg_{student}_exp.py")
-    assert isinstance(exp, plain) and exp.task == "segmentation" and exp.reads_map_masks
+    assert isinstance(exp, plain) and exp.task == "segmentation" and exp.evaluation.reads_map_masks
     assert exp.model.head is None and exp.teacher.head is None and exp.teacher.fuser is not None
     assert set(exp.distiller.terms) == {"fitnet", "seg_response"}  # masked is off (weight 0) until asked for
     assert set(exp.state_dict()) == set(plain(exp_options={"model_size": "small"}).state_dict())

@@ -13,6 +13,7 @@ of columns, read without pickle, keyed on what it was built from):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -202,7 +203,8 @@ def cache_key(data_root: str | os.PathLike, version: str, split: str, max_sweeps
 
 
 def load_or_build_infos(data_root: str | os.PathLike, version: str, split: str, max_sweeps: int = 10) -> list[dict]:
-    """Infos from the cache of `write_infos` when present, else built with the devkit (and not cached).
+    """Infos from the cache of `write_infos` when present, else from the user's cache of `prepare_infos`,
+    else built with the devkit (and not cached).
 
     A cache built with more sweeps serves with each sweep list cut to `max_sweeps - 1`; one built
     with fewer sweeps, for another version or split, or from tables changed since, is an error.
@@ -212,6 +214,9 @@ def load_or_build_infos(data_root: str | os.PathLike, version: str, split: str, 
     rebuild = f"python tools/create_data.py infos --root {data_root} --version {version} --max-sweeps {max_sweeps}"
     if path.is_file():
         return load_infos(path, cache_key(data_root, version, split, max_sweeps), rebuild)
+    prepared = prepared_infos_path(data_root, version, split, max_sweeps)
+    if prepared.is_file():
+        return load_infos(prepared, cache_key(data_root, version, split, max_sweeps), rebuild)
     pickled = path.with_suffix(".pkl")
     if pickled.is_file():
         warnings.warn(
@@ -220,6 +225,37 @@ def load_or_build_infos(data_root: str | os.PathLike, version: str, split: str, 
             stacklevel=2,
         )
     return build_infos(load_nuscenes(data_root, version), split, max_sweeps)
+
+
+def prepared_infos_path(data_root: str | os.PathLike, version: str, split: str, max_sweeps: int) -> Path:
+    """The user's cache file of `prepare_infos` for one database (path and tables' stamps), split and sweeps:
+    $XDG_CACHE_HOME/unikd/nuscenes_infos (~/.cache by default). Changed tables give another name."""
+    root = Path(data_root).resolve()
+    key = json.dumps({"root": str(root), **cache_key(root, version, split, max_sweeps)}, sort_keys=True)
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unikd" / "nuscenes_infos"
+    return cache / f"{version}_{split}_{max_sweeps}sweeps_{digest}.npz"
+
+
+def prepare_infos(data_root: str | os.PathLike, version: str, splits: tuple[str, ...], max_sweeps: int) -> None:
+    """Build the infos of `splits` once into the user's cache, unless the database has its own cache
+    (`write_infos`) or they are prepared already: a run's first process does it before every process
+    reads them (`load_or_build_infos`), so that the devkit loads the tables once, not once per process."""
+    check_dataroot(data_root, version)
+    missing = [
+        split
+        for split in splits
+        if not infos_path(data_root, version, split).is_file()
+        and not prepared_infos_path(data_root, version, split, max_sweeps).is_file()
+    ]
+    if not missing:
+        return
+    keys = {split: cache_key(data_root, version, split, max_sweeps) for split in missing}  # before reading
+    nusc = load_nuscenes(data_root, version)
+    for split, key in keys.items():
+        path = prepared_infos_path(data_root, version, split, max_sweeps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_infos(path, key, build_infos(nusc, split, max_sweeps))
 
 
 def write_infos(data_root: str | os.PathLike, version: str, max_sweeps: int = 10) -> list[Path]:

@@ -146,9 +146,12 @@ class NuScenesDetectionDataset(Dataset):
         """Vary the augmentation per epoch while keeping each (epoch, index) reproducible."""
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """The sample at `index` augmented for the epoch of `set_epoch`, or at `(index, epoch)` for that epoch
+        (`unikd.data.samplers.EpochTaggedSampler`: a persistent worker's copy of the dataset keeps its epoch)."""
+        index, epoch = index if isinstance(index, tuple) else (index, self.epoch)
         info = self.infos[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index])
         bda = sample_bda(self.bev_aug, rng) if self.bev_aug is not None else np.eye(4)
 
         boxes, labels = self.ground_truth(info)

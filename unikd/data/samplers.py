@@ -54,6 +54,25 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(indices)
 
 
+class EpochTaggedSampler(Sampler[tuple[int, int]]):
+    """(index, epoch) pairs in the order of an EpochShuffleSampler, for a dataset that draws each sample's
+    augmentation from (seed, epoch, index): a loader's persistent workers hold copies of the dataset made
+    at the first epoch, which a later `set_epoch` on the dataset never reaches."""
+
+    def __init__(self, sampler: EpochShuffleSampler) -> None:
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((index, epoch) for index in self.sampler)
+
+
 class UnpaddedDistributedSampler(DistributedSampler):
     """Evaluation shards without the padding duplicates, so every sample is evaluated once."""
 

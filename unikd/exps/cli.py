@@ -2,7 +2,7 @@
 
 Everything that can be checked without training is checked before the trainer starts: the
 arguments, the experiment's options, the checkpoints (read and matched against the model), the
-datasets and the ground truth (in `BaseExp.setup`).
+datasets (`NuScenesDataModule.setup`) and the ground truth (`BaseExp.setup`).
 """
 
 from __future__ import annotations
@@ -304,7 +304,7 @@ def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accele
         num_nodes=args.num_nodes,
         strategy=ddp_strategy(world, args.sync_batchnorm),
         sync_batchnorm=args.sync_batchnorm,
-        use_distributed_sampler=False,  # the experiment shards its own loaders (resumable order)
+        use_distributed_sampler=False,  # the data module shards its own loaders (resumable order)
         max_epochs=exp.max_epochs,
         default_root_dir=str(run_dir),
         logger=[TensorBoardLogger(str(run_dir), name="tensorboard"), CSVLogger(str(run_dir), name="csv")],
@@ -318,9 +318,9 @@ def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accele
         **trainer_kwargs,
     )
     if args.evaluate:
-        trainer.validate(exp, ckpt_path=args.ckpt_path)
+        trainer.validate(exp, datamodule=exp.datamodule, ckpt_path=args.ckpt_path)
     elif args.predict:
-        trainer.predict(exp, ckpt_path=args.ckpt_path, return_predictions=False)
+        trainer.predict(exp, datamodule=exp.datamodule, ckpt_path=args.ckpt_path, return_predictions=False)
         if trainer.is_global_zero:
             from unikd.evaluation.submission import write_submission
 
@@ -332,5 +332,5 @@ def run(exp: pl.LightningModule, args: argparse.Namespace, run_dir: Path, accele
             )
             print(f"submission of {len(exp.predict_records)} samples written to {path}")
     else:
-        trainer.fit(exp, ckpt_path=args.ckpt_path)
+        trainer.fit(exp, datamodule=exp.datamodule, ckpt_path=args.ckpt_path)
 

@@ -32,10 +32,11 @@ class CameraDepthPretrainExp(BaseExp):
     def build_model(self) -> nn.Module:
         return CameraDepthModel(copy.deepcopy(self.model_config))
 
+    def prepare_data(self) -> None:
+        """Nothing to prepare: validation scores depth against the LiDAR points (no ground-truth boxes)."""
+
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.dataset(self.train_split, training=True)
-        self.dataset(self.val_split, training=False)
+        """Nothing to read but the datasets, which the data module opens."""
 
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
         return {"depth": depth_loss(*self.model.depth_probs_and_targets(batch))}

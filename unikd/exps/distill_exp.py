@@ -137,7 +137,7 @@ class DistillExp(BaseExp):
     def num_train_samples_if_needed(self) -> int | None:
         """The training set's size when a term keeps per-sample state (crd), else None (no data read)."""
         if needs_train_samples(self.distill_terms, self.distill_weights):
-            return len(self.dataset(self.train_split, training=True))
+            return len(self.datamodule.train_dataset())
         return None
 
     def train(self, mode: bool = True) -> DistillExp:
@@ -298,7 +298,7 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
     outputs of one step (the student's outputs made autograd leaves), median of `repeats` rounds.
     """
     if batch is None:
-        dataset = exp.dataset(exp.train_split, training=True)
+        dataset = exp.datamodule.train_dataset()
         batch = collate_batch([dataset[i] for i in range(exp.batch_size_per_device)])
     batch = move_data_to_device(batch, exp.device)
     exp.train()

@@ -27,7 +27,7 @@ def predict_sample(
     in turn into the experiment), and the experiment's point cloud range."""
     exp = load_exp_class(exp_file)(batch_size_per_device=1, data_root=str(data_root), exp_options=parse_options(options))
     exp.eval()
-    batch = collate_batch([exp.dataset(exp.val_split, training=False)[sample]])
+    batch = collate_batch([exp.datamodule.val_dataset()[sample]])
     detections = []
     for checkpoint in checkpoints:
         exp.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
