@@ -24,24 +24,13 @@ from unikd.exps.finite_guard import FiniteLossGuard
 from unikd.exps.options import apply_options
 from unikd.exps.tasks import EVALUATION_TASKS, EvaluationTask, gathered_records, prediction_records
 from unikd.models.bevfusion import BEVFusion
-from unikd.models.configs import model_config
-
-# The image augmentation (a data setting) of each model size: the camera branch reads the images it makes.
-# Sizes not listed use ImageAugConfig() (nuScenes: 1600x900 resized and cropped to 256x704).
-IMAGE_AUG_BY_SIZE: dict[str, ImageAugConfig] = {
-    # the CPU sizes decode their JPEGs at 1/4 or 1/2 scale (reduced_decode): 3x faster, same geometry
-    **dict.fromkeys(
-        ("small", "small_transfusion", "small_bevfusion", "small_mgfm"),
-        ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23, reduced_decode=True),
-    ),
-    # UniDistill's ida_aug_cfg: resize in (0.386, 0.55) in training, max(256 / 900, 704 / 1600) = 0.44 in testing
-    **dict.fromkeys(("unidistill_camera", "unidistill_fusion"), ImageAugConfig(train_resize=(0.386, 0.55), test_resize=0.44)),
-}
+from unikd.models.configs import PRESETS, model_config
 
 
 def image_aug_for(model_size: str) -> ImageAugConfig:
-    """The image augmentation an experiment at `model_size` uses unless it sets its own."""
-    return IMAGE_AUG_BY_SIZE.get(model_size, ImageAugConfig())
+    """The image augmentation an experiment at `model_size` uses unless it sets its own: its preset's (the camera
+    branch reads the images it makes)."""
+    return PRESETS[model_size].image_aug
 
 
 def one_cycle_factor(step: int, total_steps: int, warmup: float = 0.4, start: float = 0.1, end: float = 1e-3) -> float:
@@ -101,10 +90,10 @@ class BaseExp(pl.LightningModule):
         options = dict(exp_options or {})
         model_options = {k: options.pop(k) for k in list(options) if k.startswith("model_config.")}
         apply_options(self, options)
-        self.model_config = model_config(self.model_size, self.modalities, self.task)
-        apply_options(self, model_options)
         if self.task not in EVALUATION_TASKS:
             raise ValueError(f"task must be one of {tuple(EVALUATION_TASKS)}, got {self.task!r}")
+        self.model_config = model_config(self.model_size, self.modalities, self.task)
+        apply_options(self, model_options)
         self.evaluation: EvaluationTask = EVALUATION_TASKS[self.task](self)
         self.check_settings()
         self.model = self.build_model()
