@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from unikd.data.nuscenes_dataset import ImageAugConfig
 from unikd.exps.base_exp import image_aug_for
 from unikd.exps.cli import run_cli
 from unikd.exps.distill_exp import load_exp_class
@@ -16,6 +17,14 @@ from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive
 SMALL_CAMERA = SMALL.config["camera"]
 TABLE = Path(__file__).parent / "fixtures" / "presets" / "preset_table.json"
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"
+# the image augmentation of each preset before presets held it (a table by name in exps/base_exp.py);
+# the presets not named here read BEVFusion's nuScenes images, ImageAugConfig()
+SMALL_IMAGES = ImageAugConfig(final_size=(128, 352), train_resize=(0.2, 0.26), test_resize=0.23, reduced_decode=True)
+UNIDISTILL_IMAGES = ImageAugConfig(train_resize=(0.386, 0.55), test_resize=0.44)
+FROZEN_IMAGE_AUG = {
+    **dict.fromkeys(("small", "small_transfusion", "small_bevfusion", "small_mgfm"), SMALL_IMAGES),
+    **dict.fromkeys(("unidistill_camera", "unidistill_fusion"), UNIDISTILL_IMAGES),
+}
 
 
 def canonical(value):
@@ -46,6 +55,7 @@ def test_every_frozen_preset_is_unchanged():
     assert set(frozen) <= set(table)
     for name, config in frozen.items():
         assert table[name] == config, name
+        assert PRESETS[name].image_aug == FROZEN_IMAGE_AUG.get(name, ImageAugConfig()), name
     assert all(name == preset.name for name, preset in PRESETS.items())
 
 
@@ -57,6 +67,7 @@ def test_derive_merges_replaces_and_removes_sections():
         "derived", {"a": 2, "head": {"x": 1, "inner": {"p": 1, "q": 5}, "y": 0}, "camera": {"v": 4}, "fuser": {"type": "mgfm"}}
     )
     assert base.config == {"a": 1, "head": {"x": 1, "inner": {"p": 1, "q": 2}}, "camera": {"w": 3}, "seg": {}}
+    assert derive(derive(base, "images", image_aug=SMALL_IMAGES), "derived").image_aug == SMALL_IMAGES
     derived.config["head"]["inner"]["p"] = 9
     assert base.config["head"]["inner"]["p"] == 1  # a deep copy
     with pytest.raises(KeyError, match="derived.lidar: no such section to remove"):
