@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from unikd.data.collate import collate_batch
 from unikd.data.nuscenes_dataset import ImageAugConfig
 from unikd.exps.base_exp import image_aug_for
 from unikd.exps.cli import run_cli
@@ -95,6 +97,23 @@ def test_preset_option_is_the_model_size(tmp_path: Path, options: tuple[str, ...
     with pytest.raises(error, match=message):
         run_cli(exp_class, argv)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_small_student_distils_from_a_small_teacher_cell_for_cell(synthetic_root: Path):
+    exp_class = load_exp_class(EXP_DIR / "BEVFusion_nuscenes_centerhead_lidarsmall_exp_distill_lidar.py")
+    options = {"model_size": "small_student", "teacher_model_size": "small", "allow_random_teacher": True}
+    exp = exp_class(data_root=str(synthetic_root), exp_options=options)
+    student, teacher = exp.model.output_shapes(), exp.teacher.output_shapes()
+    for name in ("middle_encoder", "bev", "neck"):
+        assert student[name] == (teacher[name][0] // 2, *teacher[name][1:]), name
+    assert student["head"] == teacher["head"] == (64, 64)
+    size = sum(p.numel() for p in exp.model.parameters())
+    assert 2 * size < sum(p.numel() for p in exp.teacher.parameters())
+    dataset = exp.datamodule.train_dataset()
+    batch = collate_batch([dataset[0], dataset[1]])
+    losses = exp.distiller(exp.model(batch), exp.teacher(batch), batch)
+    assert set(losses) >= {f"distill/{name}" for name in ("feature", "relation", "response", "infonce")}
+    assert all(torch.isfinite(loss) for loss in losses.values())
 
 
 if __name__ == "__main__":

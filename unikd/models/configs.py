@@ -182,6 +182,19 @@ SMALL = register_preset(
     )
 )
 
+# STUDENT's counterpart on the CPU, for same-modality compression on synthetic data: SMALL's sparse encoder, SECOND
+# and SECONDFPN at half its widths (the 16-channel input layers kept; half the parameters) on SMALL's grid, so that
+# its BEV maps align with a SMALL teacher's cell for cell.
+SMALL_STUDENT = register_preset(
+    derive(
+        SMALL,
+        "small_student",
+        lidar={"sparse_encoder": {"encoder_channels": ((16, 16), (16, 32), (32,)), "output_channels": 32}},
+        backbone={"out_channels": (32, 64)},
+        neck={"out_channels": (32, 32)},
+    )
+)
+
 # mmdet3d's published nuScenes CenterPoint models (`unikd.interop.mmdet3d_centerpoint`), layer for layer:
 # centerpoint_voxel0075_second_secfpn_head-circlenms_8xb4-cyclic-20e_nus-3d is the nuScenes LiDAR size
 # (sparse shape [41, 1440, 1440], 180x180 BEV); the voxel01 model covers +-51.2 m at 0.1 m voxels
