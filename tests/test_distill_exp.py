@@ -324,7 +324,7 @@ def test_bevfusion_pairing_trains_with_finite_terms(stem: str, synthetic_root: P
     assert isinstance(exp, plain_class(BEVFUSION_PAIRINGS[stem]))
     assert exp.teacher_exp_class is exp_class("BEVFusion_nuscenes_transfusion_fusion_exp")
     assert isinstance(exp.teacher.head, TransFusionHead) and exp.teacher.config["camera"]["depth_net"] == "depth_lss"
-    assert set(exp.distill_weights) == {"feature", "relation", "heatmap_kd"}
+    assert {name for name, weight in exp.distill_weights.items() if weight} == {"feature", "relation", "heatmap_kd"}
     trains_with_finite_terms_and_frozen_teacher(exp)
 
 
@@ -337,7 +337,7 @@ def trains_with_finite_terms_and_frozen_teacher(exp: DistillExp) -> None:
     for batch in training_batches(exp, 2):
         with FeatureRecorder(exp, ["model", "teacher"]) as recorder:
             losses = exp.training_losses(batch)
-        assert {f"distill/{name}" for name in exp.distill_weights} <= set(losses)
+        assert {f"distill/{name}" for name, weight in exp.distill_weights.items() if weight} <= set(losses)
         values = {name: value.item() for name, value in losses.items()}
         assert all(math.isfinite(value) for value in values.values()), values
         optimizer.zero_grad()
@@ -408,7 +408,7 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
     trainer = tiny_trainer(
         tmp_path, max_steps=3, limit_val_batches=0, callbacks=[probe, saver], enable_checkpointing=True
     )
-    trainer.fit(exp)
+    trainer.fit(exp, datamodule=exp.datamodule)
     assert trainer.global_step == 3 and probe.teacher_modes == [False, False, False]
     for key, value in exp.teacher.state_dict().items():  # parameters and BatchNorm statistics
         assert torch.equal(value, teacher_before[key]), key
@@ -428,7 +428,9 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
         data_root=str(synthetic_root), output_dir=str(tmp_path / "eval"), exp_options=SMALL
     )
     student.load_state_dict(checkpoint["state_dict"], strict=True)
-    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=2).validate(student, ckpt_path=str(ckpt))
+    tiny_trainer(tmp_path, max_steps=1, limit_val_batches=2).validate(
+        student, datamodule=student.datamodule, ckpt_path=str(ckpt)
+    )
     assert math.isfinite(student.last_metrics["nd_score"])
 
     # A distillation run resumes: student, distiller (adapters, projectors, queue) and optimizer.
@@ -441,7 +443,8 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
         resumed.on_load_checkpoint({"state_dict": checkpoint["state_dict"]})
     (step2,) = (tmp_path / "checkpoints").glob("*step=2.ckpt")
     trainer = tiny_trainer(tmp_path, max_steps=3, limit_val_batches=0)
-    trainer.fit(make_distill_exp(LIDARSMALL, synthetic_root), ckpt_path=str(step2))
+    restarted = make_distill_exp(LIDARSMALL, synthetic_root)
+    trainer.fit(restarted, datamodule=restarted.datamodule, ckpt_path=str(step2))
     assert trainer.global_step == 3
 
     # The distilled small LiDAR student is a valid small LiDAR teacher checkpoint (Lightning format).
@@ -487,7 +490,7 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
     queries = exp.distiller.terms["mask"].generator.queries
     queries_before = queries.detach().clone()
     trainer = tiny_trainer(tmp_path, max_steps=2, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
-    trainer.fit(exp)
+    trainer.fit(exp, datamodule=exp.datamodule)
     assert trainer.current_epoch == 2 and exp.distiller.terms["mask"].frozen_parameters() == [queries]
     assert not torch.equal(queries.detach(), queries_before)  # learned during epoch 0
     changed_rows = (exp.distiller.terms["crd"].memory_student != bank_before).any(dim=1)
@@ -519,3 +522,11 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
         )
     with pytest.raises(KeyError, match="needs the term's 'shapes'"):
         make_distill_exp(LIDARSMALL, distill_terms={"hint": {"kind": "fitnet", "source": path}}, distill_weights={"hint": 1.0})
+
+
+def test_a_declared_term_off_by_default_is_switched_on_by_its_weight() -> None:
+    """The camera <- LiDAR pairing declares heatmap_kd with no weight: `distill_weights.heatmap_kd` turns it on."""
+    exp = make_distill_exp("BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar", **{"distill_weights.heatmap_kd": 50.0})
+    assert exp.distiller.weights == {"feature": 100.0, "relation": 40.0, "response": 10.0, "heatmap_kd": 50.0}
+    assert exp.distiller.terms["heatmap_kd"].mode == "bce"
+    assert "heatmap_kd" not in make_distill_exp("BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar").distiller.terms

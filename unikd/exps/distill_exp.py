@@ -107,6 +107,8 @@ class DistillExp(BaseExp):
         exp_options: dict[str, Any] | None = None,
         teacher_ckpt: str | None = None,
     ) -> None:
+        # every term of the spec has a weight (0: off), so that `distill_weights.<term>=w` can switch any on
+        self.distill_weights = {name: 0.0 for name in self.distill_terms} | dict(self.distill_weights)
         super().__init__(batch_size_per_device, data_root, seed, output_dir, exp_options)
         if self.teacher_exp_class is None:
             raise TypeError(f"{type(self).__name__} must set teacher_exp_class")
