@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from unikd.evaluation import flatten_summary
@@ -90,8 +91,9 @@ def test_wrong_checkpoint_is_an_error(synthetic_root: Path, tmp_path: Path) -> N
         cli(synthetic_root, tmp_path, "-e", "--ckpt_path", str(path))
 
 
-def test_non_finite_loss_stops_training_with_its_name(synthetic_root: Path) -> None:
+def test_non_finite_loss_stops_training_with_its_name(synthetic_root: Path, tmp_path: Path) -> None:
     exp = load_exp_class(LIDAR_EXP)(data_root=str(synthetic_root), exp_options={"model_size": "small"})
+    exp.trainer = pl.Trainer(accelerator="cpu", default_root_dir=str(tmp_path), logger=False)  # its precision: 32
     exp.training_losses = lambda batch: {"heatmap_task0": torch.tensor(1.0), "bbox_task2": torch.tensor(float("nan"))}
     batch = {"sample_token": ["abc"]}
     with pytest.raises(FloatingPointError, match="bbox_task2=nan"):
