@@ -234,7 +234,7 @@ def test_a_bad_variant_stops_the_study_before_any_run(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "--variants 'relatoin=40': --exp_options distill_weights.relatoin: distill_weights has no key 'relatoin'; "
-        "known: ['feature', 'relation', 'response']")
+        "known: ['feature', 'heatmap_kd', 'infonce', 'relation', 'response']")
     assert not (tmp_path / "out").exists()  # nothing planned, nothing trained
 
 
