@@ -4,7 +4,6 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import unikd.models.camera.lss as lss
 import unikd.models.heads.center_targets as center_targets
@@ -12,33 +11,12 @@ import unikd.ops.bev_pool as bev_pool_module
 from unikd.data.classes import CLASSES
 from unikd.models.heads import CenterHead
 from unikd.ops.bev_grid import BEVGrid
-
-READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero"}
+from unikd.ops.checks import dispatched_ops
 
 
 def host_reads(call: Callable[[], object]) -> list[str]:
     """The operators of `call` that read a value back (`.item()`, `bool()`, `nonzero`, `equal`, `.tolist()`)."""
-    reads: list[str] = []
-
-    class Counter(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.name().split(".")[0] in READS:
-                reads.append(func.name())
-            return func(*args, **(kwargs or {}))
-
-    tolist = torch.Tensor.tolist
-
-    def counted_tolist(self: torch.Tensor) -> object:
-        reads.append("tolist")
-        return tolist(self)
-
-    torch.Tensor.tolist = counted_tolist
-    try:
-        with Counter():
-            call()
-    finally:
-        torch.Tensor.tolist = tolist
-    return reads
+    return dispatched_ops(call)[1]
 
 
 @pytest.fixture

@@ -1356,33 +1356,11 @@ def reference_targets(
 
 
 def count_torch_ops(call: Callable[[], object]) -> dict[str, int]:
-    """Operators dispatched by one call (each one kernel launch on a GPU, views aside) and the host reads
-    among them (`.item()`/`bool()` of a tensor, `nonzero`, `torch.equal`, plus `Tensor.tolist` calls):
-    each read is a host sync on a GPU."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    """Operators dispatched by one call and the host reads among them (`unikd.ops.checks.dispatched_ops`)."""
+    from unikd.ops.checks import dispatched_ops
 
-    reads = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::is_nonzero"}
-    counts = {"ops": 0, "host_reads": 0}
-
-    class Counter(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            counts["ops"] += 1
-            counts["host_reads"] += func.name().split(".")[0] in reads
-            return func(*args, **(kwargs or {}))
-
-    tolist = torch.Tensor.tolist
-
-    def counted_tolist(self: torch.Tensor) -> Any:
-        counts["host_reads"] += 1
-        return tolist(self)
-
-    torch.Tensor.tolist = counted_tolist
-    try:
-        with Counter():
-            call()
-    finally:
-        torch.Tensor.tolist = tolist
-    return counts
+    ops, reads = dispatched_ops(call)
+    return {"ops": ops, "host_reads": len(reads)}
 
 
 def bench_center_targets(ctx: Context, case: str) -> dict:
