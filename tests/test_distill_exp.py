@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from unikd.benchmarks.distill_step import benchmark_distill_step
 from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
 from unikd.distill.losses import TERM_KINDS, DistillTerm, register_term
@@ -19,7 +20,6 @@ from unikd.exps.checkpoints import CheckpointError
 from unikd.exps.distill_exp import (
     DISTILLER_STATE_KEY,
     DistillExp,
-    benchmark_distill_step,
     load_detector_weights,
     load_exp_class,
 )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import unikd
 
-LAYERS = {"ops": 0, "data": 1, "models": 2, "evaluation": 2, "utils": 2, "interop": 3, "distill": 3, "exps": 4, "study": 5}
+LAYERS = {"ops": 0, "data": 1, "models": 2, "evaluation": 2, "utils": 2, "interop": 3, "distill": 3, "exps": 4, "study": 5, "benchmarks": 5}
 ROOT = Path(unikd.__file__).parent
 
 

@@ -868,6 +868,7 @@ def bench_metric(ctx: Context, case: str) -> dict:
 # ------------------------------------------------------------------------------------ 7. distillation
 def bench_distill_step(ctx: Context, case: str) -> dict:
     import unikd.exps.distill_exp as distill_exp
+    from unikd.benchmarks.distill_step import benchmark_distill_step
 
     pair, size = case.split("-")
     exp_class = distill_exp.load_exp_class(REPO / "exps" / "nuscenes" / "BEVFusion" / DISTILL_PAIRS[pair])
@@ -882,7 +883,7 @@ def bench_distill_step(ctx: Context, case: str) -> dict:
     result: dict[str, float] = {}
 
     def call() -> None:
-        result.update(distill_exp.benchmark_distill_step(exp, repeats=repeats))
+        result.update(benchmark_distill_step(exp, repeats=repeats))
 
     memory = peak_memory(call, ctx.device)
     terms = {key: value for key, value in result.items() if key.startswith("term_")}
@@ -904,7 +905,7 @@ def bench_distill_step(ctx: Context, case: str) -> dict:
         "notes": [
             f"{exp_class.__name__} at {'the small size (student and teacher)' if size == 'small' else 'its own sizes'} "
             f"(student {exp.model_size}, teacher {exp.teacher_model_size}; random teacher), batch 1 of the train "
-            f"split; unikd.exps.distill_exp.benchmark_distill_step(repeats={repeats}): steps are forward + losses + "
+            f"split; unikd.benchmarks.distill_step.benchmark_distill_step(repeats={repeats}): steps are forward + losses + "
             "backward (no optimizer), interleaved rounds, median after a warm-up round",
             "term_<name>_s: each distillation term's forward + backward alone on one step's outputs; terms_share: "
             "their sum over the distill step",
