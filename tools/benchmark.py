@@ -30,24 +30,16 @@ Method:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import datetime
-import gc
 import json
 import math
 import os
-import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -55,27 +47,30 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from unikd.data.infos import SPLITS_BY_VERSION  # noqa: E402
+from unikd.benchmarks.harness import (  # noqa: E402
+    Context,
+    Entry,
+    machine_info,
+    median,
+    peak_memory,
+    print_case,
+    summary_table,
+    synchronize,
+    time_interleaved,
+    to_device,
+)
+from unikd.benchmarks.inputs import (  # noqa: E402
+    SYNTHETIC,
+    SYNTHETIC_QUICK,
+    build_synthetic,
+    make_dataset,
+    most_swept,
+    random_boxes,
+    resolve_version,
+    training_batch,
+)
 from unikd.ops.precision import enable_tf32  # noqa: E402
 
-if TYPE_CHECKING:
-    from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
-
-MIB = 1024 * 1024
-
-# The synthetic dataset built when --data_root is not given: one train scene (the distillation
-# experiment reads the train split) and val scenes whose key frames are the metric's 100 samples.
-# Two sweeps between key frames, so that key frames from the fourth on have 9 earlier sweeps.
-SYNTHETIC = {
-    "version": "v1.0-trainval",
-    "seed": 0,
-    "train_scenes": 1,
-    "val_scenes": 10,
-    "keyframes_per_scene": 10,
-    "sweeps_per_keyframe": 2,
-    "objects_per_scene": 30,
-}
-SYNTHETIC_QUICK = {**SYNTHETIC, "val_scenes": 3, "keyframes_per_scene": 5}
 # The metric's larger set: val scenes of 40 key frames (as in nuScenes), no sweeps (the metric reads none).
 METRIC_KEYFRAMES_PER_SCENE = 40
 METRIC_MAX_VAL_SCENES = 150  # nuScenes has 150 val scenes
@@ -94,196 +89,6 @@ DISTILL_CASES = (
     "camera_from_lidar-nuscenes",
     "lidarsmall_from_lidar-nuscenes",
 )
-
-
-# ------------------------------------------------------------------------------------ context
-@dataclass
-class Context:
-    """What a case needs to know about the run."""
-
-    device: torch.device
-    quick: bool
-    data_root: Path | None
-    version: str | None
-    synthetic: bool  # data_root is the dataset this run built
-    metric_samples: int
-    precision: str = "32"  # the training step's: "32", "16-mixed" or "bf16-mixed" (autocast, as --precision)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """The training step's autocast for `precision` (none for 32)."""
-        if self.precision == "32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "16-mixed" else torch.bfloat16
-        return torch.autocast(self.device.type, dtype=dtype)
-
-    def repeats(self, default: int, quick: int) -> int:
-        return quick if self.quick else default
-
-    @property
-    def eval_split(self) -> str:
-        return SPLITS_BY_VERSION[self.require_version()][-1]
-
-    def require_version(self) -> str:
-        if self.data_root is None or self.version is None:
-            raise RuntimeError(
-                "this entry needs a dataset (--data_root, or the synthetic one the run builds)"
-            )
-        return self.version
-
-
-@dataclass
-class Entry:
-    """A benchmark: a function of (context, case) per case; each case runs in its own subprocess."""
-
-    run: Callable[[Context, str], dict]
-    cases: Callable[[bool], list[str]]  # quick -> case names
-    needs_data: bool
-    description: str
-
-
-# ------------------------------------------------------------------------------------ measuring
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    calls: dict[str, Callable[[], object]], repeats: int, device: torch.device, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Seconds of each call per repeat: `warmup` untimed rounds, then `repeats` rounds of every call in turn."""
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-        synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            synchronize(device)
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def current_rss_bytes() -> int:
-    """Resident set size now (Linux /proc/self/statm)."""
-    with open("/proc/self/statm") as f:
-        resident_pages = int(f.read().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def max_rss_bytes() -> int:
-    """The process's resident high water mark (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def release_free_memory() -> None:
-    """Collect garbage and hand glibc's free heap back to the OS, so that RSS counts live data."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def peak_memory(call: Callable[[], object], device: torch.device) -> dict[str, Any]:
-    """Peak memory of one call above what the process held just before it (module doc)."""
-    if device.type == "cuda":
-        synchronize(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        call()
-        synchronize(device)
-        return {"peak_bytes": torch.cuda.max_memory_allocated(device) - start, "upper_bound": False}
-    release_free_memory()
-    rss_before = current_rss_bytes()
-    high_water_before = max_rss_bytes()
-    call()
-    high_water_after = max_rss_bytes()
-    return {
-        "peak_bytes": high_water_after - rss_before,
-        "upper_bound": high_water_after <= high_water_before,
-    }
-
-
-def memory_method(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "torch.cuda.max_memory_allocated above the start"
-    return "ru_maxrss after the call minus RSS before it (fresh subprocess)"
-
-
-def to_device(value: Any, device: torch.device) -> Any:
-    """Tensors of a batch (nested in dicts and lists) on `device`."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {key: to_device(item, device) for key, item in value.items()}
-    if isinstance(value, list):
-        return [to_device(item, device) for item in value]
-    return value
-
-
-# ------------------------------------------------------------------------------------ data helpers
-def make_dataset(
-    ctx: Context,
-    split: str,
-    point_cloud_range: tuple[float, ...],
-    num_sweeps: int,
-    use_camera: bool,
-    training: bool,
-    image_aug: Any = None,
-) -> NuScenesDetectionDataset:
-    from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
-    from unikd.data.transforms import BEVAugConfig
-
-    return NuScenesDetectionDataset(
-        data_root=ctx.data_root,
-        version=ctx.require_version(),
-        split=split,
-        point_cloud_range=point_cloud_range,
-        num_sweeps=num_sweeps,
-        use_camera=use_camera,
-        training=training,
-        bev_aug=BEVAugConfig() if training else None,
-        image_aug=image_aug,
-        seed=0,
-    )
-
-
-def most_swept(dataset: NuScenesDetectionDataset, count: int) -> list[int]:
-    """Indices of the `count` samples with the most sweeps (ties: the first ones)."""
-    order = sorted(range(len(dataset)), key=lambda i: -len(dataset.infos[i]["sweeps"]))
-    return order[:count]
-
-
-def training_batch(
-    ctx: Context,
-    size: str,
-    modalities: tuple[str, ...],
-    batch_size: int,
-    num_sweeps: int,
-) -> dict:
-    """A collated training batch (augmentation on) of the eval split's samples with the most sweeps."""
-    from unikd.data.collate import collate_batch
-    from unikd.exps.base_exp import image_aug_for
-    from unikd.models.configs import model_config
-
-    config = model_config(size, modalities)
-    dataset = make_dataset(
-        ctx,
-        ctx.eval_split,
-        config["point_cloud_range"],
-        num_sweeps=num_sweeps,
-        use_camera="camera" in modalities,
-        training=True,
-        image_aug=image_aug_for(size),
-    )
-    return collate_batch([dataset[i] for i in most_swept(dataset, batch_size)])
 
 
 # ------------------------------------------------------------------------------------ 1. voxelize
@@ -920,24 +725,6 @@ def bench_distill_step(ctx: Context, case: str) -> dict:
 # a 512-channel high-level BEV (relation), the six-task CenterHead (response), all 180 x 180.
 TERMS_BATCH, TERMS_CELLS, TERMS_BOXES = 2, 180, 60
 TERMS_CHANNELS = {"feature": 256, "relation": 512}
-# (length, width) in metres and relative frequency of nuScenes-like objects.
-TERMS_OBJECTS = (((4.6, 1.95), 0.45), ((0.73, 0.67), 0.2), ((0.5, 2.5), 0.15), ((0.41, 0.41), 0.1),
-                 ((6.9, 2.5), 0.05), ((11.0, 2.9), 0.05))
-
-
-def random_boxes(gen: torch.Generator, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` boxes [count, 9] of TERMS_OBJECTS' sizes and frequencies over +-50 m, and their kinds [count]."""
-    sizes = torch.tensor([dims for dims, _ in TERMS_OBJECTS])
-    weights = torch.tensor([weight for _, weight in TERMS_OBJECTS])
-    kind = torch.multinomial(weights, count, replacement=True, generator=gen)
-    box = torch.zeros(count, 9)
-    box[:, :2] = torch.rand(count, 2, generator=gen) * 100 - 50
-    box[:, 3:5] = sizes[kind]
-    box[:, 5] = 1.7
-    box[:, 6] = torch.rand(count, generator=gen) * 2 * math.pi - math.pi
-    return box, kind
-
-
 def terms_inputs(device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Random maps and boxes of the nuScenes size (TERMS_*): student maps require grad."""
     from unikd.data.classes import TASKS
@@ -1527,116 +1314,7 @@ ENTRIES: dict[str, Entry] = {
 }
 
 
-# ------------------------------------------------------------------------------------ reporting
-def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "load_average": os.getloadavg(),
-        "peak_memory": memory_method(device),
-    }
-    try:
-        from importlib.metadata import distributions
-
-        info["spconv"] = [
-            f"{d.metadata['Name']} {d.version}" for d in distributions() if "spconv" in d.metadata["Name"]
-        ]
-    except Exception:  # noqa: BLE001 - information only
-        pass
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def format_value(key: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if key.endswith("_bytes") or "_bytes@" in key:
-        return f"{value / MIB:.1f} MiB"
-    if key.endswith("_s") or "_s@" in key:
-        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def format_figures(figures: dict[str, Any]) -> str:
-    """`key=value` pairs; a peak marked as an upper bound gets '<='."""
-    parts = []
-    for key, value in figures.items():
-        if key.endswith("_upper_bound"):
-            continue
-        bound = figures.get(key.removesuffix("_bytes") + "_upper_bound", False)
-        parts.append(f"{key}={'<=' if bound else ''}{format_value(key, value)}")
-    return ", ".join(parts)
-
-
-def print_case(name: str, case: str, result: dict) -> None:
-    label = f"[{name}/{case}]"
-    if "skipped" in result or "error" in result:
-        print(
-            f"{label} {'SKIPPED' if 'skipped' in result else 'ERROR'}: {result.get('skipped') or result.get('error')}"
-        )
-        return
-    print(f"{label} ratio {result['ratio']:.3g} ({result['ratio_meaning']})")
-    print(f"{label} {format_figures(result['figures'])}")
-    for note in result.get("notes", []):
-        print(f"{label}   - {note}")
-    load = ", ".join(f"{x:.2f}" for x in result["load_average_before"])
-    print(f"{label} load average before: {load}; case wall time {result['wall_s']:.1f} s")
-
-
-def summary_table(results: list[dict]) -> str:
-    lines = ["| entry | case | ratio | ratio is | absolute figures |", "| --- | --- | --- | --- | --- |"]
-    for r in results:
-        if "ratio" not in r:
-            reason = r.get("skipped") or r.get("error")
-            lines.append(
-                f"| {r['entry']} | {r['case']} | - | {'skipped' if 'skipped' in r else 'error'}: {reason} | |"
-            )
-            continue
-        lines.append(
-            f"| {r['entry']} | {r['case']} | {r['ratio']:.3g} | {r['ratio_meaning']} | {format_figures(r['figures'])} |"
-        )
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------ running
-def resolve_version(data_root: Path, version: str | None) -> str:
-    if version is not None:
-        return version
-    for candidate in ("v1.0-trainval", "v1.0-mini"):
-        if (data_root / candidate).is_dir():
-            return candidate
-    raise FileNotFoundError(f"{data_root} holds neither v1.0-trainval/ nor v1.0-mini/; pass --version")
-
-
-def build_synthetic(root: Path, quick: bool) -> float:
-    from unikd.data.synthetic import generate_synthetic_nuscenes
-
-    settings = SYNTHETIC_QUICK if quick else SYNTHETIC
-    start = time.perf_counter()
-    generate_synthetic_nuscenes(root, **settings, workers=2)
-    return time.perf_counter() - start
-
-
 def run_case(
     args: argparse.Namespace,
     name: str,
