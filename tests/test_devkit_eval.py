@@ -14,6 +14,7 @@ from nuscenes.eval.common.loaders import add_center_dist, filter_eval_boxes, loa
 from nuscenes.eval.detection.data_classes import DetectionBox
 from pyquaternion import Quaternion
 
+from unikd.benchmarks.metric import benchmark_metric
 from unikd.data.classes import CLASSES
 from unikd.evaluation import (
     ATTRIBUTE_NAMES,
@@ -24,7 +25,6 @@ from unikd.evaluation import (
     write_metrics_summary,
     write_submission,
 )
-from unikd.evaluation.benchmark import benchmark_metric
 from unikd.evaluation.devkit_eval import evaluate_with_devkit
 from unikd.evaluation.ground_truth import ground_truth_cache_path
 from unikd.evaluation.predictions import attribute_index
