@@ -4,7 +4,8 @@
                               [--precision 32|16-mixed|bf16-mixed] [--json out.json]
 
 Entries: voxelize, data_loading, image_decode, lidar_train_step, bev_pool, camera_train_step, camera_forward,
-metric, head_step, fuser_step, distill_step, distill_terms, center_targets, data_throughput.
+metric, head_step, fuser_step, distill_step, distill_terms, center_targets, data_throughput
+(defined in unikd/benchmarks/, registered in unikd.benchmarks.entries.ENTRIES).
 Each entry prints a RATIO against a reference measured in the same run (its meaning is printed with
 it), next to the absolute figures, and the run starts by printing the machine (CPU model, cores,
 torch version and threads, GPU name, load average).
@@ -43,86 +44,10 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
-from unikd.benchmarks.data import (  # noqa: E402
-    THROUGHPUT_MODALITIES,
-    bench_data_loading,
-    bench_data_throughput,
-    bench_image_decode,
-    bench_voxelize,
-)
-from unikd.benchmarks.distill import DISTILL_CASES, bench_distill_step, bench_distill_terms  # noqa: E402
-from unikd.benchmarks.harness import (  # noqa: E402
-    Context,
-    Entry,
-    machine_info,
-    print_case,
-    summary_table,
-)
-from unikd.benchmarks.inputs import (  # noqa: E402
-    SYNTHETIC,
-    SYNTHETIC_QUICK,
-    build_synthetic,
-    resolve_version,
-)
-from unikd.benchmarks.metric import bench_metric  # noqa: E402
-from unikd.benchmarks.models import (  # noqa: E402
-    bench_bev_pool,
-    bench_camera_forward,
-    bench_camera_train_step,
-    bench_center_targets,
-    bench_fuser_step,
-    bench_head_step,
-    bench_lidar_train_step,
-)
+from unikd.benchmarks.entries import ENTRIES  # noqa: E402
+from unikd.benchmarks.harness import Context, machine_info, print_case, summary_table  # noqa: E402
+from unikd.benchmarks.inputs import SYNTHETIC, SYNTHETIC_QUICK, build_synthetic, resolve_version  # noqa: E402
 from unikd.ops.precision import enable_tf32  # noqa: E402
-
-ENTRIES: dict[str, Entry] = {
-    "voxelize": Entry(bench_voxelize, lambda quick: ["nuscenes"], True, "unikd.ops.voxelize.voxelize"),
-    "data_loading": Entry(
-        bench_data_loading, lambda quick: ["lidar", "lidar+camera"], True, "dataset + DataLoader + collate"
-    ),
-    "image_decode": Entry(
-        bench_image_decode, lambda quick: ["small", "nuscenes"], True, "camera images: full vs reduced JPEG decode"
-    ),
-    "lidar_train_step": Entry(
-        bench_lidar_train_step,
-        lambda quick: ["small"] if quick else ["small", "nuscenes"],
-        True,
-        "BEVFusion LiDAR training step",
-    ),
-    "bev_pool": Entry(
-        bench_bev_pool, lambda quick: ["small", "nuscenes"], True, "unikd.ops.bev_pool.bev_pool"
-    ),
-    "camera_train_step": Entry(
-        bench_camera_train_step, lambda quick: ["small"], True, "BEVFusion camera training step"
-    ),
-    "camera_forward": Entry(
-        bench_camera_forward, lambda quick: ["nuscenes"], True, "camera branch forward: Swin-T vs ResNet-50"
-    ),
-    "metric": Entry(bench_metric, lambda quick: ["synthetic"], True, "nuScenes metric: ours vs the devkit"),
-    "head_step": Entry(bench_head_step, lambda quick: ["nuscenes"], False, "TransFusionHead vs CenterHead"),
-    "fuser_step": Entry(
-        bench_fuser_step, lambda quick: ["small"] if quick else ["small", "nuscenes"], False, "MGFM vs ConvFuser"
-    ),
-    "distill_step": Entry(
-        bench_distill_step,
-        lambda quick: ["camera_from_lidar-small"] if quick else list(DISTILL_CASES),
-        True,
-        "distillation training step",
-    ),
-    "distill_terms": Entry(
-        bench_distill_terms, lambda quick: ["nuscenes"], False, "UniDistill terms: batched vs per-sample"
-    ),
-    "center_targets": Entry(
-        bench_center_targets, lambda quick: ["batch1", "batch4"], False, "CenterHead targets: batched vs box loop"
-    ),
-    "data_throughput": Entry(
-        bench_data_throughput,
-        lambda quick: list(THROUGHPUT_MODALITIES),
-        True,
-        "one data worker vs the training step, nuScenes size",
-    ),
-}
 
 
 # ------------------------------------------------------------------------------------ running
