@@ -12,7 +12,7 @@ import torch
 
 from unikd.exps.checkpoints import CheckpointError
 from unikd.exps.cli import batches_or_fraction, run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"
 LIDAR = load_exp_class(EXP_DIR / "BEVFusion_nuscenes_centerhead_lidar_exp.py")

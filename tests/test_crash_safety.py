@@ -17,7 +17,7 @@ from unikd.data.samplers import EpochShuffleSampler
 from unikd.exps import checkpoints
 from unikd.exps.checkpoints import AtomicCheckpointIO, CheckpointError
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.exps.interrupt import TrainingInterrupted
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"

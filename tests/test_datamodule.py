@@ -12,7 +12,7 @@ from unikd.data.datamodule import DataSettings, NuScenesDataModule, default_num_
 from unikd.data.infos import build_infos, load_nuscenes, load_or_build_infos, prepared_infos_path
 from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
 from unikd.data.transforms import BEVAugConfig
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 
 LIDAR_EXP = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion/BEVFusion_nuscenes_centerhead_lidar_exp.py"
 RANGE = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)

@@ -10,7 +10,7 @@ import torch
 from unikd.data.collate import collate_batch
 from unikd.exps.checkpoints import CAMERA_INIT_PARTS, CheckpointError
 from unikd.exps.depth_pretrain_exp import CameraDepthPretrainExp
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.camera.depth_loss import depth_loss
 
 EXPS = Path(__file__).resolve().parents[1] / "exps" / "nuscenes" / "BEVFusion"

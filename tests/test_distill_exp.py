@@ -1,4 +1,4 @@
-"""Distillation experiments: the distiller's terms, DistillExp's teacher handling and checkpoints, and
+"""Distillation experiments: the distiller's terms, the distillation objective's teacher handling and checkpoints, and
 every pairing file training on the synthetic nuScenes at the small configuration."""
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ from unikd.data.collate import collate_batch
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
 from unikd.distill.losses import TERM_KINDS, DistillTerm, register_term
 from unikd.distill.recorder import FeatureRecorder
-from unikd.exps.checkpoints import CheckpointError
-from unikd.exps.distill_exp import (
-    DISTILLER_STATE_KEY,
-    DistillExp,
-    load_detector_weights,
-    load_exp_class,
-)
+from unikd.exps.base_exp import BaseExp
+from unikd.exps.checkpoints import CheckpointError, load_detector_weights
+from unikd.exps.distillation import DISTILLER_STATE_KEY
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.bevfusion import BEVFusion, SparseFeatures
 from unikd.models.configs import model_config
 from unikd.models.heads.transfusion_head import TransFusionHead
@@ -50,7 +47,7 @@ def plain_class(modality: str) -> type:
 
 def make_distill_exp(
     stem: str, root: Path | str = "unused", teacher_ckpt: str | None = None, **options
-) -> DistillExp:
+) -> BaseExp:
     """A pairing at the small configuration; a random teacher unless a checkpoint is given."""
     exp_options = {
         **SMALL,
@@ -61,7 +58,7 @@ def make_distill_exp(
     return exp_class(stem)(data_root=str(root), exp_options=exp_options, teacher_ckpt=teacher_ckpt)
 
 
-def training_batches(exp: DistillExp, count: int) -> list[dict]:
+def training_batches(exp: BaseExp, count: int) -> list[dict]:
     dataset = exp.datamodule.train_dataset()
     return [collate_batch([dataset[i]]) for i in range(count)]
 
@@ -208,7 +205,7 @@ def test_kinds_come_from_the_registry_and_specs_are_checked() -> None:
     assert (response.student_temperature, response.teacher_temperature, response.min_radius) == (1.0, 2.0, 0)
 
 
-# ----------------------------------------------------------------------------- DistillExp (no data)
+# ----------------------------------------------------------------------------- distillation experiments (no data)
 def test_load_exp_class_imports_each_file_once(tmp_path: Path) -> None:
     assert plain_class("lidar") is plain_class("lidar")
     assert issubclass(exp_class(LIDARSMALL), plain_class("lidar"))
@@ -222,20 +219,18 @@ def test_distill_exp_options_state_dict_and_teacher_mode() -> None:
         **{"distill_weights.feature": 50.0, "distill_weights.relation": 0.0},
     )
     assert isinstance(exp, plain_class("camera"))
-    assert exp.distiller.weights == {"feature": 50.0, "response": 10.0}
-    assert type(exp).distill_weights == {
-        "feature": 100.0,
-        "relation": 40.0,
-        "response": 10.0,
-    }  # class untouched
+    assert exp.objective.distiller.weights == {"feature": 50.0, "response": 10.0}
+    declared = {"feature": 100.0, "relation": 40.0, "response": 10.0, "infonce": 0.0, "heatmap_kd": 0.0}
+    assert type(exp).distill.weights == declared  # class untouched
+    assert exp.distill.weights == declared | {"feature": 50.0, "relation": 0.0}
     plain = plain_class("camera")(exp_options=SMALL)
     assert set(exp.state_dict()) == set(plain.state_dict())
     exp.train()
-    assert exp.model.training and exp.distiller.training and not exp.teacher.training
-    assert not any(module.training for module in exp.teacher.modules())
+    assert exp.model.training and exp.objective.distiller.training and not exp.objective.teacher.training
+    assert not any(module.training for module in exp.objective.teacher.modules())
     trainable = {id(p) for p in exp.trainable_parameters()}
-    assert not any(id(p) in trainable for p in exp.teacher.parameters())
-    assert all(id(p) in trainable for p in exp.distiller.parameters())
+    assert not any(id(p) in trainable for p in exp.objective.teacher.parameters())
+    assert all(id(p) in trainable for p in exp.objective.distiller.parameters())
 
 
 def test_training_without_teacher_checkpoint_is_an_error() -> None:
@@ -251,7 +246,7 @@ def test_teacher_checkpoint_loading_is_strict(tmp_path: Path) -> None:
     torch.save({"state_dict": state, "epoch": 3}, good)
     exp = make_distill_exp(LIDARSMALL, teacher_ckpt=str(good))
     for key, value in teacher_exp.model.state_dict().items():
-        assert torch.equal(exp.teacher.state_dict()[key], value), key
+        assert torch.equal(exp.objective.teacher.state_dict()[key], value), key
 
     plain = tmp_path / "detector.pth"  # a plain state dict of the detector loads too
     torch.save(teacher_exp.model.state_dict(), plain)
@@ -300,7 +295,7 @@ def test_pairing_trains_with_finite_terms(stem: str, synthetic_root: Path) -> No
     exp = make_distill_exp(stem, synthetic_root)
     student_modality, teacher_modality = PAIRINGS[stem]
     assert isinstance(exp, plain_class(student_modality))
-    assert exp.teacher_exp_class is plain_class(teacher_modality)
+    assert exp.distill.teacher is plain_class(teacher_modality)
     # Training batches carry what either network reads; evaluation batches only what the student reads.
     modalities = {"lidar": ("lidar",), "camera": ("camera",), "fusion": ("lidar", "camera")}
     uses_camera = {name: "camera" in modalities[name] for name in (student_modality, teacher_modality)}
@@ -322,45 +317,45 @@ def test_bevfusion_pairing_trains_with_finite_terms(stem: str, synthetic_root: P
     torch.manual_seed(0)
     exp = make_distill_exp(stem, synthetic_root, teacher_model_size="small_bevfusion")
     assert isinstance(exp, plain_class(BEVFUSION_PAIRINGS[stem]))
-    assert exp.teacher_exp_class is exp_class("BEVFusion_nuscenes_transfusion_fusion_exp")
-    assert isinstance(exp.teacher.head, TransFusionHead) and exp.teacher.config["camera"]["depth_net"] == "depth_lss"
-    assert {name for name, weight in exp.distill_weights.items() if weight} == {"feature", "relation", "heatmap_kd"}
+    assert exp.distill.teacher is exp_class("BEVFusion_nuscenes_transfusion_fusion_exp")
+    assert isinstance(exp.objective.teacher.head, TransFusionHead) and exp.objective.teacher.config["camera"]["depth_net"] == "depth_lss"
+    assert {name for name, weight in exp.distill.weights.items() if weight} == {"feature", "relation", "heatmap_kd"}
     trains_with_finite_terms_and_frozen_teacher(exp)
 
 
-def trains_with_finite_terms_and_frozen_teacher(exp: DistillExp) -> None:
+def trains_with_finite_terms_and_frozen_teacher(exp: BaseExp) -> None:
     """Two training steps: every weighted term is finite, the teacher does not change, and the shapes the adapters
     were sized from are those the networks give."""
-    teacher_before = {key: value.clone() for key, value in exp.teacher.state_dict().items()}
+    teacher_before = {key: value.clone() for key, value in exp.objective.teacher.state_dict().items()}
     optimizer = torch.optim.AdamW(exp.trainable_parameters(), lr=1e-3)
     exp.train()
     for batch in training_batches(exp, 2):
-        with FeatureRecorder(exp, ["model", "teacher"]) as recorder:
+        with FeatureRecorder(exp, ["model", "objective.teacher"]) as recorder:
             losses = exp.training_losses(batch)
-        assert {f"distill/{name}" for name, weight in exp.distill_weights.items() if weight} <= set(losses)
+        assert {f"distill/{name}" for name, weight in exp.distill.weights.items() if weight} <= set(losses)
         values = {name: value.item() for name, value in losses.items()}
         assert all(math.isfinite(value) for value in values.values()), values
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-    for key, value in exp.teacher.state_dict().items():
+    for key, value in exp.objective.teacher.state_dict().items():
         assert torch.equal(value, teacher_before[key]), key
-    for network in ("model", "teacher"):  # the shapes adapters were sized from are the real ones
-        assert output_shapes(recorder[network]) == getattr(exp, network).output_shapes()
+    for path, network in (("model", exp.model), ("objective.teacher", exp.objective.teacher)):
+        assert output_shapes(recorder[path]) == network.output_shapes()  # the shapes the adapters were sized from
 
 
 def test_infonce_has_real_negatives_at_batch_size_one(synthetic_root: Path) -> None:
     torch.manual_seed(0)
     exp = make_distill_exp(LIDARSMALL, synthetic_root)
     exp.train()
-    term = exp.distiller.terms["infonce"]
+    term = exp.objective.distiller.terms["infonce"]
     values = []
     for batch in training_batches(exp, 2):
         assert len(batch["gt_boxes"]) == 1
         exp.zero_grad()
         student = exp.model(batch)
         with torch.no_grad():
-            teacher = exp.teacher(batch)
+            teacher = exp.objective.teacher(batch)
         loss = term(student, teacher, batch["gt_boxes"])
         loss.backward()
         values.append(loss.item())
@@ -377,7 +372,7 @@ class TeacherModeProbe(pl.Callback):
         self.teacher_modes: list[bool] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.teacher_modes.append(any(m.training for m in pl_module.teacher.modules()))
+        self.teacher_modes.append(any(m.training for m in pl_module.objective.teacher.modules()))
 
 
 def tiny_trainer(tmp_path: Path, max_steps: int, **kwargs) -> pl.Trainer:
@@ -401,7 +396,7 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
 ) -> None:
     torch.manual_seed(0)
     exp = make_distill_exp(LIDARSMALL, synthetic_root)
-    teacher_before = {k: v.clone() for k, v in exp.teacher.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in exp.objective.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in exp.model.state_dict().items()}
     probe = TeacherModeProbe()
     saver = ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"), every_n_train_steps=2, save_top_k=-1)
@@ -410,7 +405,7 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
     )
     trainer.fit(exp, datamodule=exp.datamodule)
     assert trainer.global_step == 3 and probe.teacher_modes == [False, False, False]
-    for key, value in exp.teacher.state_dict().items():  # parameters and BatchNorm statistics
+    for key, value in exp.objective.teacher.state_dict().items():  # parameters and BatchNorm statistics
         assert torch.equal(value, teacher_before[key]), key
     changed = [k for k, v in exp.model.state_dict().items() if not torch.equal(v, student_before[k])]
     assert any(k.endswith("weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
@@ -437,8 +432,8 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
     resumed = make_distill_exp(LIDARSMALL, synthetic_root)
     resumed.on_load_checkpoint(checkpoint)
     resumed.load_state_dict(checkpoint["state_dict"])
-    for key, value in exp.distiller.state_dict().items():
-        assert torch.equal(resumed.distiller.state_dict()[key], value), key
+    for key, value in exp.objective.distiller.state_dict().items():
+        assert torch.equal(resumed.objective.distiller.state_dict()[key], value), key
     with pytest.raises(KeyError, match=DISTILLER_STATE_KEY):
         resumed.on_load_checkpoint({"state_dict": checkpoint["state_dict"]})
     (step2,) = (tmp_path / "checkpoints").glob("*step=2.ckpt")
@@ -449,7 +444,7 @@ def test_lightning_training_freezes_teacher_and_checkpoints_the_student_only(
 
     # The distilled small LiDAR student is a valid small LiDAR teacher checkpoint (Lightning format).
     teacher_from_ckpt = make_distill_exp(LIDARSMALL, teacher_ckpt=str(ckpt))
-    for key, value in teacher_from_ckpt.teacher.state_dict().items():
+    for key, value in teacher_from_ckpt.objective.teacher.state_dict().items():
         assert torch.equal(value, checkpoint["state_dict"][f"model.{key}"]), key
 
 
@@ -458,7 +453,7 @@ def test_benchmark_distill_step(synthetic_root: Path) -> None:
     exp = make_distill_exp(LIDARSMALL, synthetic_root)
     result = benchmark_distill_step(exp, repeats=1)
     timings = {f"{part}_{clock}" for part in ("distill", "student", "teacher") for clock in ("s", "cpu_s")}
-    terms = {f"term_{name}_s" for name in exp.distiller.terms}
+    terms = {f"term_{name}_s" for name in exp.objective.distiller.terms}
     assert terms == {"term_feature_s", "term_relation_s", "term_response_s", "term_infonce_s"}
     assert set(result) == timings | terms | {"ratio", "cpu_ratio", "distill_peak_bytes", "student_peak_bytes"}
     assert all(result[name] > 0 for name in terms)
@@ -467,7 +462,7 @@ def test_benchmark_distill_step(synthetic_root: Path) -> None:
         and result["cpu_ratio"] > 0
         and result["distill_peak_bytes"] >= result["student_peak_bytes"] > 0
     )
-    assert not exp.teacher.training
+    assert not exp.objective.teacher.training
 
 
 @pytest.mark.slow
@@ -485,15 +480,15 @@ def test_crd_and_learned_mask_terms_in_training(synthetic_root: Path, tmp_path: 
         distill_weights={"crd": 1.0, "mask": 1.0},
     )
     num_train = len(exp.datamodule.train_dataset())
-    assert exp.distiller.terms["crd"].memory_student.shape[0] == num_train
-    bank_before = exp.distiller.terms["crd"].memory_student.clone()
-    queries = exp.distiller.terms["mask"].generator.queries
+    assert exp.objective.distiller.terms["crd"].memory_student.shape[0] == num_train
+    bank_before = exp.objective.distiller.terms["crd"].memory_student.clone()
+    queries = exp.objective.distiller.terms["mask"].generator.queries
     queries_before = queries.detach().clone()
     trainer = tiny_trainer(tmp_path, max_steps=2, max_epochs=2, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(exp, datamodule=exp.datamodule)
-    assert trainer.current_epoch == 2 and exp.distiller.terms["mask"].frozen_parameters() == [queries]
+    assert trainer.current_epoch == 2 and exp.objective.distiller.terms["mask"].frozen_parameters() == [queries]
     assert not torch.equal(queries.detach(), queries_before)  # learned during epoch 0
-    changed_rows = (exp.distiller.terms["crd"].memory_student != bank_before).any(dim=1)
+    changed_rows = (exp.objective.distiller.terms["crd"].memory_student != bank_before).any(dim=1)
     assert int(changed_rows.sum()) == 2 * exp.batch_size_per_device  # one bank row per trained sample
 
 
@@ -503,16 +498,16 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
     path, shape = "backbone.stages.0", (64, 64, 64)  # the small config's first SECOND stage
     terms = {"hint": {"kind": "fitnet", "source": path, "shapes": {"student": shape, "teacher": shape}}}
     exp = make_distill_exp(LIDARSMALL, synthetic_root, distill_terms=terms, distill_weights={"hint": 2.0})
-    assert exp.distiller.module_paths == [path]
+    assert exp.objective.distiller.module_paths == [path]
     exp.train()
     (batch,) = training_batches(exp, 1)
     with pytest.raises(RuntimeError, match="recording"):  # the distiller records module paths itself
-        exp.distiller({}, {}, batch)
-    with FeatureRecorder(exp, ["model", "teacher"]) as recorder:
+        exp.objective.distiller({}, {}, batch)
+    with FeatureRecorder(exp, ["model", "objective.teacher"]) as recorder:
         losses = exp.training_losses(batch)
     # The recorded stage output is the first backbone level of each network's named outputs.
-    term = exp.distiller.terms["hint"]
-    expected = 2.0 * term(recorder["model"]["backbone"][0], recorder["teacher"]["backbone"][0])
+    term = exp.objective.distiller.terms["hint"]
+    expected = 2.0 * term(recorder["model"]["backbone"][0], recorder["objective.teacher"]["backbone"][0])
     torch.testing.assert_close(losses["distill/hint"], expected)
     losses["distill/hint"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in exp.model.backbone.stages[0].parameters())
@@ -527,6 +522,6 @@ def test_terms_read_submodule_outputs_by_module_path(synthetic_root: Path) -> No
 def test_a_declared_term_off_by_default_is_switched_on_by_its_weight() -> None:
     """The camera <- LiDAR pairing declares heatmap_kd with no weight: `distill_weights.heatmap_kd` turns it on."""
     exp = make_distill_exp("BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar", **{"distill_weights.heatmap_kd": 50.0})
-    assert exp.distiller.weights == {"feature": 100.0, "relation": 40.0, "response": 10.0, "heatmap_kd": 50.0}
-    assert exp.distiller.terms["heatmap_kd"].mode == "bce"
-    assert "heatmap_kd" not in make_distill_exp("BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar").distiller.terms
+    assert exp.objective.distiller.weights == {"feature": 100.0, "relation": 40.0, "response": 10.0, "heatmap_kd": 50.0}
+    assert exp.objective.distiller.terms["heatmap_kd"].mode == "bce"
+    assert "heatmap_kd" not in make_distill_exp("BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar").objective.distiller.terms

@@ -15,7 +15,7 @@ import torch
 from test_sparse_encoder import SMALL, random_sites
 
 from unikd.data.collate import collate_batch
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.lidar import SparseEncoder
 
 pytestmark = [
@@ -53,7 +53,7 @@ def to_cuda(value):
 def experiment(name: str, root: Path):
     exp_class = load_exp_class(EXP_DIR / EXPS[name])
     options = {"model_size": "small", "num_sweeps": 1}
-    if "teacher_ckpt" in exp_class.cli_arguments:  # a randomly initialised teacher: the step, not the result
+    if exp_class.distill is not None:  # a randomly initialised teacher: the step, not the result
         return exp_class(data_root=str(root), exp_options={**options, "allow_random_teacher": True}, teacher_ckpt=None)
     return exp_class(data_root=str(root), exp_options=options)
 

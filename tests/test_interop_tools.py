@@ -12,7 +12,7 @@ import torch
 
 from unikd.exps.checkpoints import METADATA_KEY, CheckpointError, checkpoint_metadata
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 
 REPO = Path(__file__).resolve().parents[1]
 EXP_DIR = REPO / "exps/nuscenes/BEVFusion"
@@ -96,7 +96,7 @@ def test_mmdet3d_checkpoint_evaluates_and_teaches_as_it_is(
                                                   "--limit_train_batches", "1", "--limit_val_batches", "0",
                                                   "--log_every_n_steps", "1", "--exp_options", *student])
     for key, value in unikd_centerpoint[1].items():
-        assert torch.equal(distilled.teacher.state_dict()[key.removeprefix("model.")], value), key
+        assert torch.equal(distilled.objective.teacher.state_dict()[key.removeprefix("model.")], value), key
     header = (distilled.output_dir / "csv/version_0/metrics.csv").read_text().splitlines()[0]
     assert {"train/distill/feature", "train/distill/relation", "train/distill/response"} <= set(header.split(","))
 

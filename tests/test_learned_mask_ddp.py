@@ -17,17 +17,20 @@ EXP_FILE = '''
 from pathlib import Path
 
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.distillation import DistillSettings
+from unikd.exps.exp_files import load_exp_class
 
 LiDAR = load_exp_class(Path({exp_dir!r}) / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
 
 
-class LearnedMaskDDP(DistillExp, LiDAR):
-    teacher_exp_class = LiDAR
-    teacher_model_size = "small"
-    allow_random_teacher = True
-    distill_terms = {{"mask": {{"kind": "learned_mask", "source": "neck", "num_queries": 2, "mask_learning_until_epoch": 1}}}}
-    distill_weights = {{"mask": 1.0}}
+class LearnedMaskDDP(LiDAR):
+    distill = DistillSettings(
+        teacher=LiDAR,
+        teacher_preset="small",
+        allow_random_teacher=True,
+        terms={{"mask": {{"kind": "learned_mask", "source": "neck", "num_queries": 2, "mask_learning_until_epoch": 1}}}},
+        weights={{"mask": 1.0}},
+    )
 
 
 if __name__ == "__main__":

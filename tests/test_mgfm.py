@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_bevfusion import batch_for
 
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
 from unikd.models.deformable import DeformableAttention

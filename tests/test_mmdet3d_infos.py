@@ -18,7 +18,7 @@ from unikd.data.nuscenes_boxes import wrap_angle
 from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mmdet3d_infos"
 MADE = json.loads((FIXTURES / "synthetic.json").read_text())

@@ -13,7 +13,7 @@ from unikd.data.collate import collate_batch
 from unikd.data.nuscenes_dataset import ImageAugConfig
 from unikd.exps.base_exp import image_aug_for
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive, register_preset
 
 SMALL_CAMERA = SMALL.config["camera"]
@@ -103,15 +103,15 @@ def test_small_student_distils_from_a_small_teacher_cell_for_cell(synthetic_root
     exp_class = load_exp_class(EXP_DIR / "BEVFusion_nuscenes_centerhead_lidarsmall_exp_distill_lidar.py")
     options = {"model_size": "small_student", "teacher_model_size": "small", "allow_random_teacher": True}
     exp = exp_class(data_root=str(synthetic_root), exp_options=options)
-    student, teacher = exp.model.output_shapes(), exp.teacher.output_shapes()
+    student, teacher = exp.model.output_shapes(), exp.objective.teacher.output_shapes()
     for name in ("middle_encoder", "bev", "neck"):
         assert student[name] == (teacher[name][0] // 2, *teacher[name][1:]), name
     assert student["head"] == teacher["head"] == (64, 64)
     size = sum(p.numel() for p in exp.model.parameters())
-    assert 2 * size < sum(p.numel() for p in exp.teacher.parameters())
+    assert 2 * size < sum(p.numel() for p in exp.objective.teacher.parameters())
     dataset = exp.datamodule.train_dataset()
     batch = collate_batch([dataset[0], dataset[1]])
-    losses = exp.distiller(exp.model(batch), exp.teacher(batch), batch)
+    losses = exp.objective.distiller(exp.model(batch), exp.objective.teacher(batch), batch)
     assert set(losses) >= {f"distill/{name}" for name in ("feature", "relation", "response", "infonce")}
     assert all(torch.isfinite(loss) for loss in losses.values())
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.camera import LSSViewTransform
 from unikd.models.configs import model_config

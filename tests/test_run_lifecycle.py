@@ -4,6 +4,7 @@ another experiment's checkpoint are named as such."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import multiprocessing
@@ -24,7 +25,7 @@ from unikd.data.loader_workers import stop_signal_shield
 from unikd.exps import checkpoints
 from unikd.exps.checkpoints import AtomicCheckpointIO, CheckpointError
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.exps.finite_guard import FiniteLossGuard, NonFiniteLoss
 from unikd.exps.interrupt import TrainingInterrupted
 from unikd.exps.run_lock import LOCK_NAME, RunFolderLocked
@@ -214,7 +215,7 @@ def test_a_full_disk_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 class RandomTeacher(LIDAR_FROM_CAMERA):
-    allow_random_teacher = True
+    distill = dataclasses.replace(LIDAR_FROM_CAMERA.distill, allow_random_teacher=True)
 
 
 def test_training_refuses_another_experiments_checkpoint(synthetic_root: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from unikd.distill.distiller import SEGMENTATION_TERMS, UNIDISTILL_TERMS, Distiller
 from unikd.distill.losses import TERM_KINDS
 from unikd.distill.losses.seg_response import SegResponseLoss
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
 
@@ -114,8 +114,8 @@ def test_segmentation_pairing_files(student: str) -> None:
     exp = load_exp_class(EXP_DIR / f"{stem}.py")(exp_options=SMALL)
     plain = load_exp_class(EXP_DIR / f"BEVFusion_nuscenes_seg_{student}_exp.py")
     assert isinstance(exp, plain) and exp.task == "segmentation" and exp.evaluation.reads_map_masks
-    assert exp.model.head is None and exp.teacher.head is None and exp.teacher.fuser is not None
-    assert set(exp.distiller.terms) == {"fitnet", "seg_response"}  # masked is off (weight 0) until asked for
+    assert exp.model.head is None and exp.objective.teacher.head is None and exp.objective.teacher.fuser is not None
+    assert set(exp.objective.distiller.terms) == {"fitnet", "seg_response"}  # masked is off (weight 0) until asked for
     assert set(exp.state_dict()) == set(plain(exp_options={"model_size": "small"}).state_dict())
     with pytest.raises(ValueError, match="segmentation uses 'metric'"):
         plain(exp_options={"model_size": "small", "eval_backend": "devkit"})

@@ -9,7 +9,7 @@ import torch
 
 from unikd.data.map_targets import MAP_CLASSES
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
 from unikd.models.heads.seg_head import (

@@ -19,7 +19,7 @@ from unikd.data.infos import build_infos, load_nuscenes
 from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"
 LIDAR = load_exp_class(EXP_DIR / "BEVFusion_nuscenes_centerhead_lidar_exp.py")

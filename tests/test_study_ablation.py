@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.study.paired import paired_difference, t_quantile
 from unikd.study.records import SharedRunBusy, lock_path, read_record, write_record
 from unikd.study.report import compare_variants, format_tables, summarise, variants_table
@@ -233,7 +233,7 @@ def test_a_bad_variant_stops_the_study_before_any_run(tmp_path: Path) -> None:
          "relatoin=40"], capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "--variants 'relatoin=40': --exp_options distill_weights.relatoin: distill_weights has no key 'relatoin'; "
+        "--variants 'relatoin=40': --exp_options distill.weights.relatoin: distill.weights has no key 'relatoin'; "
         "known: ['feature', 'heatmap_kd', 'infonce', 'relation', 'response']")
     assert not (tmp_path / "out").exists()  # nothing planned, nothing trained
 
@@ -241,12 +241,12 @@ def test_a_bad_variant_stops_the_study_before_any_run(tmp_path: Path) -> None:
 def test_variants_are_checked_as_their_runs_will_build_them(tmp_path: Path) -> None:
     pairing = load_exp_class(PAIRING)
     s = ablation_settings(tmp_path, ("feature=ten",))
-    with pytest.raises(VariantError, match=r"--variants 'feature=ten': --exp_options distill_weights.feature='ten': "
+    with pytest.raises(VariantError, match=r"--variants 'feature=ten': --exp_options distill.weights.feature='ten': "
                        "expected float"):
         study_variants(s, pairing, s.model_size)
     with pytest.raises(VariantError, match=r"--variants: \['feature=10'\] given more than once"):
         study_variants(replace(s, variants=("feature=10", "feature=10")), pairing, s.model_size)
-    with pytest.raises(VariantError, match=r"--distill_options: --exp_options distill_weights.feture: distill_weights has no key 'feture'"):
+    with pytest.raises(VariantError, match=r"--distill_options: --exp_options distill.weights.feture: distill.weights has no key 'feture'"):
         study_variants(replace(s, variants=(), distill_options=("distill_weights.feture=1",)), pairing, s.model_size)
     with pytest.raises(VariantError, match=f"--variants_file {tmp_path / 'missing.txt'}: no such file"):
         read_variants_file(tmp_path / "missing.txt")

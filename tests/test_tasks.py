@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from unikd.data.map_targets import MAP_CLASSES
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.exps.tasks import EVALUATION_TASKS, DetectionTask, SegmentationTask
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"

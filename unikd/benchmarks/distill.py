@@ -34,11 +34,11 @@ DISTILL_CASES = (
 
 # ------------------------------------------------------------------------------------ 7. distillation
 def bench_distill_step(ctx: Context, case: str) -> dict:
-    import unikd.exps.distill_exp as distill_exp
     from unikd.benchmarks.distill_step import benchmark_distill_step
+    from unikd.exps.exp_files import load_exp_class
 
     pair, size = case.split("-")
-    exp_class = distill_exp.load_exp_class(REPO / "exps" / "nuscenes" / "BEVFusion" / DISTILL_PAIRS[pair])
+    exp_class = load_exp_class(REPO / "exps" / "nuscenes" / "BEVFusion" / DISTILL_PAIRS[pair])
     sizes = {"model_size": "small", "teacher_model_size": "small"} if size == "small" else {}
     torch.manual_seed(0)
     exp = exp_class(
@@ -71,7 +71,7 @@ def bench_distill_step(ctx: Context, case: str) -> dict:
         },
         "notes": [
             f"{exp_class.__name__} at {'the small size (student and teacher)' if size == 'small' else 'its own sizes'} "
-            f"(student {exp.model_size}, teacher {exp.teacher_model_size}; random teacher), batch 1 of the train "
+            f"(student {exp.model_size}, teacher {exp.distill.teacher_preset}; random teacher), batch 1 of the train "
             f"split; unikd.benchmarks.distill_step.benchmark_distill_step(repeats={repeats}): steps are forward + losses + "
             "backward (no optimizer), interleaved rounds, median after a warm-up round",
             "term_<name>_s: each distillation term's forward + backward alone on one step's outputs; terms_share: "

@@ -12,7 +12,8 @@ import torch
 from pytorch_lightning.utilities import move_data_to_device
 
 from unikd.data.collate import collate_batch
-from unikd.exps.distill_exp import DistillExp
+from unikd.exps.base_exp import BaseExp
+from unikd.exps.objective import Objective
 
 
 def _timed_rounds(
@@ -70,11 +71,11 @@ def _as_leaves(value: Any) -> Any:
     return value
 
 
-def _term_seconds(exp: DistillExp, batch: dict, repeats: int) -> dict[str, float]:
+def _term_seconds(exp: BaseExp, batch: dict, repeats: int) -> dict[str, float]:
     """Wall seconds of each term's forward + backward alone, on one step's outputs (student's made leaves)."""
-    distiller = exp.distiller
-    with torch.no_grad(), distiller.recording(exp.model, exp.teacher):
-        student, teacher = exp.model(batch), exp.teacher(batch)
+    distiller, teacher_model = exp.objective.distiller, exp.objective.teacher
+    with torch.no_grad(), distiller.recording(exp.model, teacher_model):
+        student, teacher = exp.model(batch), teacher_model(batch)
     student, teacher = distiller.inputs(student, teacher)
     student = _as_leaves(student)
 
@@ -85,8 +86,9 @@ def _term_seconds(exp: DistillExp, batch: dict, repeats: int) -> dict[str, float
     return {f"term_{name}_s": statistics.median(wall for wall, _ in values) for name, values in times.items()}
 
 
-def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: int = 3) -> dict[str, float]:
-    """Cost of one distillation training step against the student step plus the teacher's forward.
+def benchmark_distill_step(exp: BaseExp, batch: dict | None = None, repeats: int = 3) -> dict[str, float]:
+    """Cost of one training step of a distillation experiment (`exp.objective` a `Distillation`) against the
+    student step (the detector's own losses, `Objective`) plus the teacher's forward.
 
     A step is forward, losses and backward (no optimizer update), on the first training samples when
     `batch` is None. The three parts run interleaved for `repeats` rounds after a warm-up round.
@@ -103,6 +105,7 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
         batch = collate_batch([dataset[i] for i in range(exp.batch_size_per_device)])
     batch = move_data_to_device(batch, exp.device)
     exp.train()
+    own_losses = Objective()
 
     def distill_step() -> None:
         exp.zero_grad(set_to_none=True)
@@ -110,11 +113,11 @@ def benchmark_distill_step(exp: DistillExp, batch: dict | None = None, repeats: 
 
     def student_step() -> None:
         exp.zero_grad(set_to_none=True)
-        sum(super(DistillExp, exp).training_losses(batch).values()).backward()
+        sum(own_losses.losses(exp.model, batch).values()).backward()
 
     def teacher_forward() -> None:
         with torch.no_grad():
-            exp.teacher(batch)
+            exp.objective.teacher(batch)
 
     times = _timed_rounds(
         {"distill": distill_step, "student": student_step, "teacher": teacher_forward}, repeats, exp.device

@@ -1,14 +1,16 @@
-"""BaseExp: the LightningModule that trains a detector, with its data module and its evaluation task.
+"""BaseExp: the LightningModule that trains a detector, with its data module, its evaluation task and its objective.
 
-The experiment's class attributes are its settings. It builds the detector and trains it (losses,
-optimizer, schedule, checkpoint metadata); its data (`unikd.data.datamodule.NuScenesDataModule`,
-`datamodule`) and its evaluation (`unikd.exps.tasks`, `evaluation`) are built from those settings.
+The experiment's class attributes are its settings. It builds the detector and trains it (optimizer, schedule,
+checkpoint metadata); its data (`unikd.data.datamodule.NuScenesDataModule`, `datamodule`), its evaluation
+(`unikd.exps.tasks`, `evaluation`) and what it minimises (`unikd.exps.objective`, `objective`: the detector's own
+losses, or with the `distill` setting `unikd.exps.distillation.Distillation`) are built from those settings.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from unikd.data.infos import SPLITS_BY_VERSION
 from unikd.data.nuscenes_dataset import ImageAugConfig
 from unikd.data.transforms import BEVAugConfig
 from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata, load_camera_init
+from unikd.exps.distillation import Distillation, DistillSettings
 from unikd.exps.finite_guard import FiniteLossGuard
+from unikd.exps.objective import Objective
 from unikd.exps.options import apply_options
 from unikd.exps.tasks import EVALUATION_TASKS, EvaluationTask, gathered_records, prediction_records
 from unikd.models.bevfusion import BEVFusion
@@ -56,7 +60,7 @@ class BaseExp(pl.LightningModule):
     num_sweeps: int = 3
     infos: tuple[str, ...] = ()  # mmdet3d info files read instead of the devkit (`mmdet3d_infos.info_files`)
     infos_box_convention: str | None = None  # of 0.x-layout info files: "0.x" or "1.x"
-    image_aug: ImageAugConfig | None = None  # None: image_aug_for(model_size)
+    image_aug: ImageAugConfig | None = None  # None: that of the preset whose images are read (`default_image_aug`)
     bev_aug: BEVAugConfig | None = BEVAugConfig()
     max_epochs: int = 20
     lr: float = 2e-3
@@ -71,7 +75,7 @@ class BaseExp(pl.LightningModule):
     # run, `unikd.exps.depth_pretrain_exp`; `unikd.exps.checkpoints.load_camera_init`)
     camera_init: str = ""
     num_visualizations: int = 4
-    cli_arguments: tuple[str, ...] = ()  # extra CLI arguments passed to __init__ (e.g. teacher_ckpt)
+    distill: DistillSettings | None = None  # a teacher and terms to distil from (`unikd.exps.distillation`)
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class BaseExp(pl.LightningModule):
         seed: int = 0,
         output_dir: str | None = None,
         exp_options: dict[str, Any] | None = None,
+        teacher_ckpt: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -94,14 +99,18 @@ class BaseExp(pl.LightningModule):
             raise ValueError(f"task must be one of {tuple(EVALUATION_TASKS)}, got {self.task!r}")
         self.model_config = model_config(self.model_size, self.modalities, self.task)
         apply_options(self, model_options)
+        if teacher_ckpt is not None and self.distill is None:
+            raise ValueError(f"teacher_ckpt {teacher_ckpt}: {type(self).__name__} distils from no teacher")
+        self.image_aug = self.image_aug or self.default_image_aug()
         self.evaluation: EvaluationTask = EVALUATION_TASKS[self.task](self)
         self.check_settings()
         self.model = self.build_model()
         if self.camera_init:
             load_camera_init(self.model, self.camera_init)
+        self._datamodule: NuScenesDataModule | None = None
+        self.objective = self.build_objective(teacher_ckpt)
         self.predict_records: list[dict] = []
         self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded for -e / -p
-        self._datamodule: NuScenesDataModule | None = None
         self._finite_guard: FiniteLossGuard | None = None  # built at the first step, for the trainer's precision
 
     def check_settings(self) -> None:
@@ -139,10 +148,25 @@ class BaseExp(pl.LightningModule):
     def build_model(self) -> torch.nn.Module:
         return BEVFusion(copy.deepcopy(self.model_config))
 
+    def build_objective(self, teacher_ckpt: str | None) -> Objective:
+        """The detector's own losses, or with `distill` its distillation from the teacher of `teacher_ckpt`."""
+        if self.distill is None:
+            return Objective()
+        return Distillation(self.distill, self.model, teacher_ckpt, lambda: len(self.datamodule.train_dataset()))
+
+    def default_image_aug(self) -> ImageAugConfig:
+        """The image augmentation of the preset whose camera branch reads the images: the experiment's, or for a
+        student without cameras its teacher's."""
+        if "camera" not in self.modalities and self.distill is not None:
+            return image_aug_for(self.distill.teacher_preset)
+        return image_aug_for(self.model_size)
+
     # ----------------------------------------------------------------------------- data
     def data_modalities(self, training: bool) -> tuple[str, ...]:
-        """The sensors a dataset of this experiment reads (a distillation adds its teacher's for training)."""
-        return self.modalities
+        """The sensors a dataset of this experiment reads; a distillation also trains on its teacher's."""
+        if not training or self.distill is None:
+            return self.modalities
+        return self.modalities + tuple(m for m in self.distill.teacher.modalities if m not in self.modalities)
 
     def data_settings(self) -> DataSettings:
         """The experiment's data: its database, sensors, augmentation and batches."""
@@ -153,7 +177,7 @@ class BaseExp(pl.LightningModule):
             batch_size=self.batch_size_per_device,
             num_sweeps=self.num_sweeps,
             seed=self.seed,
-            image_aug=self.image_aug or image_aug_for(self.model_size),
+            image_aug=self.image_aug,
             bev_aug=self.bev_aug,
             train_modalities=self.data_modalities(training=True),
             eval_modalities=self.data_modalities(training=False),
@@ -188,8 +212,27 @@ class BaseExp(pl.LightningModule):
         """Whether this run validates (not with --limit_val_batches 0, nor -p)."""
         return self.trainer.state.fn in ("fit", "validate") and self.trainer.limit_val_batches != 0
 
+    def state_dict(self, *, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> dict:
+        """The experiment's state without its objective's (a teacher and distiller are not the trained detector's)."""
+        state = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [key for key in state if key.startswith(prefix + "objective.")]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """Load the experiment's state, strictly over its keys; the objective's comes from `on_load_checkpoint`."""
+        expected = set(self.state_dict())
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"state dict does not match {type(self).__name__}: missing keys {missing}, unexpected keys {unexpected}"
+            )
+        own_state = {key: value for key, value in state_dict.items() if key in expected}
+        return super().load_state_dict(own_state, strict=False, assign=assign)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[METADATA_KEY] = checkpoint_metadata(self)
+        checkpoint.update(self.objective.checkpoint_state())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Remember the checkpoint's epoch (names -e's outputs) and, for a run resumed part-way into an
@@ -199,6 +242,7 @@ class BaseExp(pl.LightningModule):
         if progress is not None and self.checkpoint_epoch is not None:
             done = 0 if progress["is_last_batch"] else progress["current"]["processed"]
             self.datamodule.resume(self.checkpoint_epoch, done)
+        self.objective.load_checkpoint_state(checkpoint)
 
     @property
     def epoch_label(self) -> int:
@@ -211,14 +255,15 @@ class BaseExp(pl.LightningModule):
     def forward(self, batch: dict) -> dict:
         return self.model(batch)
 
-    def outputs_and_losses(self, batch: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-        """The model's named outputs on a training batch and its named losses."""
-        outputs = self.model(batch)
-        return outputs, self.model.loss(outputs, batch)
-
     def training_losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Named loss terms of one batch; distillation experiments add their own."""
-        return self.outputs_and_losses(batch)[1]
+        """Named loss terms of one batch: the objective's."""
+        return self.objective.losses(self.model, batch)
+
+    def on_train_epoch_start(self) -> None:
+        self.objective.set_epoch(self.current_epoch)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.objective.before_optimizer_step()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.training_losses(batch)

@@ -158,12 +158,13 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, e
     training = not (args.evaluate or args.predict)
     if not training and not args.ckpt_path and not args.allow_untrained:
         parser.error("-e/-p need --ckpt_path (or --allow_untrained to evaluate random weights)")
-    teacher_kind = "teacher_ckpt" in exp_class.cli_arguments
-    if args.teacher_ckpt and not teacher_kind:
+    distill = exp_class.distill
+    if args.teacher_ckpt and distill is None:
         parser.error(f"--teacher_ckpt is for distillation experiments; {exp_class.__name__} has no teacher")
-    if teacher_kind and training and not args.teacher_ckpt and not exp_class.allow_random_teacher:
-        teacher = exp_class.teacher_exp_class.__name__
-        parser.error(f"{exp_class.__name__} distils from a {teacher} teacher: pass --teacher_ckpt with its checkpoint")
+    if distill is not None and training and not args.teacher_ckpt and not distill.allow_random_teacher:
+        parser.error(
+            f"{exp_class.__name__} distils from a {distill.teacher_name} teacher: pass --teacher_ckpt with its checkpoint"
+        )
     for flag in ("ckpt_path", "teacher_ckpt"):
         path = getattr(args, flag)
         if path and not Path(path).is_file():
@@ -206,7 +207,7 @@ def restored_checkpoint(exp: pl.LightningModule, path: str, training: bool) -> s
             f"--ckpt_path {path} is {describe_checkpoint(checkpoint)}: training resumes only a checkpoint of its own "
             f"experiment, {type(exp).__name__} (its optimizer and loop state); "
             f"{experiment_hint(checkpoint[METADATA_KEY])} to resume it"
-            + (", or pass it as --teacher_ckpt to distil from it" if "teacher_ckpt" in exp.cli_arguments else "")
+            + (", or pass it as --teacher_ckpt to distil from it" if exp.distill is not None else "")
         )
     check_state_dict(checkpoint["state_dict"], exp.state_dict(), path, target, checkpoint, hint=experiment_hint)
     return path
@@ -231,13 +232,12 @@ def run_cli(exp_class: type, argv: list[str] | None = None) -> pl.LightningModul
     for key in ("max_epochs", "version", "eval_backend", "infos", "infos_box_convention"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
-    exp_kwargs = {key: getattr(args, key) for key in exp_class.cli_arguments}
     exp = exp_class(
         batch_size_per_device=args.batch_size,
         data_root=args.data_root,
         seed=args.seed,
         exp_options=options,
-        **exp_kwargs,
+        teacher_ckpt=args.teacher_ckpt,
     )
     if args.ckpt_path:
         args.ckpt_path = restored_checkpoint(exp, args.ckpt_path, training=not (args.evaluate or args.predict))

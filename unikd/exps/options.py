@@ -22,9 +22,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
-# Clearer names accepted for experiment attributes: `preset=small` sets `model_size` (a preset of
-# `unikd.models.configs.PRESETS`), `teacher_preset=...` sets `teacher_model_size`.
-OPTION_NAMES = {"preset": "model_size", "teacher_preset": "teacher_model_size"}
+# Other names accepted for settings: `preset=small` sets `model_size` (a preset of `unikd.models.configs.PRESETS`);
+# the distillation section `distill` (`unikd.exps.distillation.DistillSettings`) has short names.
+OPTION_NAMES = {
+    "preset": "model_size",
+    "teacher_preset": "distill.teacher_preset",
+    "teacher_model_size": "distill.teacher_preset",
+    "allow_random_teacher": "distill.allow_random_teacher",
+    "distill_weights": "distill.weights",
+    "distill_terms": "distill.terms",
+}
+OPTION_PREFIXES = {"distill_weights.": "distill.weights."}  # distill_weights.feature=10 sets distill.weights.feature
+
+
+def setting_path(key: str) -> str:
+    """The dotted setting path that an option key names (OPTION_NAMES, OPTION_PREFIXES)."""
+    for prefix, path in OPTION_PREFIXES.items():
+        if key.startswith(prefix):
+            return path + key.removeprefix(prefix)
+    return OPTION_NAMES.get(key, key)
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -35,7 +51,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--exp_options expects key=value, got {pair!r}")
-        attribute = OPTION_NAMES.get(key, key)
+        attribute = setting_path(key)
         if given_as.setdefault(attribute, key) != key:
             raise ValueError(f"--exp_options {given_as[attribute]} and {key} name the same setting ({attribute}); give one")
         options[attribute] = parse_value(value)
@@ -45,7 +61,8 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 def apply_options(target: object, options: dict[str, Any]) -> None:
     """Set each dotted path on `target`; an unknown attribute or key, or a value of the wrong type, is an error."""
     annotations = _annotations(type(target))
-    for path, value in options.items():
+    for key, value in options.items():
+        path = setting_path(key)
         *parents, leaf = path.split(".")
         if parents:
             _own_copy(target, parents[0])
@@ -54,6 +71,8 @@ def apply_options(target: object, options: dict[str, Any]) -> None:
         for name in parents:
             node = _child(node, name, walked)
             walked.append(name)
+            if node is None:  # e.g. `distill` of an experiment that distils from no teacher
+                raise AttributeError(f"--exp_options {path}: {'.'.join(walked)} is not set (None) in this experiment")
         if isinstance(node, dict):
             if leaf not in node:
                 raise KeyError(f"--exp_options {path}: {'.'.join(walked) or 'experiment'} has no key {leaf!r}; known: {sorted(node)}")

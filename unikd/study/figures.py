@@ -12,7 +12,7 @@ import torch
 
 from unikd.data.classes import CAMERAS
 from unikd.data.collate import collate_batch
-from unikd.exps.distill_exp import load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.exps.options import parse_options
 from unikd.utils.visualization import plot_bev, plot_camera
 

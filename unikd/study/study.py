@@ -27,7 +27,7 @@ from typing import Any
 
 from unikd.data.synthetic import generate_synthetic_nuscenes
 from unikd.exps.base_exp import BaseExp
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.exp_files import load_exp_class
 from unikd.study.figures import predict_sample, save_report_figure
 from unikd.study.records import claim_run, read_record, release_run, shared_run_name, write_record
 from unikd.study.report import compare_variants, format_tables, summarise, write_report
@@ -82,10 +82,10 @@ class StudySettings:
 def pairing_files(pairing: Path) -> tuple[Path, Path]:
     """(plain student, teacher) experiment files of a distillation experiment file."""
     exp_class = load_exp_class(pairing)
-    if not issubclass(exp_class, DistillExp):
-        raise ValueError(f"{pairing} is not a distillation experiment (its class is no DistillExp)")
-    student = next(c for c in exp_class.__mro__[1:] if issubclass(c, BaseExp) and not issubclass(c, DistillExp))
-    return Path(inspect.getfile(student)).resolve(), Path(inspect.getfile(exp_class.teacher_exp_class)).resolve()
+    if exp_class.distill is None:
+        raise ValueError(f"{pairing} is not a distillation experiment (its class sets no `distill`)")
+    student = next(c for c in exp_class.__mro__[1:] if issubclass(c, BaseExp) and c.distill is None)
+    return Path(inspect.getfile(student)).resolve(), Path(inspect.getfile(exp_class.distill.teacher)).resolve()
 
 
 def ensure_data(settings: StudySettings) -> None:

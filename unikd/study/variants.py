@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unikd.exps.base_exp import BaseExp
-from unikd.exps.options import parse_options
+from unikd.exps.options import OPTION_NAMES, parse_options
 
 DEFAULT_NAME = "distilled"  # the one variant of a study without variants: --distill_options alone
 
@@ -29,11 +29,12 @@ class Variant:
 
 
 def expand_option(option: str, exp_class: type[BaseExp]) -> str:
-    """`key=value` with a key that is no attribute of `exp_class` -> `distill_weights.key=value`."""
+    """`key=value` with a key that is no setting of `exp_class` (nor another name of one) ->
+    `distill_weights.key=value`."""
     key, sep, value = option.partition("=")
     if not sep or not key:
         raise ValueError(f"expected key=value, got {option!r}")
-    if "." in key or hasattr(exp_class, key):
+    if "." in key or key in OPTION_NAMES or hasattr(exp_class, key):
         return option
     return f"distill_weights.{key}={value}"
 

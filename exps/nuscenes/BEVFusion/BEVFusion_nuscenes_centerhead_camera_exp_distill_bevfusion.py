@@ -7,18 +7,21 @@ from pathlib import Path
 
 from unikd.distill.distiller import UNIDISTILL_TERMS
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.distillation import DistillSettings
+from unikd.exps.exp_files import load_exp_class
 
 HERE = Path(__file__).parent
 Student = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_camera_exp.py")
 Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_transfusion_fusion_exp.py")
 
 
-class BEVFusion_nuscenes_centerhead_camera_exp_distill_bevfusion(DistillExp, Student):
-    teacher_exp_class = Teacher
-    teacher_model_size = "bevfusion_fusion"
-    distill_terms = {**UNIDISTILL_TERMS, "heatmap_kd": {"kind": "heatmap_kd", "source": "head"}}
-    distill_weights = {"feature": 10.0, "relation": 5.0, "heatmap_kd": 10.0}
+class BEVFusion_nuscenes_centerhead_camera_exp_distill_bevfusion(Student):
+    distill = DistillSettings(
+        teacher=Teacher,
+        teacher_preset="bevfusion_fusion",
+        weights={"feature": 10.0, "relation": 5.0, "heatmap_kd": 10.0},
+        terms={**UNIDISTILL_TERMS, "heatmap_kd": {"kind": "heatmap_kd", "source": "head"}},
+    )
 
 
 if __name__ == "__main__":

@@ -5,17 +5,20 @@ tools/convert_checkpoint.py); the camera student's BEV covers the teacher's +-54
 from pathlib import Path
 
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.distillation import DistillSettings
+from unikd.exps.exp_files import load_exp_class
 
 HERE = Path(__file__).parent
 Student = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_camera_exp.py")
 Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
 
 
-class BEVFusion_nuscenes_centerhead_camera_exp_distill_centerpoint(DistillExp, Student):
-    teacher_exp_class = Teacher
-    teacher_model_size = "centerpoint_0075"
-    distill_weights = {"feature": 100.0, "relation": 40.0, "response": 10.0}
+class BEVFusion_nuscenes_centerhead_camera_exp_distill_centerpoint(Student):
+    distill = DistillSettings(
+        teacher=Teacher,
+        teacher_preset="centerpoint_0075",
+        weights={"feature": 100.0, "relation": 40.0, "response": 10.0},
+    )
 
 
 if __name__ == "__main__":

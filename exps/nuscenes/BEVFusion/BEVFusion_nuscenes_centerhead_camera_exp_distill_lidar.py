@@ -6,18 +6,21 @@ from pathlib import Path
 
 from unikd.distill.distiller import UNIDISTILL_TERMS
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.distillation import DistillSettings
+from unikd.exps.exp_files import load_exp_class
 
 HERE = Path(__file__).parent
 Student = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_camera_exp.py")
 Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
 
 
-class BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar(DistillExp, Student):
-    teacher_exp_class = Teacher
-    teacher_model_size = "nuscenes"
-    distill_terms = {**UNIDISTILL_TERMS, "heatmap_kd": {"kind": "heatmap_kd", "source": "head", "mode": "bce"}}
-    distill_weights = {"feature": 100.0, "relation": 40.0, "response": 10.0}
+class BEVFusion_nuscenes_centerhead_camera_exp_distill_lidar(Student):
+    distill = DistillSettings(
+        teacher=Teacher,
+        teacher_preset="nuscenes",
+        weights={"feature": 100.0, "relation": 40.0, "response": 10.0},
+        terms={**UNIDISTILL_TERMS, "heatmap_kd": {"kind": "heatmap_kd", "source": "head", "mode": "bce"}},
+    )
 
 
 if __name__ == "__main__":

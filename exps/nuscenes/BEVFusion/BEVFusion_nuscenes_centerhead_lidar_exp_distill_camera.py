@@ -3,17 +3,20 @@
 from pathlib import Path
 
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.distillation import DistillSettings
+from unikd.exps.exp_files import load_exp_class
 
 HERE = Path(__file__).parent
 Student = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
 Teacher = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_camera_exp.py")
 
 
-class BEVFusion_nuscenes_centerhead_lidar_exp_distill_camera(DistillExp, Student):
-    teacher_exp_class = Teacher
-    teacher_model_size = "nuscenes"
-    distill_weights = {"feature": 10.0, "relation": 5.0, "response": 1.0}
+class BEVFusion_nuscenes_centerhead_lidar_exp_distill_camera(Student):
+    distill = DistillSettings(
+        teacher=Teacher,
+        teacher_preset="nuscenes",
+        weights={"feature": 10.0, "relation": 5.0, "response": 1.0},
+    )
 
 
 if __name__ == "__main__":

@@ -4,17 +4,20 @@ terms plus the combined four-level InfoNCE (voxel_encoder, middle_encoder, backb
 from pathlib import Path
 
 from unikd.exps.cli import run_cli
-from unikd.exps.distill_exp import DistillExp, load_exp_class
+from unikd.exps.distillation import DistillSettings
+from unikd.exps.exp_files import load_exp_class
 
 HERE = Path(__file__).parent
 LiDAR = load_exp_class(HERE / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
 
 
-class BEVFusion_nuscenes_centerhead_lidarsmall_exp_distill_lidar(DistillExp, LiDAR):
+class BEVFusion_nuscenes_centerhead_lidarsmall_exp_distill_lidar(LiDAR):
     model_size = "student"
-    teacher_exp_class = LiDAR
-    teacher_model_size = "nuscenes"
-    distill_weights = {"feature": 10.0, "relation": 1.0, "response": 10.0, "infonce": 1.0}
+    distill = DistillSettings(
+        teacher=LiDAR,
+        teacher_preset="nuscenes",
+        weights={"feature": 10.0, "relation": 1.0, "response": 10.0, "infonce": 1.0},
+    )
 
 
 if __name__ == "__main__":
