@@ -205,10 +205,16 @@ def _build_scene(job: _SceneJob) -> dict[str, list[dict]]:
     world = job.world
     start_us = FIRST_SCENE_START_US + job.index * SCENE_SPACING_US
     log = _add_log(writer, job.index, world.vehicle, world.location, world.utc_offset, start_us)
-    scene = _SceneWriter(
-        writer, _camera_renderers(), world.layout, job.offset, job.name, job.index, log, start_us
-    )
-    scene.write(job.keyframes, job.sweeps, np.random.default_rng([job.seed, job.index, 1]), job.lidar_noise)
+    offset = np.array([job.offset[0], job.offset[1], 0.0])
+    scene = _Scene(writer, world.layout, offset, job.index, log, start_us)
+    tables = _SceneTables(scene)
+    lidar_calibration = tables.add_calibrations()
+    samples = tables.add_scene(job.name, job.keyframes)
+    frames = _SensorFrames(scene, _camera_renderers(), lidar_calibration)
+    rng = np.random.default_rng([job.seed, job.index, 1])
+    per_keyframe = frames.write_lidar(samples, job.sweeps, rng, job.lidar_noise)
+    frames.write_cameras(samples)
+    tables.add_annotations(samples, per_keyframe)
     return writer.tables
 
 
@@ -263,195 +269,24 @@ def _add_log(
     )
 
 
-class _SceneWriter:
-    """Writes one scene: its records, LiDAR sweeps, camera images and annotations."""
+@dataclass(frozen=True)
+class _Scene:
+    """What the writers of one scene share: the dataset writer, the layout, the scene's place in the
+    global frame, its index (in every token), its log and its start time."""
 
-    def __init__(
-        self,
-        writer: DatasetWriter,
-        renderers: tuple[CameraRenderer, ...],
-        layout: SceneLayout,
-        offset: np.ndarray,
-        name: str,
-        index: int,
-        log: dict,
-        start_us: int,
-    ) -> None:
-        self.writer = writer
-        self.renderers = renderers
-        self.layout = layout
-        self.offset = np.array([offset[0], offset[1], 0.0])  # added to every global position written
-        self.name = name
-        self.index = index
-        self.start_us = start_us
-        self.log = log
-        self.annotated = [i for i, obj in enumerate(layout.objects) if obj.category]
-        self.reflectivity = np.array([REFLECTIVITY[obj.kind] for obj in layout.objects])
-        self.lidar_calibration = {
-            "token": writer.token("calibrated_sensor", index, LIDAR_CHANNEL),
-            "sensor_token": writer.token("sensor", LIDAR_CHANNEL),
-            **lidar_calibration(),
-        }
-        writer.add("calibrated_sensor", self.lidar_calibration)
-        for spec in CAMERA_SPECS:
-            writer.add(
-                "calibrated_sensor",
-                {
-                    "token": writer.token("calibrated_sensor", index, spec.channel),
-                    "sensor_token": writer.token("sensor", spec.channel),
-                    **camera_calibration(spec),
-                },
-            )
+    writer: DatasetWriter
+    layout: SceneLayout
+    offset: np.ndarray  # [3], scene frame -> global frame: added to every global position written
+    index: int
+    log: dict
+    start_us: int
 
-    def write(self, num_keyframes: int, sweeps: int, rng: np.random.Generator, lidar_noise: float) -> None:
-        w = self.writer
-        samples = [w.token("sample", self.index, k) for k in range(num_keyframes)]
-        moving = (
-            "parked" if self.layout.ego.speed == 0 else ("slow" if self.layout.ego.speed < 4.5 else "driving")
-        )
-        road = "straight" if self.layout.road.curvature == 0 else "curved"
-        w.add(
-            "scene",
-            {
-                "token": w.token("scene", self.index),
-                "log_token": self.log["token"],
-                "nbr_samples": num_keyframes,
-                "first_sample_token": samples[0],
-                "last_sample_token": samples[-1],
-                "name": self.name,
-                "description": f"synthetic, ego {moving}, {road} road",
-            },
-        )
-        for k, token in enumerate(samples):
-            w.add(
-                "sample",
-                {
-                    "token": token,
-                    "timestamp": self.start_us + k * KEYFRAME_INTERVAL_US,
-                    "prev": samples[k - 1] if k > 0 else "",
-                    "next": samples[k + 1] if k + 1 < num_keyframes else "",
-                    "scene_token": w.token("scene", self.index),
-                },
-            )
-        annotations = self._write_lidar(samples, sweeps, rng, lidar_noise)
-        self._write_cameras(samples)
-        self._write_annotations(samples, annotations)
+    @property
+    def annotated(self) -> list[int]:
+        """Indices of the layout's annotated objects (those with a category), in layout order."""
+        return [i for i, obj in enumerate(self.layout.objects) if obj.category]
 
-    def _ego_pose(self, channel: str, timestamp: int) -> dict:
-        xy, yaw = self.layout.ego_pose((timestamp - self.start_us) / 1e6)
-        record = {
-            "token": self.writer.token("ego_pose", self.index, channel, timestamp),
-            "timestamp": timestamp,
-            "rotation": yaw_quaternion(yaw),
-            "translation": [float(xy[0] + self.offset[0]), float(xy[1] + self.offset[1]), 0.0],
-        }
-        return self.writer.add("ego_pose", record)
-
-    def _sample_data(
-        self, channel: str, timestamp: int, sample_token: str, key: bool, pose: dict, prev: str, next_: str
-    ) -> str:
-        """Add a sample_data record and return its file name."""
-        w = self.writer
-        folder = "samples" if key else "sweeps"
-        extension = "pcd.bin" if channel == LIDAR_CHANNEL else "jpg"
-        filename = f"{folder}/{channel}/{self.log['logfile']}__{channel}__{timestamp}.{extension}"
-        camera = channel != LIDAR_CHANNEL
-        w.add(
-            "sample_data",
-            {
-                "token": w.token("sample_data", self.index, channel, timestamp),
-                "sample_token": sample_token,
-                "ego_pose_token": pose["token"],
-                "calibrated_sensor_token": w.token("calibrated_sensor", self.index, channel),
-                "timestamp": timestamp,
-                "fileformat": "jpg" if camera else "pcd",
-                "is_key_frame": key,
-                "height": IMAGE_HEIGHT if camera else 0,
-                "width": IMAGE_WIDTH if camera else 0,
-                "filename": filename,
-                "prev": prev,
-                "next": next_,
-            },
-        )
-        return filename
-
-    def _write_lidar(
-        self, samples: list[str], sweeps: int, rng: np.random.Generator, noise: float
-    ) -> list[list[tuple[int, str]]]:
-        """All LiDAR frames, key frames every `sweeps + 1` frames; returns per key frame and annotated
-        object (points inside, visibility token). A sweep belongs to the next key frame's sample."""
-        w = self.writer
-        period = sweeps + 1
-        count = (len(samples) - 1) * period + 1
-        stamps = [self.start_us + round(j * KEYFRAME_INTERVAL_US / period) for j in range(count)]
-        tokens = [w.token("sample_data", self.index, LIDAR_CHANNEL, t) for t in stamps]
-        per_keyframe = []
-        for j, timestamp in enumerate(stamps):
-            key = j % period == 0
-            pose = self._ego_pose(LIDAR_CHANNEL, timestamp)
-            filename = self._sample_data(
-                LIDAR_CHANNEL,
-                timestamp,
-                samples[(j + period - 1) // period],
-                key,
-                pose,
-                tokens[j - 1] if j > 0 else "",
-                tokens[j + 1] if j + 1 < count else "",
-            )
-            scan = self._scan((timestamp - self.start_us) / 1e6, rng, noise)
-            w.write_points(filename, scan.points)
-            if key:
-                per_keyframe.append(self._keyframe_annotations(timestamp, pose, scan))
-        return per_keyframe
-
-    def _scan(self, t: float, rng: np.random.Generator, noise: float) -> LidarScan:
-        """Ray-cast the LiDAR at time t; boxes are moved into the sensor frame first."""
-        ego_xy, ego_yaw = self.layout.ego_pose(t)
-        yaw = ego_yaw + LIDAR_YAW
-        cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
-        position = ego_xy + np.array(
-            [
-                cos * LIDAR_TRANSLATION[0] - sin * LIDAR_TRANSLATION[1],
-                sin * LIDAR_TRANSLATION[0] + cos * LIDAR_TRANSLATION[1],
-            ]
-        )
-        to_sensor = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])  # row form: xy @ this
-        centres, yaws = self.layout.boxes(t)
-        local = np.concatenate(
-            [(centres[:, :2] - position) @ to_sensor, centres[:, 2:] - LIDAR_TRANSLATION[2]], axis=1
-        )
-
-        def ground_reflectivity(xy: np.ndarray) -> np.ndarray:
-            global_xy = position + xy @ to_sensor.T
-            return self.layout.road.surface(global_xy)[1]
-
-        return cast_lidar(
-            local,
-            self.layout.sizes,
-            yaws - yaw,
-            self.layout.solid,
-            self.reflectivity,
-            LIDAR_TRANSLATION[2],
-            ground_reflectivity,
-            rng,
-            noise,
-        )
-
-    def _keyframe_annotations(self, timestamp: int, pose: dict, scan: LidarScan) -> list[tuple[int, str]]:
-        centres, yaws = self.layout.boxes((timestamp - self.start_us) / 1e6)
-        boxes = [self._box(centres[i], yaws[i], i) for i in self.annotated]
-        counts = count_points_in_boxes(scan.points, self.lidar_calibration, pose, boxes)
-        result = []
-        for i, points in zip(self.annotated, counts, strict=True):
-            potential = scan.potential_rays[i]
-            fraction = scan.visible_rays[i] / potential if potential > 0 else 0.0
-            visibility = (
-                "1" if fraction <= 0.4 else "2" if fraction <= 0.6 else "3" if fraction <= 0.8 else "4"
-            )
-            result.append((points, visibility))
-        return result
-
-    def _box(self, centre: np.ndarray, yaw: float, index: int) -> tuple[list, list, list]:
+    def box(self, centre: np.ndarray, yaw: float, index: int) -> tuple[list, list, list]:
         """nuScenes translation (global), size (w, l, h) and rotation of a box at a scene-frame centre."""
         length, width, height = self.layout.sizes[index]
         return (
@@ -460,49 +295,75 @@ class _SceneWriter:
             yaw_quaternion(float(yaw)),
         )
 
-    def _write_cameras(self, samples: list[str]) -> None:
-        w = self.writer
-        solid = self.layout.solid
-        for renderer in self.renderers:
-            spec = renderer.spec
-            stamps = [
-                self.start_us + k * KEYFRAME_INTERVAL_US + spec.timestamp_offset_us
-                for k in range(len(samples))
-            ]
-            tokens = [w.token("sample_data", self.index, spec.channel, t) for t in stamps]
-            for k, timestamp in enumerate(stamps):
-                pose = self._ego_pose(spec.channel, timestamp)
-                filename = self._sample_data(
-                    spec.channel,
-                    timestamp,
-                    samples[k],
-                    True,
-                    pose,
-                    tokens[k - 1] if k > 0 else "",
-                    tokens[k + 1] if k + 1 < len(stamps) else "",
-                )
-                t = (timestamp - self.start_us) / 1e6
-                ego_xy, ego_yaw = self.layout.ego_pose(t)
-                centres, yaws = self.layout.boxes(t)
-                image = renderer.render(
-                    self.layout.road,
-                    ego_xy,
-                    ego_yaw,
-                    centres[solid],
-                    self.layout.sizes[solid],
-                    yaws[solid],
-                    self.layout.colours[solid],
-                )
-                w.write_image(filename, image)
 
-    def _write_annotations(self, samples: list[str], per_keyframe: list[list[tuple[int, str]]]) -> None:
-        w = self.writer
+class _SceneTables:
+    """Adds a scene's records that belong to no single sensor frame: the sensors' calibrations, the
+    scene and its samples, and its instances with their annotations."""
+
+    def __init__(self, scene: _Scene) -> None:
+        self.scene = scene
+
+    def add_calibrations(self) -> dict:
+        """Add the LiDAR's and the six cameras' calibrated_sensor records; return the LiDAR's."""
+        w, index = self.scene.writer, self.scene.index
+        lidar = {
+            "token": w.token("calibrated_sensor", index, LIDAR_CHANNEL),
+            "sensor_token": w.token("sensor", LIDAR_CHANNEL),
+            **lidar_calibration(),
+        }
+        w.add("calibrated_sensor", lidar)
+        for spec in CAMERA_SPECS:
+            w.add(
+                "calibrated_sensor",
+                {
+                    "token": w.token("calibrated_sensor", index, spec.channel),
+                    "sensor_token": w.token("sensor", spec.channel),
+                    **camera_calibration(spec),
+                },
+            )
+        return lidar
+
+    def add_scene(self, name: str, num_keyframes: int) -> list[str]:
+        """Add the scene record and its `num_keyframes` samples; return the sample tokens."""
+        w, index, layout = self.scene.writer, self.scene.index, self.scene.layout
+        samples = [w.token("sample", index, k) for k in range(num_keyframes)]
+        moving = "parked" if layout.ego.speed == 0 else ("slow" if layout.ego.speed < 4.5 else "driving")
+        road = "straight" if layout.road.curvature == 0 else "curved"
+        w.add(
+            "scene",
+            {
+                "token": w.token("scene", index),
+                "log_token": self.scene.log["token"],
+                "nbr_samples": num_keyframes,
+                "first_sample_token": samples[0],
+                "last_sample_token": samples[-1],
+                "name": name,
+                "description": f"synthetic, ego {moving}, {road} road",
+            },
+        )
+        for k, token in enumerate(samples):
+            w.add(
+                "sample",
+                {
+                    "token": token,
+                    "timestamp": self.scene.start_us + k * KEYFRAME_INTERVAL_US,
+                    "prev": samples[k - 1] if k > 0 else "",
+                    "next": samples[k + 1] if k + 1 < num_keyframes else "",
+                    "scene_token": w.token("scene", index),
+                },
+            )
+        return samples
+
+    def add_annotations(self, samples: list[str], per_keyframe: list[list[tuple[int, str]]]) -> None:
+        """Add an instance per annotated object and its annotation at every sample; `per_keyframe`
+        holds per key frame and annotated object its LiDAR points and visibility token."""
+        w, index, layout = self.scene.writer, self.scene.index, self.scene.layout
         times = [k * KEYFRAME_INTERVAL_US / 1e6 for k in range(len(samples))]
-        states = [self.layout.boxes(t) for t in times]
-        for n, i in enumerate(self.annotated):
-            obj = self.layout.objects[i]
-            instance = w.token("instance", self.index, i)
-            tokens = [w.token("sample_annotation", self.index, i, k) for k in range(len(samples))]
+        states = [layout.boxes(t) for t in times]
+        for n, i in enumerate(self.scene.annotated):
+            obj = layout.objects[i]
+            instance = w.token("instance", index, i)
+            tokens = [w.token("sample_annotation", index, i, k) for k in range(len(samples))]
             w.add(
                 "instance",
                 {
@@ -515,9 +376,9 @@ class _SceneWriter:
             )
             for k, sample in enumerate(samples):
                 centres, yaws = states[k]
-                translation, size, rotation = self._box(centres[i], yaws[i], i)
+                translation, size, rotation = self.scene.box(centres[i], yaws[i], i)
                 points, visibility = per_keyframe[k][n]
-                attribute = self.layout.attribute(i, times[k])
+                attribute = layout.attribute(i, times[k])
                 w.add(
                     "sample_annotation",
                     {
@@ -535,3 +396,171 @@ class _SceneWriter:
                         "num_radar_pts": 0,
                     },
                 )
+
+
+class _SensorFrames:
+    """Writes a scene's sensor frames: for each, its ego pose and sample_data records and its file, a
+    LiDAR point file (key frames and sweeps between them) or a camera image."""
+
+    def __init__(self, scene: _Scene, renderers: tuple[CameraRenderer, ...], lidar_calibration: dict) -> None:
+        self.scene = scene
+        self.renderers = renderers
+        self.lidar_calibration = lidar_calibration
+        self.reflectivity = np.array([REFLECTIVITY[obj.kind] for obj in scene.layout.objects])
+
+    def write_lidar(
+        self, samples: list[str], sweeps: int, rng: np.random.Generator, noise: float
+    ) -> list[list[tuple[int, str]]]:
+        """All LiDAR frames, key frames every `sweeps + 1` frames; returns per key frame and annotated
+        object (points inside, visibility token). A sweep belongs to the next key frame's sample."""
+        scene = self.scene
+        period = sweeps + 1
+        count = (len(samples) - 1) * period + 1
+        stamps = [scene.start_us + round(j * KEYFRAME_INTERVAL_US / period) for j in range(count)]
+        tokens = [scene.writer.token("sample_data", scene.index, LIDAR_CHANNEL, t) for t in stamps]
+        per_keyframe = []
+        for j, timestamp in enumerate(stamps):
+            key = j % period == 0
+            pose = self._ego_pose(LIDAR_CHANNEL, timestamp)
+            filename = self._sample_data(
+                LIDAR_CHANNEL,
+                timestamp,
+                samples[(j + period - 1) // period],
+                key,
+                pose,
+                tokens[j - 1] if j > 0 else "",
+                tokens[j + 1] if j + 1 < count else "",
+            )
+            scan = self._scan((timestamp - scene.start_us) / 1e6, rng, noise)
+            scene.writer.write_points(filename, scan.points)
+            if key:
+                per_keyframe.append(self._keyframe_annotations(timestamp, pose, scan))
+        return per_keyframe
+
+    def write_cameras(self, samples: list[str]) -> None:
+        """One image per camera and key frame, taken at the camera's offset from the key frame."""
+        scene = self.scene
+        layout = scene.layout
+        solid = layout.solid
+        for renderer in self.renderers:
+            spec = renderer.spec
+            stamps = [
+                scene.start_us + k * KEYFRAME_INTERVAL_US + spec.timestamp_offset_us
+                for k in range(len(samples))
+            ]
+            tokens = [scene.writer.token("sample_data", scene.index, spec.channel, t) for t in stamps]
+            for k, timestamp in enumerate(stamps):
+                pose = self._ego_pose(spec.channel, timestamp)
+                filename = self._sample_data(
+                    spec.channel,
+                    timestamp,
+                    samples[k],
+                    True,
+                    pose,
+                    tokens[k - 1] if k > 0 else "",
+                    tokens[k + 1] if k + 1 < len(stamps) else "",
+                )
+                t = (timestamp - scene.start_us) / 1e6
+                ego_xy, ego_yaw = layout.ego_pose(t)
+                centres, yaws = layout.boxes(t)
+                image = renderer.render(
+                    layout.road,
+                    ego_xy,
+                    ego_yaw,
+                    centres[solid],
+                    layout.sizes[solid],
+                    yaws[solid],
+                    layout.colours[solid],
+                )
+                scene.writer.write_image(filename, image)
+
+    def _ego_pose(self, channel: str, timestamp: int) -> dict:
+        scene = self.scene
+        xy, yaw = scene.layout.ego_pose((timestamp - scene.start_us) / 1e6)
+        record = {
+            "token": scene.writer.token("ego_pose", scene.index, channel, timestamp),
+            "timestamp": timestamp,
+            "rotation": yaw_quaternion(yaw),
+            "translation": [float(xy[0] + scene.offset[0]), float(xy[1] + scene.offset[1]), 0.0],
+        }
+        return scene.writer.add("ego_pose", record)
+
+    def _sample_data(
+        self, channel: str, timestamp: int, sample_token: str, key: bool, pose: dict, prev: str, next_: str
+    ) -> str:
+        """Add a sample_data record and return its file name."""
+        w, index = self.scene.writer, self.scene.index
+        folder = "samples" if key else "sweeps"
+        extension = "pcd.bin" if channel == LIDAR_CHANNEL else "jpg"
+        filename = f"{folder}/{channel}/{self.scene.log['logfile']}__{channel}__{timestamp}.{extension}"
+        camera = channel != LIDAR_CHANNEL
+        w.add(
+            "sample_data",
+            {
+                "token": w.token("sample_data", index, channel, timestamp),
+                "sample_token": sample_token,
+                "ego_pose_token": pose["token"],
+                "calibrated_sensor_token": w.token("calibrated_sensor", index, channel),
+                "timestamp": timestamp,
+                "fileformat": "jpg" if camera else "pcd",
+                "is_key_frame": key,
+                "height": IMAGE_HEIGHT if camera else 0,
+                "width": IMAGE_WIDTH if camera else 0,
+                "filename": filename,
+                "prev": prev,
+                "next": next_,
+            },
+        )
+        return filename
+
+    def _scan(self, t: float, rng: np.random.Generator, noise: float) -> LidarScan:
+        """Ray-cast the LiDAR at time t; boxes are moved into the sensor frame first."""
+        layout = self.scene.layout
+        ego_xy, ego_yaw = layout.ego_pose(t)
+        yaw = ego_yaw + LIDAR_YAW
+        cos, sin = np.cos(ego_yaw), np.sin(ego_yaw)
+        position = ego_xy + np.array(
+            [
+                cos * LIDAR_TRANSLATION[0] - sin * LIDAR_TRANSLATION[1],
+                sin * LIDAR_TRANSLATION[0] + cos * LIDAR_TRANSLATION[1],
+            ]
+        )
+        to_sensor = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])  # row form: xy @ this
+        centres, yaws = layout.boxes(t)
+        local = np.concatenate(
+            [(centres[:, :2] - position) @ to_sensor, centres[:, 2:] - LIDAR_TRANSLATION[2]], axis=1
+        )
+
+        def ground_reflectivity(xy: np.ndarray) -> np.ndarray:
+            global_xy = position + xy @ to_sensor.T
+            return layout.road.surface(global_xy)[1]
+
+        return cast_lidar(
+            local,
+            layout.sizes,
+            yaws - yaw,
+            layout.solid,
+            self.reflectivity,
+            LIDAR_TRANSLATION[2],
+            ground_reflectivity,
+            rng,
+            noise,
+        )
+
+    def _keyframe_annotations(self, timestamp: int, pose: dict, scan: LidarScan) -> list[tuple[int, str]]:
+        """Per annotated object at a key frame: its LiDAR points and its visibility token (the share of
+        its rays not blocked by another object)."""
+        scene = self.scene
+        annotated = scene.annotated
+        centres, yaws = scene.layout.boxes((timestamp - scene.start_us) / 1e6)
+        boxes = [scene.box(centres[i], yaws[i], i) for i in annotated]
+        counts = count_points_in_boxes(scan.points, self.lidar_calibration, pose, boxes)
+        result = []
+        for i, points in zip(annotated, counts, strict=True):
+            potential = scan.potential_rays[i]
+            fraction = scan.visible_rays[i] / potential if potential > 0 else 0.0
+            visibility = (
+                "1" if fraction <= 0.4 else "2" if fraction <= 0.6 else "3" if fraction <= 0.8 else "4"
+            )
+            result.append((points, visibility))
+        return result
