@@ -7,9 +7,8 @@ import torch
 
 from unikd.data.collate import collate_batch
 from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
-from unikd.exps.base_exp import image_aug_for
 from unikd.models.bevfusion import BEVFusion
-from unikd.models.configs import model_config
+from unikd.models.configs import image_aug_for, model_config
 
 MODALITIES = {"lidar": ("lidar",), "camera": ("camera",), "fusion": ("lidar", "camera")}
 

@@ -214,7 +214,7 @@ def test_wrong_camera_settings_are_clear_errors() -> None:
 def test_small_bevfusion_size_trains_a_step_with_the_points_in_its_camera(synthetic_root) -> None:
     from unikd.data.collate import collate_batch
     from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
-    from unikd.exps.base_exp import image_aug_for
+    from unikd.models.configs import image_aug_for
 
     torch.manual_seed(0)
     config = model_config("small_bevfusion", ("lidar", "camera"))

@@ -11,10 +11,18 @@ import torch
 
 from unikd.data.collate import collate_batch
 from unikd.data.nuscenes_dataset import ImageAugConfig
-from unikd.exps.base_exp import image_aug_for
 from unikd.exps.cli import run_cli
 from unikd.exps.exp_files import load_exp_class
-from unikd.models.configs import PRESETS, REMOVE, SMALL, Preset, Replace, derive, register_preset
+from unikd.models.configs import (
+    PRESETS,
+    REMOVE,
+    SMALL,
+    Preset,
+    Replace,
+    derive,
+    image_aug_for,
+    register_preset,
+)
 
 SMALL_CAMERA = SMALL.config["camera"]
 TABLE = Path(__file__).parent / "fixtures" / "presets" / "preset_table.json"

@@ -142,8 +142,7 @@ def bench_data_loading(ctx: Context, case: str) -> dict:
     from torch.utils.data import DataLoader, Subset
 
     from unikd.data.collate import collate_batch
-    from unikd.exps.base_exp import image_aug_for
-    from unikd.models.configs import model_config
+    from unikd.models.configs import image_aug_for, model_config
 
     use_camera = case == "lidar+camera"
     config = model_config("nuscenes", ("lidar", "camera"))
@@ -205,8 +204,7 @@ def bench_image_decode(ctx: Context, case: str) -> dict:
     (the reference) or at a reduced DCT scale (`ImageAugConfig.reduced_decode`)."""
     from dataclasses import replace
 
-    from unikd.exps.base_exp import image_aug_for
-    from unikd.models.configs import model_config
+    from unikd.models.configs import image_aug_for, model_config
 
     config = model_config(case, ("camera",))
     image_aug = replace(image_aug_for(case), reduced_decode=False)
@@ -243,8 +241,7 @@ THROUGHPUT_MODALITIES = {"lidar": ("lidar",), "camera": ("camera",), "fusion": (
 def bench_data_throughput(ctx: Context, case: str) -> dict:
     """Samples/s of one data worker at the nuScenes size against the samples/s of the model's training step."""
     from unikd.data.collate import collate_batch
-    from unikd.exps.base_exp import image_aug_for
-    from unikd.models.configs import model_config
+    from unikd.models.configs import image_aug_for, model_config
 
     modalities = THROUGHPUT_MODALITIES[case]
     use_camera = "camera" in modalities

@@ -96,8 +96,7 @@ def training_batch(
 ) -> dict:
     """A collated training batch (augmentation on) of the eval split's samples with the most sweeps."""
     from unikd.data.collate import collate_batch
-    from unikd.exps.base_exp import image_aug_for
-    from unikd.models.configs import model_config
+    from unikd.models.configs import image_aug_for, model_config
 
     config = model_config(size, modalities)
     dataset = make_dataset(

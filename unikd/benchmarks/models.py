@@ -99,10 +99,9 @@ def reference_bev_pool(
 def frustum_cells(ctx: Context, size: str) -> tuple[torch.Tensor, dict]:
     """BEV cell index of every frustum point inside the splat grid, from one sample's camera matrices."""
     from unikd.data.collate import collate_batch
-    from unikd.exps.base_exp import image_aug_for
     from unikd.models.camera.lss import LSSViewTransform
     from unikd.models.camera.resnet import STAGE_STRIDES
-    from unikd.models.configs import model_config
+    from unikd.models.configs import image_aug_for, model_config
 
     config = model_config(size, ("camera",))
     camera = config["camera"]
@@ -230,9 +229,8 @@ CAMERA_BRANCHES = {"resnet50_lss": "nuscenes", "swin_t_depth_lss": "bevfusion_fu
 def bench_camera_forward(ctx: Context, case: str) -> dict:
     """Inference forward of the two nuScenes camera branches on one sample (six 256 x 704 images)."""
     from unikd.data.collate import collate_batch
-    from unikd.exps.base_exp import image_aug_for
     from unikd.models.camera import CameraBEVEncoder
-    from unikd.models.configs import model_config
+    from unikd.models.configs import image_aug_for, model_config
 
     encoders = {}
     for name, size in CAMERA_BRANCHES.items():

@@ -9,7 +9,6 @@ losses, or with the `distill` setting `unikd.exps.distillation.Distillation`) ar
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,31 +17,18 @@ import pytorch_lightning as pl
 import torch
 
 from unikd.data.datamodule import DataSettings, NuScenesDataModule
-from unikd.data.infos import SPLITS_BY_VERSION
 from unikd.data.nuscenes_dataset import ImageAugConfig
 from unikd.data.transforms import BEVAugConfig
 from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata, load_camera_init
 from unikd.exps.distillation import Distillation, DistillSettings
 from unikd.exps.finite_guard import FiniteLossGuard
 from unikd.exps.objective import Objective
+from unikd.exps.optimization import one_cycle_adamw
 from unikd.exps.options import apply_options
+from unikd.exps.settings_checks import check_experiment_settings
 from unikd.exps.tasks import EVALUATION_TASKS, EvaluationTask, gathered_records, prediction_records
 from unikd.models.bevfusion import BEVFusion
-from unikd.models.configs import PRESETS, model_config
-
-
-def image_aug_for(model_size: str) -> ImageAugConfig:
-    """The image augmentation an experiment at `model_size` uses unless it sets its own: its preset's (the camera
-    branch reads the images it makes)."""
-    return PRESETS[model_size].image_aug
-
-
-def one_cycle_factor(step: int, total_steps: int, warmup: float = 0.4, start: float = 0.1, end: float = 1e-3) -> float:
-    """Learning-rate factor: cosine rise from `start` to 1 over the warmup fraction, cosine fall to `end`."""
-    progress = min(step / total_steps, 1.0)
-    if progress < warmup:
-        return start + (1 - start) * (1 - math.cos(math.pi * progress / warmup)) / 2
-    return end + (1 - end) * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))) / 2
+from unikd.models.configs import image_aug_for, model_config
 
 
 class BaseExp(pl.LightningModule):
@@ -54,7 +40,7 @@ class BaseExp(pl.LightningModule):
     """
 
     modalities: tuple[str, ...] = ("lidar",)
-    task: str = "detection"  # a name of EVALUATION_TASKS: "detection" (boxes, detection metric) or "segmentation"
+    task: str = "detection"  # a name of EVALUATION_TASKS: "detection" (boxes, detection metric), "segmentation", "depth"
     model_size: str = "nuscenes"  # "nuscenes" (reference sizes), "student" (0.1 m, narrow) or "small" (CPU)
     version: str = "v1.0-mini"
     num_sweeps: int = 3
@@ -116,30 +102,7 @@ class BaseExp(pl.LightningModule):
     def check_settings(self) -> None:
         """Settings that would otherwise fail late, checked when the experiment is built."""
         self.evaluation.check_settings()
-        if self.version not in SPLITS_BY_VERSION:
-            raise ValueError(f"unknown nuScenes version {self.version!r}; expected one of {sorted(SPLITS_BY_VERSION)}")
-        if self.eval_backend not in self.eval_backends:
-            raise ValueError(f"eval_backend must be one of {self.eval_backends}, got {self.eval_backend!r}")
-        if self.batch_size_per_device < 1:
-            raise ValueError(f"batch size per device must be at least 1, got {self.batch_size_per_device}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"num_workers must be at least 0 (0 loads in the training process), got {self.num_workers}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(
-                f"lr must be a positive finite learning rate, got {self.lr} (a run at lr <= 0 would train nothing; "
-                "to evaluate a checkpoint use -e)"
-            )
-        if self.infos_box_convention is not None and not self.infos:
-            raise ValueError("--infos_box_convention is for mmdet3d info files: pass them with --infos")
-        if self.num_sweeps < 1:
-            raise ValueError(f"num_sweeps must be at least 1 (the key frame), got {self.num_sweeps}")
-        if self.camera_init and "camera" not in self.modalities:
-            raise ValueError(f"camera_init {self.camera_init} initialises a camera branch; modalities are {self.modalities}")
-        if self.drop_modality_at_eval and (len(self.modalities) < 2 or self.drop_modality_at_eval not in self.modalities):
-            raise ValueError(
-                f"drop_modality_at_eval removes one modality of a fusion experiment ({self.modalities}), "
-                f"got {self.drop_modality_at_eval!r}"
-            )
+        check_experiment_settings(self)
 
     @property
     def exp_name(self) -> str:
@@ -280,13 +243,9 @@ class BaseExp(pl.LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
         return total
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        # The length is read from the trainer at every (re)start and is not saved with the scheduler,
-        # so a run resumed with a larger --max_epochs stretches the schedule instead of failing.
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    def configure_optimizers(self) -> dict[str, Any]:
+        steps = int(self.trainer.estimated_stepping_batches)
+        return one_cycle_adamw(self.trainable_parameters(), self.lr, self.weight_decay, steps)
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]

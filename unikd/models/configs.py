@@ -393,7 +393,16 @@ SMALL_MGFM = register_preset(
 
 
 MODALITIES = ("lidar", "camera")
-HEAD_OF_TASK = {"detection": "head", "segmentation": "seg_head"}
+# the head a task trains; depth pretraining (`unikd.exps.depth_pretrain_exp`) trains the camera branch alone, no head
+HEAD_OF_TASK = {"detection": "head", "segmentation": "seg_head", "depth": None}
+
+
+def image_aug_for(size: str) -> ImageAugConfig:
+    """The image augmentation of the preset named `size`: what its camera branch reads unless an experiment sets
+    its own."""
+    if size not in PRESETS:
+        raise ValueError(f"unknown model size (preset) {size!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[size].image_aug
 
 
 def model_config(size: str, modalities: tuple[str, ...], task: str = "detection") -> dict:
@@ -406,7 +415,7 @@ def model_config(size: str, modalities: tuple[str, ...], task: str = "detection"
     if task not in HEAD_OF_TASK:
         raise ValueError(f"unknown task {task!r}; expected one of {tuple(HEAD_OF_TASK)}")
     head = HEAD_OF_TASK[task]
-    if head not in PRESETS[size].config:
+    if head is not None and head not in PRESETS[size].config:
         sizes = sorted(name for name, preset in PRESETS.items() if head in preset.config)
         raise ValueError(f"model size {size!r} has no {task} head ({head!r}); sizes with one: {sizes}")
     config = copy.deepcopy(PRESETS[size].config)
