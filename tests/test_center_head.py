@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from unikd.data.classes import CLASSES, TASKS
+from unikd.data.classes import CLASSES, HEAD_CLASS_GROUPS
 from unikd.models.heads import CenterHead, gaussian_focal_loss, gaussian_gt_mask
 from unikd.models.heads.box_coder import CODE_SLICES
 from unikd.models.heads.center_targets import heatmap_radius
@@ -149,7 +149,7 @@ def test_loss_normalisation_and_code_weights() -> None:
     gt_boxes, gt_labels = round_trip_batch()
     preds = perfect_predictions(head, head.get_targets(gt_boxes, gt_labels))
     perfect = head.loss(preds, gt_boxes, gt_labels)
-    assert set(perfect) == {f"{kind}_task{t}" for kind in ("heatmap", "bbox") for t in range(len(TASKS))}
+    assert set(perfect) == {f"{kind}_task{t}" for kind in ("heatmap", "bbox") for t in range(len(HEAD_CLASS_GROUPS))}
     for name, value in perfect.items():
         assert value.item() < 1e-5, name
 
@@ -176,7 +176,7 @@ def test_loss_finite_without_boxes_and_gradients_reach_input() -> None:
     preds = head(features)
     losses = head.loss(preds, empty, no_labels)
     assert all(torch.isfinite(value) for value in losses.values())
-    assert all(losses[f"bbox_task{t}"] == 0 for t in range(len(TASKS)))
+    assert all(losses[f"bbox_task{t}"] == 0 for t in range(len(HEAD_CLASS_GROUPS)))
 
     gt_boxes, gt_labels = round_trip_batch()
     total = sum(head.loss(preds, gt_boxes, gt_labels).values())
@@ -187,8 +187,8 @@ def test_loss_finite_without_boxes_and_gradients_reach_input() -> None:
 def test_forward_shapes_init_and_input_check() -> None:
     head = make_head()
     preds = head(torch.randn(2, 8, 80, 160))
-    assert len(preds) == len(TASKS)
-    for pred, names in zip(preds, TASKS, strict=True):
+    assert len(preds) == len(HEAD_CLASS_GROUPS)
+    for pred, names in zip(preds, HEAD_CLASS_GROUPS, strict=True):
         assert list(pred) == ["heatmap", "reg", "height", "dim", "rot", "vel"]
         assert pred["heatmap"].shape == (2, len(names), 80, 160)
         assert pred["dim"].shape == (2, 3, 80, 160)

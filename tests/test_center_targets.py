@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from unikd.data.classes import CLASSES, TASKS
+from unikd.data.classes import CLASSES, HEAD_CLASS_GROUPS
 from unikd.models.heads.center_targets import build_targets
 from unikd.ops.bev_grid import BEVGrid
 from unikd.ops.checks import SYNC_CHECKS_ENV, value_checks
@@ -13,7 +13,7 @@ from unikd.ops.gaussian import gaussian_radius
 
 # Non-square map with different cell sizes: 70 columns of 0.5 m along x, 50 rows of 0.7 m along y.
 GRID = BEVGrid(x_min=-20.0, y_min=-15.0, x_max=15.0, y_max=20.0, height=50, width=70)
-TASK_IDS = tuple(tuple(CLASSES.index(name) for name in task) for task in TASKS)
+TASK_IDS = tuple(tuple(CLASSES.index(name) for name in task) for task in HEAD_CLASS_GROUPS)
 
 
 def reference_kernel(radius: int) -> torch.Tensor:

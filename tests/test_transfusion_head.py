@@ -9,7 +9,7 @@ import pytest
 import torch
 from parity import assert_close
 
-from unikd.data.classes import CLASSES, TASKS
+from unikd.data.classes import CLASSES, HEAD_CLASS_GROUPS
 from unikd.distill.distiller import Distiller
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
@@ -297,7 +297,8 @@ def test_detector_with_a_transfusion_head_and_distillation_terms() -> None:
     torch.testing.assert_close(loss, expected)
 
     regrouped = model_config("small", ("lidar",))
-    regrouped["head"]["tasks"] = [TASKS[1], TASKS[0], *TASKS[2:]]  # truck and construction_vehicle first
+    groups = HEAD_CLASS_GROUPS
+    regrouped["head"]["tasks"] = [groups[1], groups[0], *groups[2:]]  # truck and construction_vehicle first
     with pytest.raises(ValueError, match="'heatmap_kl'.*channel by channel"):
         Distiller({"kl": {"kind": "heatmap_kl", "source": "head"}}, {"kl": 1.0}, model, BEVFusion(regrouped))
 

@@ -91,7 +91,7 @@ TERMS_CHANNELS = {"feature": 256, "relation": 512}
 
 def terms_inputs(device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Random maps and boxes of the nuScenes size (TERMS_*): student maps require grad."""
-    from unikd.data.classes import TASKS
+    from unikd.data.classes import HEAD_CLASS_GROUPS
     from unikd.ops.bev_grid import BEVGrid
 
     gen = torch.Generator().manual_seed(seed)
@@ -102,7 +102,8 @@ def terms_inputs(device: torch.device, seed: int = 0) -> dict[str, Any]:
 
     def head(grad: bool) -> list[dict[str, torch.Tensor]]:
         heads = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
-        return [{"heatmap": maps(len(task), grad), **{k: maps(c, grad) for k, c in heads.items()}} for task in TASKS]
+        return [{"heatmap": maps(len(task), grad), **{k: maps(c, grad) for k, c in heads.items()}}
+                for task in HEAD_CLASS_GROUPS]
 
     boxes = [random_boxes(gen, TERMS_BOXES)[0].to(device) for _ in range(TERMS_BATCH)]
     return {

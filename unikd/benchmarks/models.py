@@ -486,7 +486,7 @@ def count_torch_ops(call: Callable[[], object]) -> dict[str, int]:
 
 def bench_center_targets(ctx: Context, case: str) -> dict:
     """CenterHead's targets at the nuScenes size: `build_targets` (all boxes at once) against the box loop."""
-    from unikd.data.classes import CLASSES, TASKS
+    from unikd.data.classes import CLASSES, HEAD_CLASS_GROUPS
     from unikd.models.heads.center_targets import build_targets
     from unikd.ops.bev_grid import BEVGrid
 
@@ -494,7 +494,7 @@ def bench_center_targets(ctx: Context, case: str) -> dict:
     gen = torch.Generator().manual_seed(0)
 
     grid = BEVGrid.from_range((-54.0, -54.0, -5.0, 54.0, 54.0, 3.0), 0.6)
-    task_ids = tuple(tuple(CLASSES.index(name) for name in task) for task in TASKS)
+    task_ids = tuple(tuple(CLASSES.index(name) for name in task) for task in HEAD_CLASS_GROUPS)
     kind_class = torch.tensor([CLASSES.index(name) for name in ("car", "pedestrian", "barrier", "traffic_cone",
                                                                  "truck", "bus")])
     boxes, labels = [], []

@@ -1,4 +1,4 @@
-"""The nuScenes detection classes and the CenterHead task groups."""
+"""The nuScenes detection classes, CenterHead's class groups and the camera names."""
 
 CLASSES: tuple[str, ...] = (
     "car",
@@ -13,8 +13,8 @@ CLASSES: tuple[str, ...] = (
     "barrier",
 )
 
-# CenterHead task groups (class names); each task has its own heatmap.
-TASKS: tuple[tuple[str, ...], ...] = (
+# CenterHead's class groups (its "tasks", as mmdet3d calls them): each group has its own heatmap.
+HEAD_CLASS_GROUPS: tuple[tuple[str, ...], ...] = (
     ("car",),
     ("truck", "construction_vehicle"),
     ("bus", "trailer"),

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from unikd.data.classes import CLASSES, TASKS
+from unikd.data.classes import CLASSES, HEAD_CLASS_GROUPS
 from unikd.models.heads.box_coder import CODE_SIZE, CODE_SLICES, decode_boxes
 from unikd.models.heads.center_targets import TaskTargets, build_targets
 from unikd.models.registry import HEADS
@@ -26,7 +26,8 @@ from unikd.ops.rotated_iou import paired_bev_iou
 
 DEFAULT_COMMON_HEADS: dict[str, int] = {"reg": 2, "height": 1, "dim": 3, "rot": 2, "vel": 2}
 REQUIRED_HEADS = ("reg", "height", "dim", "rot")
-# CenterPoint's nuScenes circle-NMS thresholds on the squared centre distance (m²), per task of TASKS.
+# CenterPoint's nuScenes circle-NMS thresholds on the squared centre distance (m²), per class group
+# (task) of HEAD_CLASS_GROUPS.
 DEFAULT_NMS_RADIUS = (4.0, 12.0, 10.0, 1.0, 0.85, 0.175)
 HEATMAP_INIT_BIAS = -2.19
 SIGMOID_CLAMP = 1e-4
@@ -103,7 +104,7 @@ class CenterHead(nn.Module):
         in_channels: int,
         *,
         grid: BEVGrid,
-        tasks: Sequence[Sequence[str]] = TASKS,
+        tasks: Sequence[Sequence[str]] = HEAD_CLASS_GROUPS,
         shared_channels: int = 64,
         head_conv: int = 64,
         common_heads: dict[str, int] | None = None,
