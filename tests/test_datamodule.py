@@ -9,8 +9,9 @@ import torch
 
 from unikd.data import infos as infos_module
 from unikd.data.datamodule import DataSettings, NuScenesDataModule, default_num_workers
+from unikd.data.image_aug import ImageAugConfig
 from unikd.data.infos import build_infos, load_nuscenes, load_or_build_infos, prepared_infos_path
-from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
+from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 from unikd.data.transforms import BEVAugConfig
 from unikd.exps.exp_files import load_exp_class
 

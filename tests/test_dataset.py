@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from unikd.data.collate import collate_batch
+from unikd.data.image_aug import ImageAugConfig
 from unikd.data.infos import load_nuscenes, sensor_to_global
 from unikd.data.nuscenes_boxes import lidar_boxes_to_global
 from unikd.data.nuscenes_dataset import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ImageAugConfig,
     NuScenesDetectionDataset,
     load_points,
 )

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unikd.data.image_aug import apply_image_aug, open_reduced
-from unikd.data.nuscenes_dataset import ImageAugConfig
+from unikd.data.image_aug import ImageAugConfig, apply_image_aug, open_reduced
 
 
 def textured_jpeg(width: int = 1600, height: int = 900) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unikd.data.collate import collate_batch
-from unikd.data.nuscenes_dataset import ImageAugConfig
+from unikd.data.image_aug import ImageAugConfig
 from unikd.exps.cli import run_cli
 from unikd.exps.exp_files import load_exp_class
 from unikd.models.configs import (

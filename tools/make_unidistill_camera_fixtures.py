@@ -209,7 +209,8 @@ def reduced_cfg(camera_cfg: dict) -> dict:
 
 def synthetic_sample(data_root: Path) -> dict:
     """One training sample of the synthetic set's mini_train split: six augmented images and matrices."""
-    from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
+    from unikd.data.image_aug import ImageAugConfig
+    from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
     from unikd.data.transforms import BEVAugConfig
 
     dataset = NuScenesDetectionDataset(

@@ -16,11 +16,12 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Sampler
 
 from unikd.data.collate import collate_batch
+from unikd.data.image_aug import ImageAugConfig
 from unikd.data.infos import SPLITS_BY_VERSION, prepare_infos
 from unikd.data.loader_workers import stop_signal_shield
 from unikd.data.map_targets import MAP_GRID
 from unikd.data.mmdet3d_infos import info_files
-from unikd.data.nuscenes_dataset import ImageAugConfig, NuScenesDetectionDataset
+from unikd.data.nuscenes_dataset import NuScenesDetectionDataset
 from unikd.data.samplers import EpochShuffleSampler, EpochTaggedSampler, UnpaddedDistributedSampler
 from unikd.data.transforms import BEVAugConfig
 from unikd.ops.bev_grid import BEVGrid

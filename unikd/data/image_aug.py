@@ -8,6 +8,7 @@ right, v down. The steps, in order:
 3. mirror left-right within the crop when `flip`;
 4. rotate by `rotate_deg` counter-clockwise (as displayed) about the crop's centre.
 
+`ImageAugConfig` holds the ranges, `sample_image_aug` draws one image's steps from them,
 `ida_matrix` returns the 4x4 map of original pixels `(u, v, 0, 1)` to augmented pixels and
 `apply_image_aug` produces the matching image.
 """
@@ -15,9 +16,50 @@ right, v down. The steps, in order:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+
+@dataclass(frozen=True)
+class ImageAugConfig:
+    """Resize, crop, flip and rotation of camera images (BEVFusion's nuScenes defaults)."""
+
+    final_size: tuple[int, int] = (256, 704)  # (H, W)
+    train_resize: tuple[float, float] = (0.38, 0.55)
+    test_resize: float = 0.48
+    rotate_deg: tuple[float, float] = (-5.4, 5.4)
+    flip_prob: float = 0.5
+    # decode JPEGs at a reduced DCT scale (`open_reduced`): same geometry, slightly different pixels
+    # (mean under 1 of 255 at the nuScenes sizes), several times faster at small sizes; at the nuScenes sizes
+    # the resizes under 0.5 decode at 1/2 (BENCHMARKS.md, image_decode)
+    reduced_decode: bool = True
+
+
+def sample_image_aug(
+    config: ImageAugConfig, width: int, height: int, rng: np.random.Generator, training: bool
+) -> dict:
+    """One image's steps (`resize`, `crop`, `flip`, `rotate_deg`): drawn in training, the fixed test ones else.
+
+    The crop keeps the bottom of the resized image (the road); in training its x offset is drawn, else centred.
+    """
+    final_h, final_w = config.final_size
+    if training:
+        resize = rng.uniform(*config.train_resize)
+    else:
+        resize = config.test_resize
+    new_w, new_h = int(width * resize), int(height * resize)
+    crop_y = max(new_h - final_h, 0)  # keep the bottom of the image (the road)
+    crop_x = int(rng.uniform(0, max(new_w - final_w, 0))) if training else max(new_w - final_w, 0) // 2
+    flip = training and rng.random() < config.flip_prob
+    rotate = rng.uniform(*config.rotate_deg) if training else 0.0
+    return {
+        "resize": resize,
+        "crop": (crop_x, crop_y, crop_x + final_w, crop_y + final_h),
+        "flip": flip,
+        "rotate_deg": rotate,
+    }
 
 
 def _affine(linear: np.ndarray, offset: np.ndarray) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from unikd.data.checks import (
     split_files,
 )
 from unikd.data.classes import CAMERAS, CLASSES
-from unikd.data.image_aug import apply_image_aug, ida_matrix, open_reduced
+from unikd.data.image_aug import ImageAugConfig, apply_image_aug, ida_matrix, open_reduced, sample_image_aug
 from unikd.data.infos import load_or_build_infos
 from unikd.data.map_targets import MAP_GRID, MapTargets
 from unikd.data.mmdet3d_infos import read_mmdet3d_infos
@@ -37,21 +36,6 @@ from unikd.ops.bev_grid import BEVGrid
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-@dataclass(frozen=True)
-class ImageAugConfig:
-    """Resize, crop, flip and rotation of camera images (BEVFusion's nuScenes defaults)."""
-
-    final_size: tuple[int, int] = (256, 704)  # (H, W)
-    train_resize: tuple[float, float] = (0.38, 0.55)
-    test_resize: float = 0.48
-    rotate_deg: tuple[float, float] = (-5.4, 5.4)
-    flip_prob: float = 0.5
-    # decode JPEGs at a reduced DCT scale (`image_aug.open_reduced`): same geometry, slightly different pixels
-    # (mean under 1 of 255 at the nuScenes sizes), several times faster at small sizes; at the nuScenes sizes
-    # the resizes under 0.5 decode at 1/2 (BENCHMARKS.md, image_decode)
-    reduced_decode: bool = True
 
 
 def load_points(path: str | os.PathLike) -> np.ndarray:
@@ -193,25 +177,6 @@ class NuScenesDetectionDataset(Dataset):
             clouds.append(np.concatenate([points, lag], axis=1))
         return np.concatenate(clouds, axis=0).astype(np.float32)
 
-    def image_aug_params(self, width: int, height: int, rng: np.random.Generator) -> dict:
-        config = self.image_aug
-        final_h, final_w = config.final_size
-        if self.training:
-            resize = rng.uniform(*config.train_resize)
-        else:
-            resize = config.test_resize
-        new_w, new_h = int(width * resize), int(height * resize)
-        crop_y = max(new_h - final_h, 0)  # keep the bottom of the image (the road)
-        crop_x = int(rng.uniform(0, max(new_w - final_w, 0))) if self.training else max(new_w - final_w, 0) // 2
-        flip = self.training and rng.random() < config.flip_prob
-        rotate = rng.uniform(*config.rotate_deg) if self.training else 0.0
-        return {
-            "resize": resize,
-            "crop": (crop_x, crop_y, crop_x + final_w, crop_y + final_h),
-            "flip": flip,
-            "rotate_deg": rotate,
-        }
-
     def load_cameras(self, info: dict, rng: np.random.Generator) -> dict:
         imgs, cam2img, lidar2cam, img_aug = [], [], [], []
         for channel in CAMERAS:
@@ -219,7 +184,7 @@ class NuScenesDetectionDataset(Dataset):
             path = self.data_root / cam["path"]
             try:
                 with Image.open(path) as file:
-                    params = self.image_aug_params(*file.size, rng)
+                    params = sample_image_aug(self.image_aug, *file.size, rng, self.training)
                     if self.image_aug.reduced_decode:
                         image, original_size = open_reduced(file, params["resize"])
                     else:

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from unikd.data.datamodule import DataSettings, NuScenesDataModule
-from unikd.data.nuscenes_dataset import ImageAugConfig
+from unikd.data.image_aug import ImageAugConfig
 from unikd.data.transforms import BEVAugConfig
 from unikd.exps.checkpoints import METADATA_KEY, checkpoint_metadata, load_camera_init
 from unikd.exps.distillation import Distillation, DistillSettings

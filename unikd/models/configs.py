@@ -22,7 +22,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from unikd.data.nuscenes_dataset import ImageAugConfig
+from unikd.data.image_aug import ImageAugConfig
 
 
 @dataclass(frozen=True)
