@@ -72,7 +72,7 @@ def test_pretraining_learns_depth_and_validation_counts_cells(synthetic_root):
         error = abs(int(predicted[b, n, i, j]) - int(targets[b, n, i, j]))
         exact += error == 0
         within_one += error <= 1
-    loss_sum, counted, counted_exact, counted_one = exp._depth_sums.tolist()
+    loss_sum, counted, counted_exact, counted_one = exp.evaluation.sums.tolist()
     assert (counted, counted_exact, counted_one) == (cells, exact, within_one)
     assert cells > 500 and 0 < exact < within_one <= cells
     assert loss_sum / counted == pytest.approx(float(depth_loss(probs, targets)), rel=1e-6)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from unikd.data.map_targets import MAP_CLASSES
+from unikd.exps.depth_task import DepthTask
 from unikd.exps.exp_files import load_exp_class
 from unikd.exps.tasks import EVALUATION_TASKS, DetectionTask, SegmentationTask
 
@@ -14,7 +15,7 @@ LIDAR = load_exp_class(EXP_DIR / "BEVFusion_nuscenes_centerhead_lidar_exp.py")
 
 
 def test_the_task_name_picks_the_task_class() -> None:
-    assert EVALUATION_TASKS == {"detection": DetectionTask, "segmentation": SegmentationTask}
+    assert EVALUATION_TASKS == {"detection": DetectionTask, "segmentation": SegmentationTask, "depth": DepthTask}
     assert isinstance(SEG(exp_options={"model_size": "small"}).evaluation, SegmentationTask)
     assert isinstance(LIDAR(exp_options={"model_size": "small"}).evaluation, DetectionTask)
 
@@ -31,7 +32,7 @@ def test_segmentation_datasets_give_map_targets_on_the_heads_grid(synthetic_root
 
 
 def test_unknown_task_and_a_detection_backend_for_segmentation_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"task must be one of \('detection', 'segmentation'\), got 'tracking'"):
+    with pytest.raises(ValueError, match=r"task must be one of \('detection', 'segmentation', 'depth'\), got 'tracking'"):
         LIDAR(exp_options={"model_size": "small", "task": "tracking"})
     with pytest.raises(ValueError, match="eval_backend 'devkit' evaluates detection; segmentation uses 'metric'"):
         SEG(exp_options={"model_size": "small", "eval_backend": "devkit"})

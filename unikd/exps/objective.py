@@ -1,11 +1,11 @@
 """What an experiment's training step minimises: `Objective`, the detector's own losses.
 
-An experiment holds one objective as its submodule `objective`; distillation is another objective
-(`unikd.exps.distillation.Distillation`) with the same hooks. The experiment calls every hook whatever the
-objective, so its training has no distillation branches: it trains `objective.losses(model, batch)`, calls
-`set_epoch` at each training epoch and `before_optimizer_step` before each update, and keeps
-`checkpoint_state()` in its checkpoints. The objective's own weights (a teacher, a distiller) are not the
-experiment's: its state dict leaves them out.
+An experiment holds one objective as its submodule `objective`; distillation
+(`unikd.exps.distillation.Distillation`) and depth pretraining (`DepthObjective`) are other objectives with the
+same hooks. The experiment calls every hook whatever the objective, so its training has no distillation
+branches: it trains `objective.losses(model, batch)`, calls `set_epoch` at each training epoch and
+`before_optimizer_step` before each update, and keeps `checkpoint_state()` in its checkpoints. The objective's
+own weights (a teacher, a distiller) are not the experiment's: its state dict leaves them out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from unikd.models.camera.depth_loss import depth_loss
 
 
 class Objective(nn.Module):
@@ -36,3 +38,11 @@ class Objective(nn.Module):
 
     def load_checkpoint_state(self, checkpoint: Mapping[str, Any]) -> None:
         """Restore what `checkpoint_state` saved, when a run resumes."""
+
+
+class DepthObjective(Objective):
+    """Depth pretraining's loss (`unikd.exps.depth_pretrain_exp`): the depth loss of the camera branch's depth
+    probabilities against the key frame's LiDAR bins, named "depth"."""
+
+    def losses(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        return {"depth": depth_loss(*model.depth_probs_and_targets(batch))}
