@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from unikd.distill.distiller import Distiller
-from unikd.distill.losses.masked import LearnedMaskDistillLoss, MaskGenerator, QueryGuidedMaskGenerator
+from unikd.distill.losses.learned_mask import LearnedMaskDistillLoss, MaskGenerator, QueryGuidedMaskGenerator
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
 

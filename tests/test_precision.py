@@ -24,7 +24,7 @@ from unikd.distill.losses import (
     ResponseDistillLoss,
 )
 from unikd.distill.losses.heatmap_kl import HeatmapKLLoss
-from unikd.distill.losses.masked import activate_masks, dice_diversity
+from unikd.distill.losses.learned_mask import activate_masks, dice_diversity
 from unikd.distill.losses.seg_response import SegResponseLoss
 from unikd.exps.cli import run_cli
 from unikd.models.bevfusion import SparseFeatures

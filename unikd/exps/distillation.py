@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
-from unikd.distill.losses.masked import LearnedMaskDistillLoss
+from unikd.distill.losses.learned_mask import LearnedMaskDistillLoss
 from unikd.exps.checkpoints import load_detector_weights
 from unikd.exps.objective import Objective
 from unikd.models.bevfusion import BEVFusion

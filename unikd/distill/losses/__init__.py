@@ -13,11 +13,8 @@ from unikd.distill.losses.feature import FeatureDistillLoss
 from unikd.distill.losses.fitnet import FitNetLoss
 from unikd.distill.losses.heatmap_kd import HeatmapKDLoss
 from unikd.distill.losses.infonce import MemoryQueue, MultiLevelInfoNCE, info_nce
-from unikd.distill.losses.masked import (
-    GaussianMaskedFeatureLoss,
-    LearnedMaskDistillLoss,
-    MaskGenerator,
-)
+from unikd.distill.losses.learned_mask import LearnedMaskDistillLoss, MaskGenerator
+from unikd.distill.losses.masked import GaussianMaskedFeatureLoss
 from unikd.distill.losses.projector import Projector
 from unikd.distill.losses.relation import RelationDistillLoss
 from unikd.distill.losses.response import ResponseDistillLoss
