@@ -1,12 +1,11 @@
 """Detector configurations: presets as named constants derived from each other, and `model_config`.
 
 A preset is a `Preset` (its name, once, and its configuration); most are `derive`d from another with what
-differs, and each is one `register_preset` into `PRESETS` (name -> preset). The name is what
+differs. Every preset is a constant of this module, registered into `PRESETS` (name -> preset) where it is
+defined; the comment above each says where it comes from. Adding one is one more constant here,
+`NAME = register_preset(derive(BASE, "name", <the sections that differ>))`. The name is what
 `--exp_options preset=...` (or `model_size=...`) selects and what checkpoints record; other modules refer
-to a preset by its constant (`SMALL.name`). The constants below say where each comes from: BEVFusion's
-reference sizes (`NUSCENES`), a lighter LiDAR student (`STUDENT`), the CPU setting of tests and demos (`SMALL`)
-and its variants, the published networks that other frameworks' checkpoints load into (CenterPoint, UniDistill,
-BEVFusion), the MGFM fuser and map segmentation.
+to a preset by its constant (`SMALL.name`).
 
 A configuration is a plain nested dict (so `--exp_options model_config.head.score_threshold=0.2` reaches any
 field); `BEVFusion` reads it: `lidar` and `camera` (the branches; `camera.backbone` and `camera.depth_net` name

@@ -128,7 +128,7 @@ FUSION_GENERATOR_OPTIONS = ("num_blocks", "num_heads", "num_points")
 def decoder_detection_loss(
     modules: Sequence[nn.Module], feature: torch.Tensor, batch: Mapping[str, Any]
 ) -> torch.Tensor:
-    """The sum of the detection losses of `feature` run through `modules`, the last a CenterHead."""
+    """The sum of the detection losses of `feature` run through `modules`, the last the detection head."""
     *decoder, head = modules
     for module in decoder:
         feature = module(feature)
