@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from unikd.distill.adapters import Adapters, Resize, build_adapter
+from unikd.distill.adapters import Resize, build_adapter
 from unikd.distill.recorder import FeatureRecorder
 
 
@@ -35,19 +35,6 @@ def test_resize_keeps_cell_centres_metric():
     fine = columns.view(1, 1, 1, 8).expand(1, 1, 4, 8)
     coarse = Resize((2, 4))(fine)
     assert torch.allclose(coarse[0, 0, 0], torch.tensor([0.5, 2.5, 4.5, 6.5]))
-
-
-def test_adapters_container_with_dotted_names():
-    adapters = Adapters(
-        {"neck": (32, 8, 8), "decoder.backbone.0": (16, 8, 8)},
-        {"neck": (64, 8, 8), "decoder.backbone.0": (16, 8, 8)},
-    )
-    assert "decoder.backbone.0" in adapters
-    assert adapters("neck", torch.randn(2, 32, 8, 8)).shape == (2, 64, 8, 8)
-    assert isinstance(adapters["decoder.backbone.0"], nn.Identity)
-    assert sum(p.numel() for p in adapters.parameters()) == 32 * 64 + 2 * 64
-    with pytest.raises(ValueError, match="different features"):
-        Adapters({"neck": (32, 8, 8)}, {"bev": (32, 8, 8)})
 
 
 class Tiny(nn.Module):

@@ -6,7 +6,6 @@ import torch
 from unikd.data.classes import CLASSES, HEAD_CLASS_GROUPS
 from unikd.models.heads import CenterHead, gaussian_focal_loss, gaussian_gt_mask
 from unikd.models.heads.box_coder import CODE_SLICES
-from unikd.models.heads.center_targets import heatmap_radius
 from unikd.ops.bev_grid import BEVGrid
 
 # Non-square region and cells: 160 columns of 0.5 m along x, 80 rows of 0.6 m along y.
@@ -47,9 +46,6 @@ def test_radius_matches_hand_computation() -> None:
     # a = 0.4, b = -0.2 (26 + 4.1667) = -6.0333, c = -0.9 * 26 * 4.1667 = -97.5:
     # r = (b + sqrt(b^2 - 4ac)) / 2 = (-6.0333 + sqrt(36.401 + 156)) / 2 = 3.919 -> 3.
     # (Swapping the cell sizes, 21.67 x 5 cells, would give 4.12 -> 4.)
-    assert heatmap_radius(13 / 0.5, 2.5 / 0.6, 0.1, 2) == 3
-    assert heatmap_radius(0.8 / 0.5, 0.6 / 0.6, 0.1, 2) == 2  # tiny box -> min_radius
-
     boxes = torch.tensor([box(0.25, 0.3, length=13.0, width=2.5)])
     heatmap = make_head().get_targets([boxes], [labels("bus")])[2].heatmap[0, 0]
     # centre cell: col (40.25 / 0.5) = 80, row (24.3 / 0.6) = 40
@@ -59,6 +55,12 @@ def test_radius_matches_hand_computation() -> None:
     sigma = (2 * 3 + 1) / 6
     torch.testing.assert_close(heatmap[40, 81].item(), math.exp(-1 / (2 * sigma**2)))
     torch.testing.assert_close(heatmap[42, 79].item(), math.exp(-5 / (2 * sigma**2)))
+
+    # a tiny box (1.6 x 1 cells: radius 0.54 by the same formula) takes min_radius 2: a 5-cell cross
+    tiny = torch.tensor([box(0.25, 0.3, length=0.8, width=0.6)])
+    heatmap = make_head().get_targets([tiny], [labels("bus")])[2].heatmap[0, 0]
+    assert torch.nonzero(heatmap[40]).flatten().tolist() == list(range(78, 83))
+    assert torch.nonzero(heatmap[:, 80]).flatten().tolist() == list(range(38, 43))
 
 
 def test_boxes_outside_grid_and_bad_inputs() -> None:

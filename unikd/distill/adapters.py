@@ -9,13 +9,14 @@
 - both: the 1x1 conv + BN at the student's resolution, then the resize;
 - different aspect ratio: ValueError naming both shapes (the two maps cannot cover the same cells).
 
-Adapters train with the student but belong to neither network: they live in an `Adapters`
-container beside the student, so the student's own state dict (what is exported) never holds them.
+Adapters train with the student but belong to neither network: each term that needs one holds its own, and
+the terms live in the distiller beside the student, so the student's own state dict (what is exported) never
+holds them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -90,39 +91,3 @@ def build_adapter(
     if kind == "resize":
         return Resize((h_t, w_t))
     return nn.Sequential(_conv_bn(c_s, c_t), Resize((h_t, w_t)))
-
-
-class Adapters(nn.ModuleDict):
-    """One adapter per feature name (dots in names such as hook paths are allowed)."""
-
-    def __init__(
-        self,
-        student_shapes: Mapping[str, Iterable[int]],
-        teacher_shapes: Mapping[str, Iterable[int]],
-        overrides: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__()
-        if set(student_shapes) != set(teacher_shapes):
-            raise ValueError(
-                f"student and teacher name different features: {sorted(student_shapes)} vs {sorted(teacher_shapes)}"
-            )
-        overrides = overrides or {}
-        for name, shape in student_shapes.items():
-            self[name] = build_adapter(shape, teacher_shapes[name], overrides.get(name))
-
-    @staticmethod
-    def _key(name: str) -> str:
-        return name.replace(".", "__")
-
-    def __setitem__(self, name: str, module: nn.Module) -> None:
-        super().__setitem__(self._key(name), module)
-
-    def __getitem__(self, name: str) -> nn.Module:
-        return super().__getitem__(self._key(name))
-
-    def __contains__(self, name: str) -> bool:
-        return super().__contains__(self._key(name))
-
-    def forward(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Adapt the student feature `name`."""
-        return self[name](x)

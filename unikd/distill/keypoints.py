@@ -31,7 +31,6 @@ _KEYPOINT_OFFSETS = (
     (-1.0, 0.0),
     (0.0, -1.0),
 )
-NUM_KEYPOINTS = len(_KEYPOINT_OFFSETS)
 
 
 def box_keypoints_bev(boxes: torch.Tensor) -> torch.Tensor:

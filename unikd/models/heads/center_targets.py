@@ -34,13 +34,9 @@ class TaskTargets:
     classes: torch.Tensor  # [B, max_objs] int64 class index within the task
 
 
-def heatmap_radius(length_cells: float, width_cells: float, min_overlap: float, min_radius: int) -> int:
-    """Gaussian radius in cells of a box footprint of (length, width) cells."""
-    return max(min_radius, int(gaussian_radius(length_cells, width_cells, min_overlap)))
-
-
 def _radii(boxes: torch.Tensor, grid: BEVGrid, min_overlap: float, min_radius: int) -> torch.Tensor:
-    """`heatmap_radius` of every box [..., 9] as a float64 tensor [...]."""
+    """The Gaussian radius in cells of every box [..., 9], from its (length, width) footprint in cells, rounded
+    down and at least `min_radius`: a float64 tensor [...]."""
     boxes = boxes.double()
     radius = gaussian_radius(boxes[..., 3] / grid.cell_x, boxes[..., 4] / grid.cell_y, min_overlap)
     return radius.floor().clamp_min(min_radius)
