@@ -71,7 +71,7 @@ def test_report_holds_every_run_with_the_runs_own_numbers(study: tuple[StudySett
             f"{paired['mean']:+.4f} none (1 seed) |" in markdown
         # the distilled run trained with its variant's options after --distill_options
         options = torch.load(distilled["checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]
-        assert options["exp_options"]["distill_weights.feature"] == float(variant["name"].split()[0].split("=")[1])
+        assert options["exp_options"]["distill.weights.feature"] == float(variant["name"].split()[0].split("=")[1])
     for run in [report["teacher"], *report["runs"]]:
         # -e of the last checkpoint: the (one) epoch it was saved at
         epoch = settings.teacher_epochs - 1 if run["role"] == "teacher" else settings.epochs - 1
