@@ -56,11 +56,15 @@ class NonFiniteWeights(FloatingPointError):
     """A checkpoint about to be written holds non-finite weights."""
 
 
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The names of the floating tensors of `state` that hold NaN or inf."""
+    return [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
 def check_finite_weights(checkpoint: Mapping[str, Any], path: Path) -> None:
     """A NonFiniteWeights error, instead of a save, when the `state_dict` of `checkpoint` has a non-finite
     tensor: it names them, the step, and the newest checkpoint of the folder (the last finite state)."""
-    state = checkpoint.get("state_dict") or {}
-    bad = [key for key, value in state.items() if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    bad = nonfinite_tensors(checkpoint.get("state_dict") or {})
     if not bad:
         return
     last = path.parent / "last.ckpt"

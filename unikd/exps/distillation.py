@@ -38,7 +38,7 @@ from torch import nn
 
 from unikd.distill.distiller import UNIDISTILL_TERMS, Distiller, needs_train_samples
 from unikd.distill.losses.learned_mask import LearnedMaskDistillLoss
-from unikd.exps.checkpoints import load_detector_weights
+from unikd.exps.checkpoints import load_detector_weights, nonfinite_tensors
 from unikd.exps.objective import Objective
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import model_config
@@ -77,9 +77,9 @@ def every_term_weighted(terms: Mapping[str, Any], weights: Mapping[str, float]) 
     return {name: 0.0 for name in terms} | dict(weights)
 
 
-def check_finite_weights(model: nn.Module, source: str) -> None:
+def check_finite_teacher(model: nn.Module, source: str) -> None:
     """An error naming `source` and the tensors of `model`'s state that hold NaN or inf."""
-    bad = [name for name, value in model.state_dict().items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    bad = nonfinite_tensors(model.state_dict())
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise ValueError(
@@ -94,7 +94,7 @@ def build_teacher(settings: DistillSettings, teacher_ckpt: str | None) -> BEVFus
     teacher = BEVFusion(config)
     if teacher_ckpt is not None:
         load_detector_weights(teacher, teacher_ckpt, f"{settings.teacher_name} teacher (teacher_model_size={settings.teacher_preset})")
-        check_finite_weights(teacher, f"--teacher_ckpt {teacher_ckpt}")
+        check_finite_teacher(teacher, f"--teacher_ckpt {teacher_ckpt}")
     return teacher.requires_grad_(False).eval()
 
 
