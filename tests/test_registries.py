@@ -16,7 +16,8 @@ from unikd.exps.exp_files import load_exp_class
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.camera import LSSViewTransform
 from unikd.models.configs import model_config
-from unikd.models.registry import CAMERA_BACKBONES, DEPTH_NETS, FUSERS, HEADS, Registry
+from unikd.models.registry import CAMERA_BACKBONES, DEPTH_NETS, FUSERS, HEADS
+from unikd.registry import Registry
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "exps/nuscenes/BEVFusion"
 
@@ -85,7 +86,7 @@ class HeatmapHead(nn.Module):
 def test_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each registry as it is, plus one part of the test's, registered as a user would; undone afterwards."""
     for registry in (HEADS, FUSERS, DEPTH_NETS, CAMERA_BACKBONES):
-        monkeypatch.setattr(registry, "_parts", dict(registry._parts))
+        monkeypatch.setattr(registry, "_choices", dict(registry._choices))
     CAMERA_BACKBONES.register("strided")(StridedBackbone)
     DEPTH_NETS.register("uniform")(UniformDepthNet)
     FUSERS.register("sum")(sum_fuser)
@@ -147,7 +148,18 @@ def test_registry_lists_names_and_builds_with_arguments() -> None:
     assert "pair" in registry and "other" not in registry and registry.names == ("pair",)
     assert registry.build("pair", 1, b=2) == (1, 2)
     with pytest.raises(ValueError, match=r"^config widget.type must be one of \('pair',\), got 'pear'$"):
-        registry.get("pear")
+        registry.lookup("pear")
+
+
+def test_registry_is_a_mapping_in_registration_order_and_refuses_a_second_registration() -> None:
+    registry = Registry("colour", "config colour")
+    for name, value in (("red", 3), ("blue", 1), ("green", 2)):
+        assert registry.add(name, value) == value
+    assert list(registry) == ["red", "blue", "green"] and dict(registry) == {"red": 3, "blue": 1, "green": 2}
+    assert registry.names == ("blue", "green", "red") and len(registry) == 3 and registry.get("pink") is None
+    with pytest.raises(ValueError, match=r"^colour 'blue' is already registered$"):
+        registry.add("blue", 4)
+    assert registry["blue"] == 1
 
 
 def test_registered_parts_are_built_from_the_configuration(test_parts: None) -> None:

@@ -32,7 +32,7 @@ def test_segmentation_datasets_give_map_targets_on_the_heads_grid(synthetic_root
 
 
 def test_unknown_task_and_a_detection_backend_for_segmentation_are_refused() -> None:
-    with pytest.raises(ValueError, match=r"task must be one of \('detection', 'segmentation', 'depth'\), got 'tracking'"):
+    with pytest.raises(ValueError, match=r"task must be one of \('depth', 'detection', 'segmentation'\), got 'tracking'"):
         LIDAR(exp_options={"model_size": "small", "task": "tracking"})
     with pytest.raises(ValueError, match="eval_backend 'devkit' evaluates detection; segmentation uses 'metric'"):
         SEG(exp_options={"model_size": "small", "eval_backend": "devkit"})

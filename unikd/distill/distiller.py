@@ -64,10 +64,10 @@ def term_kind(name: str, spec: Mapping[str, Any]) -> type[DistillTerm]:
     renamed = sorted({"loss", "feature"} & set(spec))
     if renamed:
         raise ValueError(f"distill term {name!r}: the spec keys 'loss' and 'feature' are now 'kind' and 'source', got {renamed}")
-    kind = spec.get("kind")
-    if kind not in TERM_KINDS:
-        raise ValueError(f"distill term {name!r}: kind must be one of {sorted(TERM_KINDS)}, got {kind!r}")
-    return TERM_KINDS[kind]
+    try:
+        return TERM_KINDS.lookup(spec.get("kind"))
+    except ValueError as error:
+        raise ValueError(f"distill term {name!r}: {error}") from None
 
 
 def needs_train_samples(terms: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float]) -> bool:

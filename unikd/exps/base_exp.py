@@ -81,14 +81,13 @@ class BaseExp(pl.LightningModule):
         options = dict(exp_options or {})
         model_options = {k: options.pop(k) for k in list(options) if k.startswith("model_config.")}
         apply_options(self, options)
-        if self.task not in EVALUATION_TASKS:
-            raise ValueError(f"task must be one of {tuple(EVALUATION_TASKS)}, got {self.task!r}")
+        evaluation_task = EVALUATION_TASKS.lookup(self.task)
         self.model_config = model_config(self.model_size, self.modalities, self.task)
         apply_options(self, model_options)
         if teacher_ckpt is not None and self.distill is None:
             raise ValueError(f"teacher_ckpt {teacher_ckpt}: {type(self).__name__} distils from no teacher")
         self.image_aug = self.image_aug or self.default_image_aug()
-        self.evaluation: EvaluationTask = EVALUATION_TASKS[self.task](self)
+        self.evaluation: EvaluationTask = evaluation_task(self)
         self.check_settings()
         self.model = self.build_model()
         if self.camera_init:

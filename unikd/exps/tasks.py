@@ -23,6 +23,7 @@ from unikd.evaluation.predictions import make_prediction
 from unikd.evaluation.table import format_map_metrics, format_metrics
 from unikd.exps.depth_task import DepthTask
 from unikd.exps.evaluation_task import EvaluationTask
+from unikd.registry import Registry
 
 if TYPE_CHECKING:
     from unikd.exps.base_exp import BaseExp
@@ -176,6 +177,7 @@ class SegmentationTask(EvaluationTask):
         )
 
 
-EVALUATION_TASKS: dict[str, type[EvaluationTask]] = {
-    task.name: task for task in (DetectionTask, SegmentationTask, DepthTask)
-}
+EVALUATION_TASKS: Registry[type[EvaluationTask]] = Registry("task", "task")
+EVALUATION_TASKS.add(DetectionTask.name, DetectionTask)
+EVALUATION_TASKS.add(SegmentationTask.name, SegmentationTask)
+EVALUATION_TASKS.add(DepthTask.name, DepthTask)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from unikd.registry import Registry
+
 State = dict[str, torch.Tensor]
 
 
@@ -49,15 +51,12 @@ class CheckpointFormat:
     modalities: Callable[[Mapping[str, Any], State], tuple[str, ...]]
 
 
-FORMATS: dict[str, CheckpointFormat] = {}
+FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", "checkpoint format")
 
 
 def register_format(checkpoint_format: CheckpointFormat) -> CheckpointFormat:
     """Add a format; formats are tried in the order they are registered."""
-    if checkpoint_format.name in FORMATS:
-        raise ValueError(f"checkpoint format {checkpoint_format.name!r} is registered twice")
-    FORMATS[checkpoint_format.name] = checkpoint_format
-    return checkpoint_format
+    return FORMATS.add(checkpoint_format.name, checkpoint_format)
 
 
 def checkpoint_state(checkpoint: Mapping[str, Any]) -> State:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from unikd.data.image_aug import ImageAugConfig
+from unikd.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,12 @@ def _merged(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[s
     return merged
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset", "model size (preset)")
 
 
 def register_preset(preset: Preset) -> Preset:
     """Make `preset` selectable by its name (`PRESETS`, `model_config`); a name is registered once."""
-    if preset.name in PRESETS:
-        raise ValueError(f"preset {preset.name!r} is already registered")
-    PRESETS[preset.name] = preset
-    return preset
+    return PRESETS.add(preset.name, preset)
 
 
 NUSCENES_RANGE = (-54.0, -54.0, -5.0, 54.0, 54.0, 3.0)
@@ -399,25 +397,22 @@ HEAD_OF_TASK = {"detection": "head", "segmentation": "seg_head", "depth": None}
 def image_aug_for(size: str) -> ImageAugConfig:
     """The image augmentation of the preset named `size`: what its camera branch reads unless an experiment sets
     its own."""
-    if size not in PRESETS:
-        raise ValueError(f"unknown model size (preset) {size!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[size].image_aug
+    return PRESETS.lookup(size).image_aug
 
 
 def model_config(size: str, modalities: tuple[str, ...], task: str = "detection") -> dict:
     """The configuration of the preset named `size` for the given modalities and task (a fresh copy)."""
-    if size not in PRESETS:
-        raise ValueError(f"unknown model size (preset) {size!r}; expected one of {sorted(PRESETS)}")
+    preset = PRESETS.lookup(size)
     unknown = set(modalities) - set(MODALITIES)
     if unknown or not modalities:
         raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {modalities}")
     if task not in HEAD_OF_TASK:
         raise ValueError(f"unknown task {task!r}; expected one of {tuple(HEAD_OF_TASK)}")
     head = HEAD_OF_TASK[task]
-    if head is not None and head not in PRESETS[size].config:
+    if head is not None and head not in preset.config:
         sizes = sorted(name for name, preset in PRESETS.items() if head in preset.config)
         raise ValueError(f"model size {size!r} has no {task} head ({head!r}); sizes with one: {sizes}")
-    config = copy.deepcopy(PRESETS[size].config)
+    config = copy.deepcopy(preset.config)
     for other in HEAD_OF_TASK.values():
         if other != head:
             config.pop(other, None)

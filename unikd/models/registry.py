@@ -1,7 +1,7 @@
 """Registries of a detector's interchangeable parts: a configuration names a part, a registry builds it.
 
 A part is registered once, where it is defined (`@HEADS.register("center")` on its class or builder);
-`BEVFusion` and the camera encoder look the configured name up here. Adding a head, a fuser, a depth
+`BEVFusion` and the camera encoder look the configured name up here (`unikd.registry.Registry`). Adding a head, a fuser, a depth
 net or a camera backbone is one registered definition in a module that the detector imports.
 
 What each registry holds, and what `build` passes it:
@@ -23,47 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from unikd.registry import Registry
+
 Part = Callable[..., Any]  # a class or a builder function
 
-
-class Registry:
-    """Parts of one kind by name. `key` is the configuration key that names them (for errors)."""
-
-    def __init__(self, kind: str, key: str) -> None:
-        self.kind = kind
-        self.key = key
-        self._parts: dict[str, Part] = {}
-
-    def register(self, name: str) -> Callable[[Part], Part]:
-        """Decorator: make a class or builder the part `name`."""
-
-        def register(part: Part) -> Part:
-            if name in self._parts:
-                raise ValueError(f"{self.kind} {name!r} is already registered ({self._parts[name].__name__})")
-            self._parts[name] = part
-            return part
-
-        return register
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(sorted(self._parts))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._parts
-
-    def get(self, name: str) -> Part:
-        """The part registered as `name`; an unknown name is an error that lists the known ones."""
-        if name not in self._parts:
-            raise ValueError(f"{self.key} must be one of {self.names}, got {name!r}")
-        return self._parts[name]
-
-    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        """The part `name` built from these arguments."""
-        return self.get(name)(*args, **kwargs)
-
-
-HEADS = Registry("head", "config head.type")
-FUSERS = Registry("fuser", "config 'fuser' type")
-DEPTH_NETS = Registry("depth net", "camera depth_net")
-CAMERA_BACKBONES = Registry("camera backbone", "camera backbone")
+HEADS: Registry[Part] = Registry("head", "config head.type")
+FUSERS: Registry[Part] = Registry("fuser", "config 'fuser' type")
+DEPTH_NETS: Registry[Part] = Registry("depth net", "camera depth_net")
+CAMERA_BACKBONES: Registry[Part] = Registry("camera backbone", "camera backbone")

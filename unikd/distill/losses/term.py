@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from unikd.ops.bev_grid import BEVGrid
+from unikd.registry import Registry
 
 READS = ("dense", "head", "levels")
 
@@ -67,19 +68,17 @@ class DistillTerm(nn.Module):
         """Called as each training epoch starts; most terms do not change with it."""
 
 
-TERM_KINDS: dict[str, type[DistillTerm]] = {}
+TERM_KINDS: Registry[type[DistillTerm]] = Registry("term kind", "kind")
 
 
 def register_term(kind: str) -> Callable[[type[DistillTerm]], type[DistillTerm]]:
     """Class decorator: make a DistillTerm subclass the term kind `kind`."""
 
     def register(cls: type[DistillTerm]) -> type[DistillTerm]:
-        if kind in TERM_KINDS:
-            raise ValueError(f"term kind {kind!r} is already registered ({TERM_KINDS[kind].__name__})")
         if not issubclass(cls, DistillTerm) or cls.reads not in READS:
             raise TypeError(f"{cls.__name__} must be a DistillTerm whose `reads` is one of {READS}")
+        TERM_KINDS.add(kind, cls)
         cls.kind = kind
-        TERM_KINDS[kind] = cls
         return cls
 
     return register

@@ -138,7 +138,7 @@ class LSSViewTransform(nn.Module):
         splat_z_range: tuple[float, float] | None = None,
     ):
         super().__init__()
-        depth_net_class = DEPTH_NETS.get(depth_net)
+        depth_net_class = DEPTH_NETS.lookup(depth_net)
         if geometry not in GEOMETRIES:
             raise ValueError(f"camera geometry must be one of {GEOMETRIES}, got {geometry!r}")
         if depth_net_class.feature_stride not in (None, feature_stride):
