@@ -113,3 +113,14 @@ def test_depth_pretraining_trains_and_validates_through_the_cli(synthetic_root: 
     checkpoint = torch.load(exp.output_dir / "checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == 1
     assert set(checkpoint["state_dict"]) == set(exp.state_dict())
+
+
+def test_depth_task_on_a_detector_experiment_names_the_depth_pretraining(synthetic_root: Path, tmp_path: Path) -> None:
+    detector_file = EXP_FILE.with_name("BEVFusion_nuscenes_centerhead_camera_exp.py")
+    command = [sys.executable, str(detector_file), "--data_root", str(synthetic_root), "--output_root", str(tmp_path),
+               "--no_progress_bar", "-b", "1", "--exp_options", "model_size=small", "task=depth"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "task 'depth' has neither: depth pretraining builds a camera branch alone" in done.stderr
+    assert "BEVFusion_nuscenes_camera_depth_pretrain_exp.py" in done.stderr
+    assert not any(tmp_path.rglob("*.ckpt"))

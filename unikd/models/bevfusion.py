@@ -99,7 +99,11 @@ class BEVFusion(nn.Module):
         if config.get("seg_head") is not None:
             self.seg_head = BEVSegmentationHead(neck_channels, self.grid, MAP_CLASSES, **config["seg_head"])
         if self.head is None and self.seg_head is None:
-            raise ValueError("a detector needs a head: config 'head' (detection) and/or 'seg_head' (map)")
+            raise ValueError(
+                "a detector needs a head: config 'head' (detection) and/or 'seg_head' (map); the configuration of "
+                "task 'depth' has neither: depth pretraining builds a camera branch alone "
+                "(unikd.exps.depth_pretrain_exp, BEVFusion_nuscenes_camera_depth_pretrain_exp.py)"
+            )
 
     def forward(self, batch: dict, absent_modality: str | None = None) -> dict:
         """The named outputs; `absent_modality` ("camera" or "lidar", fusion only) is removed before the
