@@ -14,10 +14,12 @@ from unikd.benchmarks.distill import DISTILL_CASES, bench_distill_step, bench_di
 from unikd.benchmarks.harness import Entry
 from unikd.benchmarks.metric import bench_metric
 from unikd.benchmarks.models import (
+    CHANNELS_LAST_MODALITIES,
     bench_bev_pool,
     bench_camera_forward,
     bench_camera_train_step,
     bench_center_targets,
+    bench_channels_last,
     bench_fuser_step,
     bench_head_step,
     bench_lidar_train_step,
@@ -68,5 +70,11 @@ ENTRIES: dict[str, Entry] = {
         lambda quick: list(THROUGHPUT_MODALITIES),
         True,
         "one data worker vs the training step, nuScenes size",
+    ),
+    "channels_last": Entry(
+        bench_channels_last,
+        lambda quick: ["camera"] if quick else list(CHANNELS_LAST_MODALITIES),
+        True,
+        "training step: channels-last vs contiguous convolution weights",
     ),
 }

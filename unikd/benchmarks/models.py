@@ -543,3 +543,62 @@ def bench_center_targets(ctx: Context, case: str) -> dict:
             f"interleaved rounds, median of {repeats} after a warm-up",
         ],
     }
+
+
+# ------------------------------------------------------------------------------------ 15. channels_last
+CHANNELS_LAST_MODALITIES = {"camera": ("camera",), "lidar": ("lidar",), "fusion": ("camera", "lidar")}
+
+
+def bench_channels_last(ctx: Context, case: str) -> dict:
+    """A training step of one small detector with its 2D convolution weights contiguous and channels-last
+    (`unikd.ops.memory_format.to_channels_last`, `--exp_options channels_last=True`)."""
+    from unikd.models.bevfusion import BEVFusion
+    from unikd.models.configs import model_config
+    from unikd.ops.memory_format import to_channels_last
+
+    modalities = CHANNELS_LAST_MODALITIES[case]
+    models = {}
+    for layout in ("contiguous", "channels_last"):
+        torch.manual_seed(0)
+        model = BEVFusion(model_config("small", modalities)).to(ctx.device).train()
+        models[layout] = to_channels_last(model) if layout == "channels_last" else model
+    optimizers = {layout: torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.01) for layout, m in models.items()}
+    num_sweeps = 10 if "lidar" in modalities else 1
+    batch = to_device(training_batch(ctx, "small", modalities, batch_size=2, num_sweeps=num_sweeps), ctx.device)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "16-mixed")
+    first_losses = {}
+
+    def step(layout: str) -> Callable[[], None]:
+        model, optimizer = models[layout], optimizers[layout]
+
+        def call() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with ctx.autocast():
+                outputs = model(batch)
+                loss = sum(model.loss(outputs, batch).values())
+            first_losses.setdefault(layout, float(loss.detach()))
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+
+        return call
+
+    repeats = ctx.repeats(5, 3)
+    times = time_interleaved({layout: step(layout) for layout in models}, repeats=repeats, device=ctx.device)
+    contiguous_s, channels_last_s = median(times["contiguous"]), median(times["channels_last"])
+    loss_difference = abs(first_losses["channels_last"] - first_losses["contiguous"]) / abs(first_losses["contiguous"])
+    return {
+        "ratio": channels_last_s / contiguous_s,
+        "ratio_meaning": "channels-last / contiguous, training step (forward + loss + backward + AdamW)",
+        "figures": {
+            "contiguous_s": contiguous_s,
+            "channels_last_s": channels_last_s,
+            "first_loss_relative_difference": loss_difference,
+            "repeats": repeats,
+        },
+        "notes": [
+            f"model_config('small', {modalities}), batch 2 (the samples with the most sweeps, training augmentation), "
+            "the same initial weights; interleaved rounds after a warm-up round; first_loss_relative_difference: "
+            "the first step's total loss of the two layouts (float rounding)",
+        ],
+    }

@@ -29,6 +29,7 @@ from unikd.exps.settings_checks import check_experiment_settings
 from unikd.exps.tasks import EVALUATION_TASKS, EvaluationTask, gathered_records, prediction_records
 from unikd.models.bevfusion import BEVFusion
 from unikd.models.configs import image_aug_for, model_config
+from unikd.ops.memory_format import to_channels_last
 
 
 class BaseExp(pl.LightningModule):
@@ -56,6 +57,7 @@ class BaseExp(pl.LightningModule):
     num_workers: int | None = None  # loader workers per process; None: the CPU cores per device, at most 8
     eval_backend: str = "metric"  # "metric" (fast, identical) or "devkit" (official)
     eval_backends: tuple[str, ...] = ("metric", "devkit")
+    channels_last: bool = False  # 4D weights channels-last: a faster step, results equal to rounding (BENCHMARKS.md)
     drop_modality_at_eval: str = ""  # "lidar" or "camera": a fusion model evaluates with it removed before the fuser
     # a checkpoint whose camera branch initialises this one's backbone, neck and depth net (a depth pretraining
     # run, `unikd.exps.depth_pretrain_exp`; `unikd.exps.checkpoints.load_camera_init`)
@@ -94,6 +96,8 @@ class BaseExp(pl.LightningModule):
             load_camera_init(self.model, self.camera_init)
         self._datamodule: NuScenesDataModule | None = None
         self.objective = self.build_objective(teacher_ckpt)
+        if self.channels_last:
+            to_channels_last(self)  # the student, and a teacher and adapters if any
         self.predict_records: list[dict] = []
         self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded for -e / -p
         self._finite_guard: FiniteLossGuard | None = None  # built at the first step, for the trainer's precision
