@@ -1,5 +1,5 @@
-"""`Registry`: the named choices of one kind (heads, fusers, presets, checkpoint formats, term kinds, tasks,
-benchmark entries), each registered once where it is defined.
+"""`Registry`: the named choices of one kind (heads, fusers, depth nets, camera backbones, presets, checkpoint
+formats, term kinds, evaluation tasks), each registered once where it is defined.
 
 A registry is a read-only mapping name -> choice in the order of registration; `lookup` is the lookup a
 configuration makes: an unknown name is an error that names the setting and lists the registered names. It

@@ -21,23 +21,18 @@ from unikd.benchmarks.inputs import (
 
 
 # ------------------------------------------------------------------------------------ 3/5. train steps
-def bench_train_step(ctx: Context, size: str, modalities: tuple[str, ...], repeats: int) -> dict:
-    from unikd.models.bevfusion import BEVFusion
-    from unikd.models.configs import model_config
+def sweeps_read(modalities: tuple[str, ...]) -> int:
+    """Sweeps of a training batch: 10 with LiDAR; a camera model reads the key frame's points only."""
+    return 10 if "lidar" in modalities else 1
 
-    torch.manual_seed(0)
-    model = BEVFusion(model_config(size, modalities)).to(ctx.device).train()
+
+def training_step(ctx: Context, model: torch.nn.Module, batch: dict) -> Callable[[], torch.Tensor]:
+    """One training step of `model` on `batch` per call: forward + loss + backward + AdamW, under the run's
+    autocast and (for 16-mixed) its own loss scaler; the call returns the loss, detached."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    num_sweeps = 10 if "lidar" in modalities else 1  # a camera model reads the key frame's points only
-    batch = to_device(training_batch(ctx, size, modalities, batch_size=1, num_sweeps=num_sweeps), ctx.device)
-
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "16-mixed")
 
-    def forward() -> None:
-        with torch.no_grad(), ctx.autocast():
-            model(batch)
-
-    def step() -> None:
+    def step() -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         with ctx.autocast():
             outputs = model(batch)
@@ -45,6 +40,24 @@ def bench_train_step(ctx: Context, size: str, modalities: tuple[str, ...], repea
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        return loss.detach()
+
+    return step
+
+
+def bench_train_step(ctx: Context, size: str, modalities: tuple[str, ...], repeats: int) -> dict:
+    from unikd.models.bevfusion import BEVFusion
+    from unikd.models.configs import model_config
+
+    torch.manual_seed(0)
+    model = BEVFusion(model_config(size, modalities)).to(ctx.device).train()
+    batch = to_device(training_batch(ctx, size, modalities, batch_size=1, num_sweeps=sweeps_read(modalities)), ctx.device)
+
+    def forward() -> None:
+        with torch.no_grad(), ctx.autocast():
+            model(batch)
+
+    step = training_step(ctx, model, batch)
 
     # The memory runs are the warm-ups (forward first: a step's peak is the larger one).
     forward_memory = peak_memory(forward, ctx.device)
@@ -557,34 +570,15 @@ def bench_channels_last(ctx: Context, case: str) -> dict:
     from unikd.ops.memory_format import to_channels_last
 
     modalities = CHANNELS_LAST_MODALITIES[case]
-    models = {}
+    batch = to_device(training_batch(ctx, "small", modalities, batch_size=2, num_sweeps=sweeps_read(modalities)), ctx.device)
+    steps = {}
     for layout in ("contiguous", "channels_last"):
         torch.manual_seed(0)
         model = BEVFusion(model_config("small", modalities)).to(ctx.device).train()
-        models[layout] = to_channels_last(model) if layout == "channels_last" else model
-    optimizers = {layout: torch.optim.AdamW(m.parameters(), lr=2e-3, weight_decay=0.01) for layout, m in models.items()}
-    num_sweeps = 10 if "lidar" in modalities else 1
-    batch = to_device(training_batch(ctx, "small", modalities, batch_size=2, num_sweeps=num_sweeps), ctx.device)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.precision == "16-mixed")
-    first_losses = {}
-
-    def step(layout: str) -> Callable[[], None]:
-        model, optimizer = models[layout], optimizers[layout]
-
-        def call() -> None:
-            optimizer.zero_grad(set_to_none=True)
-            with ctx.autocast():
-                outputs = model(batch)
-                loss = sum(model.loss(outputs, batch).values())
-            first_losses.setdefault(layout, float(loss.detach()))
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
-        return call
-
+        steps[layout] = training_step(ctx, to_channels_last(model) if layout == "channels_last" else model, batch)
+    first_losses = {layout: float(step()) for layout, step in steps.items()}  # the warm-up round
     repeats = ctx.repeats(5, 3)
-    times = time_interleaved({layout: step(layout) for layout in models}, repeats=repeats, device=ctx.device)
+    times = time_interleaved(steps, repeats=repeats, device=ctx.device, warmup=0)
     contiguous_s, channels_last_s = median(times["contiguous"]), median(times["channels_last"])
     loss_difference = abs(first_losses["channels_last"] - first_losses["contiguous"]) / abs(first_losses["contiguous"])
     return {

@@ -410,7 +410,7 @@ def model_config(size: str, modalities: tuple[str, ...], task: str = "detection"
         raise ValueError(f"unknown task {task!r}; expected one of {tuple(HEAD_OF_TASK)}")
     head = HEAD_OF_TASK[task]
     if head is not None and head not in preset.config:
-        sizes = sorted(name for name, preset in PRESETS.items() if head in preset.config)
+        sizes = sorted(name for name, candidate in PRESETS.items() if head in candidate.config)
         raise ValueError(f"model size {size!r} has no {task} head ({head!r}); sizes with one: {sizes}")
     config = copy.deepcopy(preset.config)
     for other in HEAD_OF_TASK.values():

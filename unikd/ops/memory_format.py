@@ -1,4 +1,4 @@
-"""Channels-last memory format for the 2D convolutions of a module (`--exp_options channels_last=true`)."""
+"""Channels-last memory format for the 2D convolutions of a module (`--exp_options channels_last=True`)."""
 
 from __future__ import annotations
 
